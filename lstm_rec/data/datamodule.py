@@ -1,0 +1,161 @@
+"""Lightning DataModules: click logs from files or the built-in generator, as batches of sessions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches
+from lstm_rec.data.io import read_events
+from lstm_rec.data.sessions import ITEM, ItemIndex, Sessions, split_by_start_time, to_sessions
+from lstm_rec.data.synthetic import generate_events
+
+log = logging.getLogger(__name__)
+
+
+class SessionDataModule(L.LightningDataModule):
+    """Turns train/valid/test event frames into session arrays and length-grouped batches.
+
+    The item index comes from the training part only; validation and test rows with unknown
+    items are dropped. Without a validation frame, the sessions of train that start last
+    (`valid_fraction` of them) become validation. A caller that already has an item index (a
+    checkpoint's) sets ``item_index`` before ``setup`` and then needs no training data.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        max_len: int | None = 50,
+        valid_fraction: float = 0.1,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_len = max_len
+        self.valid_fraction = valid_fraction
+        self.num_workers = num_workers
+        self.seed = seed
+        self.item_index: ItemIndex | None = None
+        self.train_sessions: Sessions | None = None
+        self.valid_sessions: Sessions | None = None
+        self.test_sessions: Sessions | None = None
+        self._loaded = False
+
+    def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
+        """Sorted (train, valid, test) event frames; any may be None when not configured."""
+        raise NotImplementedError
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_index)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._loaded:
+            return
+        train, valid, test = self.load_frames()
+        if train is not None and valid is None and self.item_index is None:
+            train, valid = split_by_start_time(train, self.valid_fraction, "validation")
+        if self.item_index is None:
+            if train is None:
+                raise ValueError("data.train is not set: training needs a training file (data.train=PATH)")
+            self.item_index = ItemIndex.from_items(train[ITEM])
+            log.info("item index: %d items from training data", len(self.item_index))
+        if train is not None:
+            self.train_sessions = to_sessions(train, self.item_index, "train")
+        if valid is not None:
+            self.valid_sessions = to_sessions(valid, self.item_index, "validation")
+        if test is not None:
+            self.test_sessions = to_sessions(test, self.item_index, "test")
+        self._loaded = True
+
+    def _loader(self, sessions: Sessions | None, name: str, train: bool) -> DataLoader:
+        if sessions is None:
+            raise ValueError(f"no {name} data: set data.{name}=PATH")
+        dataset = SessionBatches(sessions, self.max_len if train else None)
+        sampler = LengthGroupedBatchSampler(
+            dataset.lengths, self.batch_size if train else self.eval_batch_size, shuffle=train, seed=self.seed
+        )
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_sessions, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.valid_sessions, "valid", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_sessions, "test", train=False)
+
+
+class FileDataModule(SessionDataModule):
+    """Sessions from the user's click logs: CSV, TSV or Parquet, picked by extension."""
+
+    def __init__(
+        self,
+        train: str | None = None,
+        valid: str | None = None,
+        test: str | None = None,
+        session_col: str = "SessionId",
+        item_col: str = "ItemId",
+        time_col: str = "Time",
+        sep: str | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.paths = {"train": train, "valid": valid, "test": test}
+        self.columns = {"session_col": session_col, "item_col": item_col, "time_col": time_col, "sep": sep}
+
+    def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
+        frames = {
+            name: None if path is None else read_events(Path(path), f"data.{name}", **self.columns)
+            for name, path in self.paths.items()
+        }
+        return frames["train"], frames["valid"], frames["test"]
+
+
+class SyntheticDataModule(SessionDataModule):
+    """The built-in generated sessions; the last `test_fraction` of sessions by time are the test set."""
+
+    def __init__(
+        self,
+        n_sessions: int = 20_000,
+        n_items: int = 1_000,
+        mean_length: float = 6.0,
+        max_length: int = 60,
+        n_successors: int = 4,
+        follow_prob: float = 0.7,
+        repeat_prob: float = 0.1,
+        zipf_exponent: float = 1.0,
+        test_fraction: float = 0.1,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.generator_args = {
+            "n_sessions": n_sessions,
+            "n_items": n_items,
+            "mean_length": mean_length,
+            "max_length": max_length,
+            "n_successors": n_successors,
+            "follow_prob": follow_prob,
+            "repeat_prob": repeat_prob,
+            "zipf_exponent": zipf_exponent,
+        }
+        self.test_fraction = test_fraction
+
+    def load_frames(self) -> tuple[pd.DataFrame, None, pd.DataFrame]:
+        events = generate_events(**self.generator_args, seed=self.seed)
+        train, test = split_by_start_time(events, self.test_fraction, "test")
+        return train, None, test

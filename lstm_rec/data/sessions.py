@@ -1,0 +1,143 @@
+"""Click logs as compact arrays: an item index built from training data, item indices plus offsets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Canonical column names of an event frame, whatever the user's file calls them.
+SESSION, ITEM, TIME = "session", "item", "time"
+
+
+class ItemIndex:
+    """Maps original item ids to indices 1..n_items (0 is padding), with training click counts.
+
+    A plain class rather than a dataclass: Hydra would turn a dataclass argument into a config node.
+    """
+
+    def __init__(self, ids: np.ndarray, counts: np.ndarray) -> None:
+        self.ids = ids  # (n_items,) original ids; index i + 1 <-> ids[i]
+        self.counts = counts  # (n_items,) int64 clicks of each item in the training data
+
+    @classmethod
+    def from_items(cls, item_ids: np.ndarray | pd.Series) -> ItemIndex:
+        ids, counts = np.unique(np.asarray(item_ids), return_counts=True)
+        return cls(ids=ids, counts=counts.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lookup(self, item_ids: np.ndarray | pd.Series) -> np.ndarray:
+        """Indices of `item_ids`; 0 where an id is not in the index."""
+        positions = pd.Index(self.ids).get_indexer(np.asarray(item_ids))
+        return (positions + 1).astype(np.int64)  # get_indexer gives -1 for unknown ids
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ItemIndex):
+            return NotImplemented
+        return np.array_equal(self.ids, other.ids) and np.array_equal(self.counts, other.counts)
+
+    __hash__ = None  # mutable arrays inside: not hashable
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """Sessions as one item array cut by offsets: session s is items[offsets[s]:offsets[s + 1]]."""
+
+    items: np.ndarray  # (n_events,) int64 item indices in 1..n_items
+    offsets: np.ndarray  # (n_sessions + 1,) int64, offsets[0] == 0
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_events(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def n_targets(self) -> int:
+        """Next-item predictions: every position after the first of each session."""
+        return int(np.maximum(self.lengths - 1, 0).sum())
+
+    def session(self, s: int) -> np.ndarray:
+        return self.items[self.offsets[s] : self.offsets[s + 1]]
+
+
+def sort_events(events: pd.DataFrame) -> pd.DataFrame:
+    """Sort by session, then time; ties keep file order."""
+    return events.sort_values([SESSION, TIME], kind="stable", ignore_index=True)
+
+
+def split_by_start_time(events: pd.DataFrame, fraction: float, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split off the sessions that start last, `fraction` of all sessions, as a held-out part.
+
+    Args:
+        events: sorted event frame.
+        fraction: share of sessions, in (0, 1), that go to the held-out part.
+        name: what the held-out part is, for the log.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"split fraction for {name} must be in (0, 1), got {fraction}")
+    starts = events.groupby(SESSION, sort=False)[TIME].min().sort_values(kind="stable")
+    n_held = int(round(len(starts) * fraction))
+    if n_held == 0 or n_held == len(starts):
+        raise ValueError(
+            f"splitting {len(starts)} sessions with fraction {fraction} leaves {name} or training empty; "
+            "give more sessions or another fraction"
+        )
+    held_out = events[SESSION].isin(starts.index[-n_held:]).to_numpy()
+    log.info("%s: the last %d of %d sessions by start time (%d events)", name, n_held, len(starts), held_out.sum())
+    return events[~held_out].reset_index(drop=True), events[held_out].reset_index(drop=True)
+
+
+def to_sessions(events: pd.DataFrame, index: ItemIndex, name: str) -> Sessions:
+    """Map a sorted event frame onto `index`: drop rows with unknown items, then sessions shorter than 2.
+
+    Rows of unknown items are removed, so the items around them become neighbours; every removal
+    is logged. Raises if nothing is left.
+    """
+    item_idx = index.lookup(events[ITEM])
+    codes = pd.factorize(events[SESSION], sort=False)[0]
+    n_sessions_in = int(codes.max()) + 1 if len(codes) else 0
+    known = item_idx > 0
+    if not known.all():
+        lost = n_sessions_in - len(np.unique(codes[known]))
+        log.info(
+            "%s: dropped %d of %d rows whose item is not in the training data (%d sessions emptied)",
+            name,
+            (~known).sum(),
+            len(known),
+            lost,
+        )
+    item_idx, codes = item_idx[known], codes[known]
+    boundaries = np.flatnonzero(np.diff(codes)) + 1
+    offsets = np.concatenate([[0], boundaries, [len(codes)]]).astype(np.int64) if len(codes) else np.zeros(1, np.int64)
+    lengths = np.diff(offsets)
+    keep = lengths >= 2
+    if not keep.all():
+        log.info(
+            "%s: dropped %d of %d sessions shorter than 2 clicks (%d rows)",
+            name,
+            (~keep).sum(),
+            len(keep),
+            lengths[~keep].sum(),
+        )
+    items = item_idx[np.repeat(keep, lengths)]
+    offsets = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
+    if len(offsets) == 1:
+        raise ValueError(
+            f"{name} is empty after filtering: no session has 2 or more clicks on items known from training "
+            f"(it had {len(events)} rows in {n_sessions_in} sessions)"
+        )
+    log.info("%s: %d events in %d sessions, %d predictions", name, len(items), len(offsets) - 1, len(items) - len(offsets) + 1)
+    return Sessions(items=items, offsets=offsets)

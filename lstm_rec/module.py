@@ -1,0 +1,103 @@
+"""LightningModule: trains the SessionLSTM with full-softmax cross-entropy and logs ranking metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lstm_rec.checkpoint import item_index_from_checkpoint, item_index_to_checkpoint
+from lstm_rec.data.sessions import ItemIndex
+from lstm_rec.evaluation import target_ranks
+from lstm_rec.metrics import ranking_metrics
+from lstm_rec.model import SessionLSTM
+
+
+class SessionRecModule(L.LightningModule):
+    """Next-item LSTM recommender; the item index travels in every checkpoint.
+
+    Args:
+        item_index: maps the catalog's item ids to the network's indices.
+        optimizer: a partial optimizer (all but the parameters), completed here.
+        scheduler: a partial LR scheduler (all but the optimizer), or None.
+        scheduler_interval: step the scheduler every "epoch" or every "step".
+        ks: cutoffs of the logged Recall@k, MRR@k and NDCG@k.
+        max_scores: most item scores held at once during evaluation.
+        Other arguments are SessionLSTM's.
+    """
+
+    def __init__(
+        self,
+        item_index: ItemIndex,
+        embedding_dim: int = 64,
+        hidden: int = 100,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        embedding_dropout: float = 0.0,
+        tie_weights: bool = False,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+        ks: Sequence[int] = (5, 10, 20),
+        max_scores: int = 2**24,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["item_index", "optimizer", "scheduler"])
+        self.hparams.ks = list(ks)  # a plain list keeps checkpoints loadable with weights_only
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.item_index = item_index
+        self.net = SessionLSTM(
+            len(item_index), embedding_dim, hidden, num_layers, dropout, embedding_dropout, tie_weights
+        )
+        self.optimizer_factory = optimizer or torch.optim.Adam
+        self.scheduler_factory = scheduler
+        self.val_metrics = ranking_metrics(self.hparams.ks, prefix="val/")
+        self.test_metrics = ranking_metrics(self.hparams.ks, prefix="test/")
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
+        logits = self.net.score(self.net(inputs))  # (B, T - 1, n_items)
+        # Score column j is item j + 1, so padding (0) becomes -1 and is ignored.
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def _ranks(self, batch: Tensor) -> Tensor:
+        # Full-precision scores: bf16 would tie many items and push targets down under pessimistic ranks.
+        with torch.autocast(self.device.type, enabled=False):
+            return target_ranks(self.net, batch, self.hparams.max_scores)
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.val_metrics.update(self._ranks(batch))
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, batch_size=len(batch))
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.test_metrics.update(self._ranks(batch))
+        self.log_dict(self.test_metrics, on_step=False, on_epoch=True, batch_size=len(batch))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        item_index_to_checkpoint(self.item_index, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = item_index_from_checkpoint(checkpoint, source="the checkpoint being loaded")
+        if saved != self.item_index:
+            raise ValueError(
+                f"the checkpoint's item index ({len(saved)} items) differs from this run's training data "
+                f"({len(self.item_index)} items); resume with the data the checkpoint was trained on"
+            )
+

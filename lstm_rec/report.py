@@ -1,0 +1,67 @@
+"""Run outputs: metrics.json, the final table, and the hyperparameters with final metrics for TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(data), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def metrics_table(metrics: Mapping[str, float], ks: Sequence[int], splits: Sequence[str] = ("val", "test")) -> str:
+    """A markdown table: one row per model and split, Recall@k and MRR@k columns.
+
+    Rows come from keys ``{split}/recall@k`` (the LSTM) and ``pop/{split}/recall@k`` (popularity).
+    """
+    columns = [f"{name}@{k}" for k in ks for name in ("recall", "mrr")]
+    lines = [
+        "| model | split | " + " | ".join(columns) + " | predictions |",
+        "|---|---|" + "---:|" * (len(columns) + 1),
+    ]
+    for model, prefix in (("LSTM", ""), ("popularity", "pop/")):
+        for split in splits:
+            if f"{prefix}{split}/{columns[0]}" not in metrics:
+                continue
+            values = [_fmt(metrics.get(f"{prefix}{split}/{c}")) for c in columns]
+            count = metrics.get(f"{prefix}{split}/n_predictions")
+            lines.append(f"| {model} | {split} | " + " | ".join(values) + f" | {_fmt(count, '.0f')} |")
+    return "\n".join(lines)
+
+
+def frame_to_markdown(frame: pd.DataFrame) -> str:
+    """A markdown table of a frame; floats with 4 decimals."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
+    rows = [
+        "| " + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in record) + " |"
+        for record in frame.itertuples(index=False)
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a/b": value}, with values TensorBoard's HPARAMS tab accepts."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{name}/")
+        elif value is None or isinstance(value, bool | int | float | str):
+            flat[name] = "None" if value is None else value
+        else:
+            flat[name] = str(value)
+    return flat

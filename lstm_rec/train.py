@@ -1,0 +1,85 @@
+"""The training job: fit, test the chosen checkpoint, compare with popularity, write metrics.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lstm_rec.baselines import Popularity
+from lstm_rec.evaluation import evaluate
+from lstm_rec.report import flatten, write_json
+
+log = logging.getLogger(__name__)
+
+HPARAM_GROUPS = ("data", "model", "trainer", "seed")
+
+
+def prepare_run(cfg: DictConfig) -> None:
+    """Threads and seeds before anything random happens."""
+    if cfg.get("num_threads") is not None:
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Every object of a config group of named entries; entries set to null are switched off."""
+    if group is None:
+        return []
+    return [instantiate(node) for node in group.values() if node is not None]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train the LSTM as configured; returns every final metric (also written to metrics.json)."""
+    prepare_run(cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    model = instantiate(cfg.model, item_index=datamodule.item_index)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=instantiate_all(cfg.get("logger"))
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    test_ckpt = _checkpoint_to_test(trainer, cfg.test_ckpt)
+    metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
+    ks = model.hparams.ks
+    metrics |= evaluate(model.net, datamodule.val_dataloader(), ks, "val/", device=model.device)
+    popularity = Popularity(datamodule.item_index.counts)
+    metrics |= evaluate(popularity, datamodule.val_dataloader(), ks, "pop/val/")
+    metrics |= evaluate(popularity, datamodule.test_dataloader(), ks, "pop/test/")
+    metrics |= {"epochs": trainer.current_epoch, "checkpoint": str(test_ckpt), "output_dir": cfg.paths.output_dir}
+
+    _log_hparams_with_metrics(trainer, cfg, metrics)
+    write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
+    return metrics
+
+
+def _checkpoint_to_test(trainer: L.Trainer, which: str) -> str | None:
+    """Path of the "best" or "last" checkpoint; None (the weights in memory) when none was saved."""
+    if which not in ("best", "last"):
+        raise ValueError(f"test_ckpt must be 'best' or 'last', got {which!r}")
+    callback = trainer.checkpoint_callback
+    path = None if callback is None else (callback.best_model_path if which == "best" else callback.last_model_path)
+    if not path:
+        log.warning("no %s checkpoint was saved; testing the weights at the end of training", which)
+    return path or None
+
+
+def _log_hparams_with_metrics(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """Hyperparameters with final metrics, for TensorBoard's HPARAMS tab (as final/<metric>)."""
+    params = _hparams(cfg)
+    finals = {f"final/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params, metrics=finals)
+        logger.save()
+
+
+def _hparams(cfg: DictConfig) -> dict[str, Any]:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return flatten({group: resolved[group] for group in HPARAM_GROUPS if group in resolved})

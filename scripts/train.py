@@ -1,0 +1,19 @@
+"""Train an LSTM session recommender: python scripts/train.py [overrides]; see conf/train.yaml."""
+
+import hydra
+from omegaconf import DictConfig
+
+from lstm_rec.report import metrics_table
+from lstm_rec.train import train
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    print(metrics_table(metrics, cfg.model.ks))
+    print(f"outputs: {metrics['output_dir']}")
+    return metrics.get(cfg.monitor)  # the value an optimizing sweeper maximizes
+
+
+if __name__ == "__main__":
+    main()
