@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lstm_rec.baselines import Popularity
@@ -55,8 +56,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics |= evaluate(popularity, datamodule.test_dataloader(), ks, "pop/test/")
     metrics |= {"epochs": trainer.current_epoch, "checkpoint": str(test_ckpt), "output_dir": cfg.paths.output_dir}
 
-    _log_hparams_with_metrics(trainer, cfg, metrics)
     write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
+    _log_hparams_with_metrics(trainer, cfg, metrics)
     return metrics
 
 
@@ -76,7 +77,11 @@ def _log_hparams_with_metrics(trainer: L.Trainer, cfg: DictConfig, metrics: dict
     params = _hparams(cfg)
     finals = {f"final/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
     for logger in trainer.loggers:
-        logger.log_hyperparams(params, metrics=finals)
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics=finals)
+        else:
+            logger.log_hyperparams(params)
+            logger.log_metrics(finals, step=trainer.global_step)
         logger.save()
 
 

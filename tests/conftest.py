@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+YOOCHOOSE = SHARED_DATA / "yoochoose-100k"
+
+torch.set_num_threads(2)
+
+# A small, fast version of every run; tests add their own overrides after these.
+TINY = [
+    "data.n_sessions=3000",
+    "data.n_items=200",
+    "data.batch_size=64",
+    "model.hidden=32",
+    "model.embedding_dim=32",
+    "model.optimizer.lr=0.01",
+    "trainer.max_epochs=3",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """The real config, as the scripts see it, with this test's output directory."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose(
+            config_name=config_name,
+            overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={output_dir}", *overrides],
+        )
+
+
+@pytest.fixture
+def train_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    def make(*overrides: str, tiny: bool = True) -> DictConfig:
+        return compose_config("train", [*(TINY if tiny else []), *overrides], tmp_path / "run")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def yoochoose() -> Path:
+    if not YOOCHOOSE.is_dir():
+        pytest.skip(f"the shared yoochoose-100k sample is not at {YOOCHOOSE}")
+    return YOOCHOOSE
+
+
+def write_events(path: Path, rows: list[tuple], columns=("SessionId", "ItemId", "Time"), sep: str = "\t") -> Path:
+    frame = pd.DataFrame(rows, columns=list(columns))
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, sep=sep, index=False)
+    return path

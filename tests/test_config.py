@@ -1,0 +1,96 @@
+"""Every option of every config group composes, and the objects it names can be built."""
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from conftest import CONF, compose_config
+from lstm_rec.data import ItemIndex
+from lstm_rec.train import instantiate_all
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_group_has_options():
+    for group in ["data", "model", "model/optimizer", "model/scheduler", "trainer", "callbacks", "logger", "experiment"]:
+        assert options(group), group
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options(option, tmp_path):
+    cfg = compose_config("train", [f"data={option}"], tmp_path)
+    datamodule = instantiate(cfg.data)
+    assert datamodule.batch_size == cfg.data.batch_size
+
+
+def test_yoochoose_paths_follow_the_shared_data_setting(tmp_path):
+    cfg = compose_config("train", ["data=yoochoose_100k", "paths.shared_data=/elsewhere"], tmp_path)
+    assert cfg.data.train == "/elsewhere/yoochoose-100k/train_full.tsv"
+    cfg = compose_config("train", ["data=yoochoose_100k", "data.train=/mine.csv"], tmp_path)
+    assert cfg.data.train == "/mine.csv"
+
+
+@pytest.mark.parametrize("optimizer", options("model/optimizer"))
+@pytest.mark.parametrize("scheduler", [None, *options("model/scheduler")])
+def test_model_optimizer_scheduler_options(optimizer, scheduler, tmp_path):
+    overrides = [f"model/optimizer={optimizer}"] + ([f"model/scheduler={scheduler}"] if scheduler else [])
+    cfg = compose_config("train", ["model.hidden=12", *overrides], tmp_path)
+    model = instantiate(cfg.model, item_index=ItemIndex.from_items(np.arange(10)))
+    assert model.net.lstm.hidden_size == 12
+    configured = model.configure_optimizers()
+    assert type(configured["optimizer"]).__name__.lower() == optimizer
+    assert ("lr_scheduler" in configured) == (scheduler is not None)
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options(option, tmp_path):
+    cfg = compose_config("train", [f"trainer={option}"], tmp_path)
+    assert cfg.trainer.accelerator == {"gpu": "gpu"}.get(option, "cpu")
+    if option != "gpu":  # no GPU here: compose only
+        trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+        assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_gpu_flags_compose_as_the_readme_shows(tmp_path):
+    cfg = compose_config("train", ["model.hidden=256", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed"], tmp_path)
+    assert (cfg.model.hidden, cfg.trainer.accelerator, cfg.trainer.precision) == (256, "gpu", "bf16-mixed")
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callbacks_options(option, tmp_path):
+    cfg = compose_config("train", [f"callbacks={option}"], tmp_path)
+    names = {type(c).__name__ for c in instantiate_all(cfg.callbacks)}
+    assert {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor"} <= names
+    assert cfg.callbacks.model_checkpoint.monitor == cfg.monitor == cfg.callbacks.early_stopping.monitor
+
+
+def test_early_stopping_can_be_switched_off(tmp_path):
+    cfg = compose_config("train", ["callbacks.early_stopping=null"], tmp_path)
+    assert "EarlyStopping" not in {type(c).__name__ for c in instantiate_all(cfg.callbacks)}
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_options(option, tmp_path):
+    cfg = compose_config("train", [f"logger={option}"], tmp_path)
+    (logger,) = instantiate_all(cfg.logger)
+    assert option in type(logger).__name__.lower()
+
+
+def test_no_logger(tmp_path):
+    assert instantiate_all(compose_config("train", ["~logger"], tmp_path).get("logger")) == []
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiment_options(option, tmp_path):
+    cfg = compose_config("train", [f"experiment={option}"], tmp_path)
+    assert cfg.data._target_.endswith("FileDataModule")
+    assert "yoochoose-100k" in cfg.data.train
+    instantiate(cfg.data)
+
+
+def test_eval_config_requires_a_checkpoint(tmp_path):
+    cfg = compose_config("eval", ["ckpt_path=x.ckpt", "data=files", "data.test=t.tsv"], tmp_path)
+    assert cfg.ckpt_path == "x.ckpt"
+    assert cfg.data.train is None

@@ -1,0 +1,190 @@
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import write_events
+from lstm_rec.data import FileDataModule, ItemIndex, SyntheticDataModule
+from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches, session_windows
+from lstm_rec.data.io import DataFileError, read_events
+from lstm_rec.data.sessions import Sessions, split_by_start_time, to_sessions
+from lstm_rec.data.synthetic import generate_events
+
+# Session 1: a b c; session 2: b c (times out of order in the file); session 3: c (too short).
+ROWS = [(1, "a", 10.0), (2, "c", 22.0), (1, "b", 11.0), (1, "c", 12.0), (2, "b", 21.0), (3, "c", 30.0)]
+
+
+def test_read_sorts_by_session_then_time(tmp_path):
+    events = read_events(write_events(tmp_path / "x.tsv", ROWS), "data.train")
+    assert events["session"].tolist() == [1, 1, 1, 2, 2, 3]
+    assert events["item"].tolist() == ["a", "b", "c", "b", "c", "c"]
+
+
+@pytest.mark.parametrize("name", ["x.csv", "x.tsv", "x.parquet", "x.csv.gz"])
+def test_formats_by_extension(tmp_path, name):
+    sep = "," if ".csv" in name else "\t"
+    events = read_events(write_events(tmp_path / name, ROWS, sep=sep), "data.train")
+    assert len(events) == len(ROWS)
+
+
+def test_configurable_columns_and_separator(tmp_path):
+    path = write_events(tmp_path / "x.txt", ROWS, columns=("sid", "iid", "ts"), sep=";")
+    events = read_events(path, "data.train", session_col="sid", item_col="iid", time_col="ts", sep=";")
+    assert events["item"].tolist()[:3] == ["a", "b", "c"]
+
+
+def test_missing_file_names_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data\.test: no file at .*nope\.tsv"):
+        read_events(tmp_path / "nope.tsv", "data.test")
+
+
+def test_misnamed_column_names_what_was_found(tmp_path):
+    path = write_events(tmp_path / "x.csv", ROWS, columns=("SessionId", "Item", "Time"), sep=",")
+    with pytest.raises(DataFileError, match=r"no column \['ItemId'\].*columns found: \['SessionId', 'Item', 'Time'\]"):
+        read_events(path, "data.train")
+
+
+def test_wrong_separator_hints_at_sep(tmp_path):
+    path = write_events(tmp_path / "x.csv", ROWS, sep="\t")
+    with pytest.raises(DataFileError, match="data.sep"):
+        read_events(path, "data.train")
+
+
+def test_non_numeric_time_names_the_row(tmp_path):
+    rows = [*ROWS[:2], (1, "b", "yesterday")]
+    with pytest.raises(DataFileError, match=r"column 'Time'.*numeric.*data row 3 has 'yesterday'"):
+        read_events(write_events(tmp_path / "x.tsv", rows), "data.train")
+
+
+def test_datetime_times_become_seconds(tmp_path):
+    frame = pd.DataFrame(
+        {"SessionId": [1, 1], "ItemId": [5, 6], "Time": pd.to_datetime(["2014-04-01 00:00:00", "2014-04-01 00:00:10"])}
+    )
+    frame.to_parquet(tmp_path / "x.parquet")
+    events = read_events(tmp_path / "x.parquet", "data.train")
+    assert np.diff(events["time"].to_numpy()).tolist() == [10.0]
+
+
+def test_empty_cells_are_an_error_not_a_silent_drop(tmp_path):
+    (tmp_path / "x.csv").write_text("SessionId,ItemId,Time\n1,5,1.0\n1,,2.0\n")
+    with pytest.raises(DataFileError, match="'ItemId'.*empty in 1 rows, first at data row 2"):
+        read_events(tmp_path / "x.csv", "data.train")
+
+
+def test_unknown_extension(tmp_path):
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(DataFileError, match="cannot tell the format"):
+        read_events(tmp_path / "x.json", "data.train")
+
+
+def test_item_index_reserves_zero_and_counts_clicks():
+    index = ItemIndex.from_items(np.array([30, 10, 30, 20, 30]))
+    assert index.ids.tolist() == [10, 20, 30]
+    assert index.counts.tolist() == [1, 1, 3]
+    assert index.lookup(np.array([10, 30, 99])).tolist() == [1, 3, 0]
+
+
+def test_unknown_items_are_dropped_then_short_sessions(caplog):
+    index = ItemIndex.from_items(np.array(["a", "b", "c"]))
+    events = pd.DataFrame(
+        {
+            "session": [1, 1, 1, 2, 2, 3, 3],
+            "item": ["a", "x", "b", "c", "x", "x", "y"],
+            "time": [1.0, 2, 3, 4, 5, 6, 7],
+        }
+    )
+    with caplog.at_level(logging.INFO):
+        sessions = to_sessions(events, index, "test")
+    # session 1 keeps a, b (neighbours now); session 2 keeps only c and is dropped; session 3 is emptied
+    assert sessions.items.tolist() == [1, 2]
+    assert sessions.offsets.tolist() == [0, 2]
+    assert "dropped 4 of 7 rows" in caplog.text
+    assert "(1 sessions emptied)" in caplog.text
+    assert "dropped 1 of 2 sessions shorter than 2" in caplog.text
+
+
+def test_empty_after_filtering_is_an_error():
+    index = ItemIndex.from_items(np.array([1, 2]))
+    events = pd.DataFrame({"session": [1, 1], "item": [7, 8], "time": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="validation is empty after filtering"):
+        to_sessions(events, index, "validation")
+
+
+def test_split_takes_the_sessions_that_start_last():
+    events = pd.DataFrame(
+        {"session": [1, 1, 2, 2, 3, 3, 4, 4], "item": list("abababab"), "time": [5.0, 6, 1, 2, 9, 10, 3, 4]}
+    )
+    train, held = split_by_start_time(events, 0.5, "validation")
+    assert sorted(held["session"].unique()) == [1, 3]
+    assert sorted(train["session"].unique()) == [2, 4]
+
+
+def test_windows_keep_every_target_once():
+    # Lengths 2, 5, 7 with max_len 3: targets 1, 4, 6 -> windows 1, 2 (3 + 1), 2 (3 + 3).
+    sessions = Sessions(items=np.arange(1, 15), offsets=np.array([0, 2, 7, 14]))
+    starts, lengths = session_windows(sessions, 3)
+    assert starts.tolist() == [0, 2, 5, 7, 10]
+    assert lengths.tolist() == [2, 4, 2, 4, 4]
+    assert (lengths - 1).sum() == sessions.n_targets
+    batch = SessionBatches(sessions, 3)[np.arange(5)]
+    targets = batch[:, 1:][batch[:, 1:] > 0]
+    expected = np.concatenate([sessions.session(s)[1:] for s in range(3)])
+    assert sorted(targets.tolist()) == sorted(expected.tolist())
+
+
+def test_batches_are_right_padded():
+    sessions = Sessions(items=np.array([4, 5, 6, 7, 8]), offsets=np.array([0, 3, 5]))
+    batch = SessionBatches(sessions)[np.array([1, 0])]
+    assert batch.tolist() == [[7, 8, 0], [4, 5, 6]]
+    assert batch.dtype == torch.int64
+
+
+def test_length_grouping_keeps_padding_small_and_covers_everything():
+    lengths = np.random.default_rng(0).integers(2, 40, size=5000)
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=64, shuffle=True, seed=1)
+    batches = list(sampler)
+    assert np.sort(np.concatenate(batches)).tolist() == list(range(5000))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded / lengths.sum() < 1.1  # random batches would pad about 1.8x
+    sampler.set_epoch(1)
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, sampler, strict=True))
+
+
+def test_synthetic_data_is_deterministic_and_zipf_like():
+    first, second = generate_events(n_sessions=500, seed=3), generate_events(n_sessions=500, seed=3)
+    pd.testing.assert_frame_equal(first, second)
+    assert not first.equals(generate_events(n_sessions=500, seed=4))
+    counts = first["item"].value_counts().to_numpy()
+    assert counts[:10].sum() > 0.1 * counts.sum()  # a head of popular items
+    assert first.groupby("session").size().min() >= 2
+
+
+def test_file_datamodule_builds_the_index_from_train_only(tmp_path):
+    train = write_events(tmp_path / "train.tsv", [(1, 10, 1.0), (1, 11, 2.0), (2, 11, 3.0), (2, 12, 4.0)])
+    valid = write_events(tmp_path / "valid.tsv", [(3, 10, 5.0), (3, 11, 6.0)])
+    test = write_events(tmp_path / "test.tsv", [(4, 12, 7.0), (4, 99, 8.0), (4, 10, 9.0)])
+    dm = FileDataModule(train=str(train), valid=str(valid), test=str(test))
+    dm.setup("fit")
+    assert dm.item_index.ids.tolist() == [10, 11, 12]
+    assert dm.test_sessions.items.tolist() == [3, 1]  # 99 is unseen in training: dropped
+    assert dm.train_sessions.n_sessions == 2
+
+
+def test_file_datamodule_without_train_needs_an_item_index(tmp_path):
+    test = write_events(tmp_path / "test.tsv", [(4, 12, 7.0), (4, 10, 9.0)])
+    with pytest.raises(ValueError, match=r"data\.train is not set"):
+        FileDataModule(test=str(test)).setup("test")
+    dm = FileDataModule(test=str(test))
+    dm.item_index = ItemIndex.from_items(np.array([10, 12]))
+    dm.setup("test")
+    assert dm.test_sessions.items.tolist() == [2, 1]
+
+
+def test_synthetic_datamodule_splits_train_valid_test():
+    dm = SyntheticDataModule(n_sessions=1000, n_items=100, test_fraction=0.1, valid_fraction=0.2)
+    dm.setup("fit")
+    assert dm.valid_sessions.n_sessions == pytest.approx(180, abs=10)
+    assert dm.test_sessions.n_sessions == pytest.approx(100, abs=10)
+    assert dm.train_sessions.n_sessions + dm.valid_sessions.n_sessions + dm.test_sessions.n_sessions <= 1000

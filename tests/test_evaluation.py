@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import torch
+
+from lstm_rec.baselines import Popularity
+from lstm_rec.evaluation import evaluate, target_ranks
+from lstm_rec.model import SessionLSTM
+
+
+class FixedScores:
+    """A scorer that scores items by a fixed vector, like popularity, with a known rank for each item."""
+
+    def __init__(self, scores):
+        self.scores = torch.tensor(scores, dtype=torch.float32)
+        self.n_items = len(scores)
+
+    def forward(self, items):
+        return torch.zeros((*items.shape, 0))
+
+    def score(self, states):
+        return self.scores.expand(len(states), -1)
+
+
+def test_padding_is_never_ranked():
+    # Scores of items 1..4: item 1 ranks 1st, item 3 ranks 3rd (tied with item 4).
+    scorer = FixedScores([0.9, 0.5, 0.2, 0.2])
+    batch = torch.tensor([[2, 1, 3], [4, 1, 0]])  # second session is padded
+    # targets: 1 (rank 1), 3 (rank 4: tied with item 4, pessimistic), then 1 (rank 1); padding skipped
+    assert target_ranks(scorer, batch).tolist() == [1, 4, 1]
+
+
+def test_chunked_scoring_gives_the_same_ranks():
+    net = SessionLSTM(n_items=50, embedding_dim=8, hidden=8).eval()
+    batch = torch.randint(1, 51, (6, 7))
+    batch[3, 4:] = 0
+    with torch.no_grad():
+        assert torch.equal(target_ranks(net, batch, max_scores=50), target_ranks(net, batch))
+
+
+def test_a_model_that_scores_everything_equally_gets_the_worst_rank():
+    scorer = FixedScores([1.0] * 10)
+    metrics = evaluate(scorer, [torch.tensor([[1, 2, 3], [4, 5, 0]])], ks=[5, 20], prefix="t/")
+    assert metrics["t/n_predictions"] == 3
+    assert metrics["t/recall@20"] == pytest.approx(1.0)  # rank 10 <= 20
+    assert metrics["t/recall@5"] == 0.0
+    assert metrics["t/mrr@20"] == pytest.approx(0.1)
+
+
+def test_popularity_ranks_by_training_counts():
+    pop = Popularity(np.array([5, 1, 3]))  # items 1, 2, 3
+    metrics = evaluate(pop, [torch.tensor([[2, 1, 3, 2]])], ks=[1, 2], prefix="p/")
+    # targets 1 (rank 1), 3 (rank 2), 2 (rank 3)
+    assert metrics["p/recall@1"] == pytest.approx(1 / 3)
+    assert metrics["p/recall@2"] == pytest.approx(2 / 3)
+    assert metrics["p/mrr@2"] == pytest.approx((1 + 0.5) / 3)

@@ -1,0 +1,143 @@
+"""End to end through the real config: train(cfg), its outputs, evaluation of its checkpoint, resuming."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TINY, compose_config, write_events
+from lstm_rec.checkpoint import CheckpointError, load_module
+from lstm_rec.data.synthetic import generate_events
+from lstm_rec.evaluate import evaluate_checkpoint
+from lstm_rec.train import train
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic") / "run"
+    metrics = train(compose_config("train", TINY, out))
+    return out, metrics
+
+
+def test_lstm_beats_popularity_by_far(synthetic_run):
+    _, metrics = synthetic_run
+    assert metrics["test/recall@20"] > 2 * metrics["pop/test/recall@20"]
+    assert metrics["test/mrr@20"] > 2 * metrics["pop/test/mrr@20"]
+    assert metrics["val/recall@20"] > 2 * metrics["pop/val/recall@20"]
+    # Same data, same protocol: the LSTM and popularity rank exactly the same predictions.
+    assert metrics["test/n_predictions"] == metrics["pop/test/n_predictions"] > 0
+
+
+def test_run_writes_checkpoints_metrics_and_tensorboard(synthetic_run):
+    out, metrics = synthetic_run
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert metrics["checkpoint"].startswith(str(out / "checkpoints" / "epoch_"))
+    saved = json.loads((out / "metrics.json").read_text())
+    for k in (5, 10, 20):
+        for name in ("recall", "mrr", "ndcg"):
+            assert saved[f"test/{name}@{k}"] == pytest.approx(metrics[f"test/{name}@{k}"])
+            assert f"val/{name}@{k}" in saved
+            assert f"pop/test/{name}@{k}" in saved
+    events = EventAccumulator(str(out / "tensorboard")).Reload()  # all event files of the run
+    tags = events.Tags()["scalars"]
+    assert {"train/loss_step", "val/mrr@20", "val/recall@5", "lr-Adam", "final/test/mrr@20"} <= set(tags)
+    assert len(events.Scalars("val/mrr@20")) == metrics["epochs"]  # one point per epoch
+    # HPARAMS tab: the hyperparameters with the final metrics as its metric columns.
+    content = b"".join(events.PluginTagToContent("hparams").values())
+    assert b"model/hidden" in content and b"final/test/mrr@20" in content
+
+
+def test_best_checkpoint_is_the_best_validation_epoch(synthetic_run):
+    out, metrics = synthetic_run
+    curve = [e.value for e in EventAccumulator(str(out / "tensorboard")).Reload().Scalars("val/mrr@20")]
+    assert metrics["val/mrr@20"] == pytest.approx(max(curve), abs=1e-6)
+
+
+def test_same_seed_same_metrics(synthetic_run, tmp_path):
+    _, first = synthetic_run
+    second = train(compose_config("train", TINY, tmp_path / "again"))
+    for key in ("test/recall@20", "test/mrr@20", "val/mrr@20", "pop/test/recall@20"):
+        assert second[key] == first[key]
+
+
+@pytest.fixture(scope="module")
+def file_run(tmp_path_factory):
+    """Train on TSV files, the way users run their own data."""
+    data = tmp_path_factory.mktemp("files")
+    events = generate_events(n_sessions=2500, n_items=150, seed=7)
+    events.columns = ["SessionId", "ItemId", "Time"]
+    cut = int(events["SessionId"].quantile(0.9))
+    events[events["SessionId"] <= cut].to_csv(data / "train.tsv", sep="\t", index=False)
+    test = events[events["SessionId"] > cut]
+    test.to_csv(data / "test.csv", index=False)
+    out = data / "run"
+    overrides = [o for o in TINY if not o.startswith("data.")] + [
+        "data=files",
+        f"data.train={data / 'train.tsv'}",
+        f"data.test={data / 'test.csv'}",
+    ]
+    return data, out, train(compose_config("train", overrides, out))
+
+
+def test_evaluate_a_checkpoint_without_training_data(file_run, tmp_path):
+    data, out, trained = file_run
+    cfg = compose_config(
+        "eval", [f"ckpt_path={trained['checkpoint']}", "data=files", f"data.test={data / 'test.csv'}"], tmp_path
+    )
+    assert cfg.data.train is None
+    metrics = evaluate_checkpoint(cfg)
+    for key in ("test/recall@20", "test/mrr@20", "test/n_predictions", "pop/test/recall@20"):
+        assert metrics[key] == pytest.approx(trained[key])
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/mrr@20"] == pytest.approx(metrics["test/mrr@20"])
+
+
+def test_checkpoint_carries_the_item_index(file_run):
+    data, _, trained = file_run
+    module = load_module(trained["checkpoint"])
+    train_items = sorted(set(int(line.split("\t")[1]) for line in (data / "train.tsv").read_text().splitlines()[1:]))
+    assert module.item_index.ids.tolist() == train_items
+    assert module.net.n_items == len(train_items)
+
+
+def test_resume_from_a_checkpoint(file_run, tmp_path):
+    data, out, trained = file_run
+    overrides = [o for o in TINY if not o.startswith(("data.", "trainer.max_epochs"))] + [
+        "data=files",
+        f"data.train={data / 'train.tsv'}",
+        f"data.test={data / 'test.csv'}",
+        f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+        f"trainer.max_epochs={trained['epochs'] + 1}",
+        "callbacks.early_stopping=null",
+    ]
+    resumed = train(compose_config("train", overrides, tmp_path / "resumed"))
+    assert resumed["epochs"] == trained["epochs"] + 1
+
+
+def test_foreign_and_broken_checkpoints_are_refused(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="not an lstm_rec checkpoint"):
+        load_module(tmp_path / "foreign.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_module(tmp_path / "junk.ckpt")
+    with pytest.raises(FileNotFoundError, match="ckpt_path: no checkpoint"):
+        load_module(tmp_path / "missing.ckpt")
+
+
+def test_bad_training_file_fails_with_a_clear_message(tmp_path):
+    path = write_events(tmp_path / "train.csv", [(1, 2, 3.0)], columns=("session", "item", "time"), sep=",")
+    cfg = compose_config("train", ["data=files", f"data.train={path}", f"data.test={path}"], tmp_path / "run")
+    with pytest.raises(ValueError, match=r"data\.train: .* has no column \['SessionId', 'ItemId', 'Time'\]"):
+        train(cfg)
+
+
+def test_missing_file(tmp_path):
+    cfg = compose_config("train", ["data=files", f"data.train={tmp_path / 'nope.csv'}"], tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="data.train: no file"):
+        train(cfg)
+
+
+def test_tiny_overrides_are_known_keys():
+    assert all(Path(__file__).parent.joinpath("conftest.py").read_text().count(o) for o in TINY)
