@@ -39,7 +39,10 @@ def target_ranks(scorer: SessionScorer, batch: Tensor, max_scores: int = 2**24) 
     targets = targets[is_target] - 1  # (N,) score columns
     rows = max(1, max_scores // scorer.n_items)
     return torch.cat(
-        [pessimistic_ranks(scorer.score(states[i : i + rows]), targets[i : i + rows]) for i in range(0, len(targets), rows)]
+        [
+            pessimistic_ranks(scorer.score(states[i : i + rows]), targets[i : i + rows])
+            for i in range(0, len(targets), rows)
+        ]
     )
 
 

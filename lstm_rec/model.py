@@ -48,6 +48,11 @@ class SessionLSTM(nn.Module):
             self.output_bias = nn.Parameter(torch.zeros(n_items))
         else:
             self.output = nn.Linear(hidden, n_items)
+        # Small item embeddings (Glorot-uniform over the catalog) keep the tied scores in range at the start;
+        # PyTorch's default N(0, 1) trains markedly worse here.
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
 
     def forward(self, items: Tensor) -> Tensor:
         """One state per prefix: state t summarises items[:, :t + 1]. Right padding is harmless."""
@@ -60,4 +65,3 @@ class SessionLSTM(nn.Module):
         if self.tie_weights:
             return F.linear(self.to_embedding(states), self.item_embedding.weight[1:], self.output_bias)
         return self.output(states)
-

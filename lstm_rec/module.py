@@ -100,4 +100,3 @@ class SessionRecModule(L.LightningModule):
                 f"the checkpoint's item index ({len(saved)} items) differs from this run's training data "
                 f"({len(self.item_index)} items); resume with the data the checkpoint was trained on"
             )
-

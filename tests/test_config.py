@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import CONF, compose_config
 from hydra.utils import instantiate
 
-from conftest import CONF, compose_config
 from lstm_rec.data import ItemIndex
 from lstm_rec.train import instantiate_all
 
@@ -14,7 +14,16 @@ def options(group: str) -> list[str]:
 
 
 def test_every_group_has_options():
-    for group in ["data", "model", "model/optimizer", "model/scheduler", "trainer", "callbacks", "logger", "experiment"]:
+    for group in [
+        "data",
+        "model",
+        "model/optimizer",
+        "model/scheduler",
+        "trainer",
+        "callbacks",
+        "logger",
+        "experiment",
+    ]:
         assert options(group), group
 
 
@@ -54,7 +63,9 @@ def test_trainer_options(option, tmp_path):
 
 
 def test_gpu_flags_compose_as_the_readme_shows(tmp_path):
-    cfg = compose_config("train", ["model.hidden=256", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed"], tmp_path)
+    cfg = compose_config(
+        "train", ["model.hidden=256", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed"], tmp_path
+    )
     assert (cfg.model.hidden, cfg.trainer.accelerator, cfg.trainer.precision) == (256, "gpu", "bf16-mixed")
 
 

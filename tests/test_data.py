@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import write_events
+
 from lstm_rec.data import FileDataModule, ItemIndex, SyntheticDataModule
 from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches, session_windows
 from lstm_rec.data.io import DataFileError, read_events
@@ -48,7 +48,7 @@ def test_misnamed_column_names_what_was_found(tmp_path):
 
 def test_wrong_separator_hints_at_sep(tmp_path):
     path = write_events(tmp_path / "x.csv", ROWS, sep="\t")
-    with pytest.raises(DataFileError, match="data.sep"):
+    with pytest.raises(DataFileError, match=r"data\.sep"):
         read_events(path, "data.train")
 
 
@@ -69,7 +69,7 @@ def test_datetime_times_become_seconds(tmp_path):
 
 def test_empty_cells_are_an_error_not_a_silent_drop(tmp_path):
     (tmp_path / "x.csv").write_text("SessionId,ItemId,Time\n1,5,1.0\n1,,2.0\n")
-    with pytest.raises(DataFileError, match="'ItemId'.*empty in 1 rows, first at data row 2"):
+    with pytest.raises(DataFileError, match=r"'ItemId'.*empty in 1 rows, first at data row 2"):
         read_events(tmp_path / "x.csv", "data.train")
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, compose_config, write_events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, compose_config, write_events
 from lstm_rec.checkpoint import CheckpointError, load_module
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.evaluate import evaluate_checkpoint
@@ -82,7 +82,7 @@ def file_run(tmp_path_factory):
 
 
 def test_evaluate_a_checkpoint_without_training_data(file_run, tmp_path):
-    data, out, trained = file_run
+    data, _, trained = file_run
     cfg = compose_config(
         "eval", [f"ckpt_path={trained['checkpoint']}", "data=files", f"data.test={data / 'test.csv'}"], tmp_path
     )
@@ -135,7 +135,7 @@ def test_bad_training_file_fails_with_a_clear_message(tmp_path):
 
 def test_missing_file(tmp_path):
     cfg = compose_config("train", ["data=files", f"data.train={tmp_path / 'nope.csv'}"], tmp_path / "run")
-    with pytest.raises(FileNotFoundError, match="data.train: no file"):
+    with pytest.raises(FileNotFoundError, match=r"data\.train: no file"):
         train(cfg)
 
 

@@ -89,7 +89,7 @@ def split_by_start_time(events: pd.DataFrame, fraction: float, name: str) -> tup
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"split fraction for {name} must be in (0, 1), got {fraction}")
     starts = events.groupby(SESSION, sort=False)[TIME].min().sort_values(kind="stable")
-    n_held = int(round(len(starts) * fraction))
+    n_held = round(len(starts) * fraction)
     if n_held == 0 or n_held == len(starts):
         raise ValueError(
             f"splitting {len(starts)} sessions with fraction {fraction} leaves {name} or training empty; "
@@ -139,5 +139,11 @@ def to_sessions(events: pd.DataFrame, index: ItemIndex, name: str) -> Sessions:
             f"{name} is empty after filtering: no session has 2 or more clicks on items known from training "
             f"(it had {len(events)} rows in {n_sessions_in} sessions)"
         )
-    log.info("%s: %d events in %d sessions, %d predictions", name, len(items), len(offsets) - 1, len(items) - len(offsets) + 1)
+    log.info(
+        "%s: %d events in %d sessions, %d predictions",
+        name,
+        len(items),
+        len(offsets) - 1,
+        len(items) - len(offsets) + 1,
+    )
     return Sessions(items=items, offsets=offsets)
