@@ -42,11 +42,14 @@ def frame_to_markdown(frame: pd.DataFrame) -> str:
     """A markdown table of a frame; floats with 4 decimals."""
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
-    rows = [
-        "| " + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in record) + " |"
-        for record in frame.itertuples(index=False)
-    ]
+    rows = ["| " + " | ".join(map(_cell, record)) + " |" for record in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return _fmt(value, ".0f" if value.is_integer() else ".4f")
+    return str(value)
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:

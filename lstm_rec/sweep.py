@@ -40,11 +40,18 @@ def summarize_sweep(sweep_dir: str | Path, sort_by: str | None = None) -> pd.Dat
     if sort_by in jobs.columns:
         jobs = jobs.sort_values(sort_by, ascending=False, kind="stable", ignore_index=True)
     jobs.to_csv(sweep_dir / "summary.csv", index=False)
-    shown = ["job", "overrides"] + [c for c in jobs.columns if c.startswith(("val/", "test/", "pop/test/"))]
-    shown += [c for c in ("epochs",) if c in jobs.columns]
-    (sweep_dir / "summary.md").write_text(frame_to_markdown(jobs[shown]) + "\n")
+    (sweep_dir / "summary.md").write_text(frame_to_markdown(jobs[_summary_columns(jobs.columns)]) + "\n")
     log.info("sweep summary of %d jobs: %s", len(jobs), sweep_dir / "summary.md")
     return jobs
+
+
+def _summary_columns(columns: pd.Index) -> list[str]:
+    """The markdown's columns: Recall@k and MRR@k for val and test, popularity's at the largest k, epochs."""
+    ks = sorted({int(c.split("@")[1]) for c in columns if c.startswith("test/recall@")})
+    wanted = [f"{split}/{name}@{k}" for split in ("val", "test") for k in ks for name in ("recall", "mrr")]
+    if ks:
+        wanted += [f"pop/test/recall@{ks[-1]}", f"pop/test/mrr@{ks[-1]}"]
+    return ["job", "overrides"] + [c for c in [*wanted, "epochs"] if c in columns]
 
 
 class SweepSummary(Callback):

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from conftest import CONF, compose_config
 from hydra.utils import instantiate
 
+from conftest import CONF, compose_config
 from lstm_rec.data import ItemIndex
 from lstm_rec.train import instantiate_all
 

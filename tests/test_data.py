@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_events
 
+from conftest import write_events
 from lstm_rec.data import FileDataModule, ItemIndex, SyntheticDataModule
 from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches, session_windows
 from lstm_rec.data.io import DataFileError, read_events
@@ -170,6 +170,12 @@ def test_file_datamodule_builds_the_index_from_train_only(tmp_path):
     assert dm.item_index.ids.tolist() == [10, 11, 12]
     assert dm.test_sessions.items.tolist() == [3, 1]  # 99 is unseen in training: dropped
     assert dm.train_sessions.n_sessions == 2
+
+
+def test_file_datamodule_needs_a_test_file_before_any_training(tmp_path):
+    train = write_events(tmp_path / "train.tsv", [(1, 10, 1.0), (1, 11, 2.0)])
+    with pytest.raises(ValueError, match=r"data\.test is not set"):
+        FileDataModule(train=str(train)).setup("fit")
 
 
 def test_file_datamodule_without_train_needs_an_item_index(tmp_path):

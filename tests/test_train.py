@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose_config, write_events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import TINY, compose_config, write_events
 from lstm_rec.checkpoint import CheckpointError, load_module
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.evaluate import evaluate_checkpoint
@@ -134,7 +134,8 @@ def test_bad_training_file_fails_with_a_clear_message(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    cfg = compose_config("train", ["data=files", f"data.train={tmp_path / 'nope.csv'}"], tmp_path / "run")
+    overrides = ["data=files", f"data.train={tmp_path / 'nope.csv'}", f"data.test={tmp_path / 't.csv'}"]
+    cfg = compose_config("train", overrides, tmp_path / "run")
     with pytest.raises(FileNotFoundError, match=r"data\.train: no file"):
         train(cfg)
 

@@ -119,6 +119,8 @@ class FileDataModule(SessionDataModule):
         self.columns = {"session_col": session_col, "item_col": item_col, "time_col": time_col, "sep": sep}
 
     def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
+        if self.paths["test"] is None:
+            raise ValueError("data.test is not set: training and evaluation end with a test; set data.test=PATH")
         frames = {
             name: None if path is None else read_events(Path(path), f"data.{name}", **self.columns)
             for name, path in self.paths.items()
