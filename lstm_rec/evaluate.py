@@ -26,7 +26,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule)[0]
     popularity = Popularity(model.item_index.counts)
-    metrics |= evaluate(popularity, datamodule.test_dataloader(), model.hparams.ks, "pop/test/")
+    metrics |= evaluate(
+        popularity, datamodule.test_dataloader(), model.hparams.ks, "pop/test/", item_counts=model.item_index.counts
+    )
     metrics |= {"checkpoint": str(cfg.ckpt_path), "output_dir": cfg.paths.output_dir}
     write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
     return metrics

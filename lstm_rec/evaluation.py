@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from lstm_rec.metrics import pessimistic_ranks, ranking_metrics
+from lstm_rec.metrics import ranking_metrics, target_ranks
 
 
 class SessionScorer(Protocol):
@@ -17,36 +20,83 @@ class SessionScorer(Protocol):
     n_items: int
 
     def forward(self, items: Tensor) -> Tensor:
-        """(B, T) padded item indices -> (B, T, D) one state per prefix."""
+        """(B, T) padded item indices -> (B, T, D): one state per prefix items[:, :t + 1]."""
 
     def score(self, states: Tensor) -> Tensor:
         """(N, D) states -> (N, n_items) scores; column j is item index j + 1."""
 
 
-def target_ranks(scorer: SessionScorer, batch: Tensor, max_scores: int = 2**24) -> Tensor:
-    """Pessimistic rank of every next item in a padded batch of sessions.
+@dataclass
+class RankedPredictions:
+    """One row per prediction: the target's rank, the top-k score columns, and where it stands."""
+
+    ranks: Tensor  # (N,) float64
+    top_items: Tensor  # (N, k_max) score columns of the best-scored items
+    positions: Tensor  # (N,) 1-based position of the prediction: 1 predicts a session's 2nd click
+    lengths: Tensor  # (N,) clicks in the prediction's session
+
+    @classmethod
+    def concat(cls, parts: Sequence[RankedPredictions]) -> RankedPredictions:
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ranks", "top_items", "positions", "lengths")))
+
+
+def rank_batch(
+    scorer: SessionScorer, batch: Tensor, k_max: int = 20, ties: str = "pessimistic", max_scores: int = 2**24
+) -> RankedPredictions:
+    """Rank every next item in a padded batch of sessions; padding is never a target.
 
     Args:
-        batch: (B, T) item indices, right-padded with 0; padding is never a target.
+        batch: (B, T) item indices, right-padded with 0.
+        k_max: length of the top lists kept for coverage and popularity bias.
         max_scores: most scores held at once; rows are scored in chunks that fit.
-
-    Returns:
-        (N,) ranks, one per (position, next item) pair, in row-major order of the batch.
     """
     inputs, targets = batch[:, :-1], batch[:, 1:]
     is_target = targets > 0  # (B, T - 1)
     states = scorer.forward(inputs)[is_target]  # (N, D)
     targets = targets[is_target] - 1  # (N,) score columns
     rows = max(1, max_scores // scorer.n_items)
-    return torch.cat(
-        [
-            pessimistic_ranks(scorer.score(states[i : i + rows]), targets[i : i + rows])
-            for i in range(0, len(targets), rows)
-        ]
-    )
+    ranks, tops = [], []
+    for begin in range(0, len(targets), rows):
+        scores = scorer.score(states[begin : begin + rows])  # (rows, n_items)
+        ranks.append(target_ranks(scores, targets[begin : begin + rows], ties))
+        tops.append(scores.topk(min(k_max, scorer.n_items), dim=1).indices)
+    row, column = is_target.nonzero(as_tuple=True)
+    lengths = (batch > 0).sum(dim=1)
+    return RankedPredictions(torch.cat(ranks), torch.cat(tops), column + 1, lengths[row])
 
 
 @torch.no_grad()
+def collect_ranks(
+    scorer: SessionScorer,
+    batches: Iterable[Tensor],
+    k_max: int = 20,
+    ties: str = "pessimistic",
+    device: torch.device | str = "cpu",
+    max_scores: int = 2**24,
+) -> RankedPredictions:
+    """Ranked predictions of `scorer` (in eval mode) over all batches, on the CPU."""
+    was_training = isinstance(scorer, nn.Module) and scorer.training
+    if isinstance(scorer, nn.Module):
+        scorer.eval()
+    parts = []
+    for batch in batches:
+        ranked = rank_batch(scorer, batch.to(device), k_max, ties, max_scores)
+        parts.append(RankedPredictions(*(t.cpu() for t in vars(ranked).values())))
+    if was_training:
+        scorer.train()
+    return RankedPredictions.concat(parts)
+
+
+def metrics_of(
+    ranked: RankedPredictions, ks: Sequence[int], prefix: str, item_counts: np.ndarray | Tensor | None = None
+) -> dict[str, float]:
+    """Every metric at every k, keyed like ``{prefix}recall@20``."""
+    counts = None if item_counts is None else torch.as_tensor(item_counts)
+    metrics = ranking_metrics(ks, prefix, counts)
+    metrics.update(ranked.ranks, ranked.top_items)
+    return {name: float(value) for name, value in metrics.compute().items()}
+
+
 def evaluate(
     scorer: SessionScorer,
     batches: Iterable[Tensor],
@@ -54,14 +104,29 @@ def evaluate(
     prefix: str,
     device: torch.device | str = "cpu",
     max_scores: int = 2**24,
+    ties: str = "pessimistic",
+    item_counts: np.ndarray | Tensor | None = None,
 ) -> dict[str, float]:
-    """Metrics of `scorer` (in eval mode) over all batches, keyed like ``{prefix}recall@20``."""
-    was_training = isinstance(scorer, nn.Module) and scorer.training
-    if isinstance(scorer, nn.Module):
-        scorer.eval()
-    metrics = ranking_metrics(ks, prefix).to(device)
-    for batch in batches:
-        metrics.update(target_ranks(scorer, batch.to(device), max_scores))
-    if was_training:
-        scorer.train()
-    return {name: float(value) for name, value in metrics.compute().items()}
+    """Metrics of `scorer` over all batches; coverage and popularity bias too when `item_counts` is given."""
+    ranked = collect_ranks(scorer, batches, max(ks), ties, device, max_scores)
+    return metrics_of(ranked, ks, prefix, item_counts)
+
+
+def breakdown(ranked: RankedPredictions, ks: Sequence[int], by: str, max_group: int = 10) -> pd.DataFrame:
+    """Recall@k and MRR@k per position in the session or per session length; groups past `max_group` pooled.
+
+    Args:
+        by: "position" (1 predicts the 2nd click) or "length" (clicks in the session).
+    """
+    if by not in ("position", "length"):
+        raise ValueError(f"breakdown is by 'position' or 'length', got {by!r}")
+    values = (ranked.positions if by == "position" else ranked.lengths).numpy()
+    groups = np.minimum(values, max_group)
+    rows = []
+    for group in np.unique(groups):
+        members = torch.from_numpy(groups == group)
+        part = RankedPredictions(ranked.ranks[members], ranked.top_items[members], ranked.positions[members], ranked.lengths[members])
+        label = f"{group}+" if group == max_group and (values > max_group).any() else str(group)
+        metrics = metrics_of(part, ks, "")
+        rows.append({by: label} | {k: v for k, v in metrics.items() if not k.startswith(("ndcg",))})
+    return pd.DataFrame(rows)

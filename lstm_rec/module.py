@@ -9,10 +9,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics import MetricCollection
 
 from lstm_rec.checkpoint import item_index_from_checkpoint, item_index_to_checkpoint
 from lstm_rec.data.sessions import ItemIndex
-from lstm_rec.evaluation import target_ranks
+from lstm_rec.evaluation import rank_batch
 from lstm_rec.metrics import ranking_metrics
 from lstm_rec.model import SessionLSTM
 
@@ -25,7 +26,8 @@ class SessionRecModule(L.LightningModule):
         optimizer: a partial optimizer (all but the parameters), completed here.
         scheduler: a partial LR scheduler (all but the optimizer), or None.
         scheduler_interval: step the scheduler every "epoch" or every "step".
-        ks: cutoffs of the logged Recall@k, MRR@k and NDCG@k.
+        ks: cutoffs of the logged Recall@k, MRR@k, NDCG@k, coverage@k and popularity bias@k.
+        ties: how tied scores rank (see lstm_rec.metrics.target_ranks); the reference protocol is pessimistic.
         max_scores: most item scores held at once during evaluation.
         Other arguments are SessionLSTM's.
     """
@@ -43,6 +45,7 @@ class SessionRecModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
         ks: Sequence[int] = (5, 10, 20),
+        ties: str = "pessimistic",
         max_scores: int = 2**24,
     ) -> None:
         super().__init__()
@@ -56,8 +59,9 @@ class SessionRecModule(L.LightningModule):
         )
         self.optimizer_factory = optimizer or torch.optim.Adam
         self.scheduler_factory = scheduler
-        self.val_metrics = ranking_metrics(self.hparams.ks, prefix="val/")
-        self.test_metrics = ranking_metrics(self.hparams.ks, prefix="test/")
+        counts = torch.from_numpy(item_index.counts)
+        self.val_metrics = ranking_metrics(self.hparams.ks, "val/", counts)
+        self.test_metrics = ranking_metrics(self.hparams.ks, "test/", counts)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
@@ -67,18 +71,18 @@ class SessionRecModule(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
         return loss
 
-    def _ranks(self, batch: Tensor) -> Tensor:
+    def _evaluation_step(self, batch: Tensor, metrics: MetricCollection) -> None:
         # Full-precision scores: bf16 would tie many items and push targets down under pessimistic ranks.
         with torch.autocast(self.device.type, enabled=False):
-            return target_ranks(self.net, batch, self.hparams.max_scores)
+            ranked = rank_batch(self.net, batch, max(self.hparams.ks), self.hparams.ties, self.hparams.max_scores)
+        metrics.update(ranked.ranks, ranked.top_items)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(batch))
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        self.val_metrics.update(self._ranks(batch))
-        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, batch_size=len(batch))
+        self._evaluation_step(batch, self.val_metrics)
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
-        self.test_metrics.update(self._ranks(batch))
-        self.log_dict(self.test_metrics, on_step=False, on_epoch=True, batch_size=len(batch))
+        self._evaluation_step(batch, self.test_metrics)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.parameters())

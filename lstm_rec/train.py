@@ -49,11 +49,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     test_ckpt = _checkpoint_to_test(trainer, cfg.test_ckpt)
     metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
-    ks = model.hparams.ks
-    metrics |= evaluate(model.net, datamodule.val_dataloader(), ks, "val/", device=model.device)
-    popularity = Popularity(datamodule.item_index.counts)
-    metrics |= evaluate(popularity, datamodule.val_dataloader(), ks, "pop/val/")
-    metrics |= evaluate(popularity, datamodule.test_dataloader(), ks, "pop/test/")
+    ks, counts = model.hparams.ks, datamodule.item_index.counts
+    metrics |= evaluate(model.net, datamodule.val_dataloader(), ks, "val/", model.device, item_counts=counts)
+    popularity = Popularity(counts)
+    metrics |= evaluate(popularity, datamodule.val_dataloader(), ks, "pop/val/", item_counts=counts)
+    metrics |= evaluate(popularity, datamodule.test_dataloader(), ks, "pop/test/", item_counts=counts)
     metrics |= {"epochs": trainer.current_epoch, "checkpoint": str(test_ckpt), "output_dir": cfg.paths.output_dir}
 
     write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")

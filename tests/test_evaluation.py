@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lstm_rec.baselines import Popularity
-from lstm_rec.evaluation import evaluate, target_ranks
+from lstm_rec.evaluation import breakdown, collect_ranks, evaluate, rank_batch
 from lstm_rec.model import SessionLSTM
 
 
@@ -26,7 +26,11 @@ def test_padding_is_never_ranked():
     scorer = FixedScores([0.9, 0.5, 0.2, 0.2])
     batch = torch.tensor([[2, 1, 3], [4, 1, 0]])  # second session is padded
     # targets: 1 (rank 1), 3 (rank 4: tied with item 4, pessimistic), then 1 (rank 1); padding skipped
-    assert target_ranks(scorer, batch).tolist() == [1, 4, 1]
+    ranked = rank_batch(scorer, batch, k_max=2)
+    assert ranked.ranks.tolist() == [1, 4, 1]
+    assert ranked.top_items.tolist() == [[0, 1]] * 3
+    assert ranked.positions.tolist() == [1, 2, 1]
+    assert ranked.lengths.tolist() == [3, 3, 2]
 
 
 def test_chunked_scoring_gives_the_same_ranks():
@@ -34,7 +38,8 @@ def test_chunked_scoring_gives_the_same_ranks():
     batch = torch.randint(1, 51, (6, 7))
     batch[3, 4:] = 0
     with torch.no_grad():
-        assert torch.equal(target_ranks(net, batch, max_scores=50), target_ranks(net, batch))
+        chunked, whole = rank_batch(net, batch, max_scores=50), rank_batch(net, batch)
+    assert torch.equal(chunked.ranks, whole.ranks) and torch.equal(chunked.top_items, whole.top_items)
 
 
 def test_a_model_that_scores_everything_equally_gets_the_worst_rank():
@@ -53,3 +58,17 @@ def test_popularity_ranks_by_training_counts():
     assert metrics["p/recall@1"] == pytest.approx(1 / 3)
     assert metrics["p/recall@2"] == pytest.approx(2 / 3)
     assert metrics["p/mrr@2"] == pytest.approx((1 + 0.5) / 3)
+
+
+def test_breakdown_by_position_and_length():
+    scorer = FixedScores([0.9, 0.5, 0.2, 0.1])  # item 1 ranks 1st, item 2 2nd, item 3 3rd, item 4 4th
+    batches = [torch.tensor([[4, 1, 2, 3], [4, 2, 0, 0]])]
+    ranked = collect_ranks(scorer, batches)
+    # predictions: (pos 1, len 4, rank 1), (pos 2, len 4, rank 2), (pos 3, len 4, rank 3), (pos 1, len 2, rank 2)
+    by_position = breakdown(ranked, [1], "position").set_index("position")
+    assert by_position.loc["1", "recall@1"] == pytest.approx(0.5)
+    assert by_position.loc["1", "mrr@1"] == pytest.approx(0.5)
+    assert by_position.loc["3", "n_predictions"] == 1
+    by_length = breakdown(ranked, [2], "length", max_group=3).set_index("length")
+    assert list(by_length.index) == ["2", "3+"]
+    assert by_length.loc["3+", "mrr@2"] == pytest.approx((1 + 0.5 + 0) / 3)

@@ -3,7 +3,10 @@ import math
 import pytest
 import torch
 
-from lstm_rec.metrics import MRR, NDCG, Recall, pessimistic_ranks, ranking_metrics
+from lstm_rec.metrics import MRR, NDCG, Coverage, PopularityBias, Recall, ranking_metrics, target_ranks
+
+
+NO_TOPS = torch.zeros((0, 0), dtype=torch.int64)  # rank metrics ignore the top lists
 
 
 def test_ranks_count_ties_against_the_target():
@@ -16,12 +19,12 @@ def test_ranks_count_ties_against_the_target():
         ]
     )
     targets = torch.tensor([0, 3, 1, 2])
-    assert pessimistic_ranks(scores, targets).tolist() == [1, 3, 3, 4]
+    assert target_ranks(scores, targets).tolist() == [1, 3, 3, 4]
 
 
 def test_nan_target_score_gets_the_worst_rank():
     scores = torch.tensor([[float("nan"), 1.0, 2.0]])
-    assert pessimistic_ranks(scores, torch.tensor([0])).tolist() == [3]
+    assert target_ranks(scores, torch.tensor([0])).tolist() == [3]
 
 
 @pytest.mark.parametrize(
@@ -36,21 +39,21 @@ def test_nan_target_score_gets_the_worst_rank():
     ],
 )
 def test_metric_against_hand_computed_value(metric, expected):
-    metric.update(torch.tensor([1, 3, 25, 20]))
+    metric.update(torch.tensor([1, 3, 25, 20]), NO_TOPS)
     assert metric.compute().item() == pytest.approx(expected)
 
 
 def test_metrics_accumulate_over_batches_as_one_mean():
     # Mean over predictions, not over batch means: 3 predictions then 1.
     mrr = MRR(20)
-    mrr.update(torch.tensor([1, 1, 1]))
-    mrr.update(torch.tensor([4]))
+    mrr.update(torch.tensor([1, 1, 1]), NO_TOPS)
+    mrr.update(torch.tensor([4]), NO_TOPS)
     assert mrr.compute().item() == pytest.approx((3 + 0.25) / 4)
 
 
 def test_collection_names_and_counts():
     metrics = ranking_metrics([5, 20], prefix="test/")
-    metrics.update(torch.tensor([1, 6]))
+    metrics.update(torch.tensor([1, 6]), NO_TOPS)
     values = {k: v.item() for k, v in metrics.compute().items()}
     assert values["test/recall@5"] == pytest.approx(0.5)
     assert values["test/recall@20"] == pytest.approx(1.0)
@@ -61,3 +64,46 @@ def test_collection_names_and_counts():
 def test_k_must_be_positive():
     with pytest.raises(ValueError, match="cutoff k"):
         Recall(0)
+
+
+@pytest.mark.parametrize(
+    ("ties", "expected"),
+    [
+        # target 1 has one item above it (0.9) and is tied with two others (0.7): g = 1, e = 3
+        ("pessimistic", [4.0, 1.0, 4.0]),
+        ("optimistic", [2.0, 1.0, 1.0]),
+        ("mean", [3.0, 1.0, 2.5]),
+    ],
+)
+def test_tie_policies(ties, expected):
+    scores = torch.tensor([[0.9, 0.7, 0.7, 0.7], [0.1, 0.5, 0.2, 0.3], [1.0, 1.0, 1.0, 1.0]])
+    assert target_ranks(scores, torch.tensor([1, 1, 0]), ties).tolist() == expected
+
+
+def test_unknown_tie_policy():
+    with pytest.raises(ValueError, match="tie policy"):
+        target_ranks(torch.zeros(1, 2), torch.tensor([0]), "random")
+
+
+def test_mean_ties_feed_fractional_ranks_to_the_metrics():
+    mrr = MRR(20)
+    mrr.update(torch.tensor([2.5]), NO_TOPS)
+    assert mrr.compute().item() == pytest.approx(0.4)
+
+
+def test_coverage_counts_distinct_recommended_items():
+    coverage = Coverage(k=2, n_items=10)
+    coverage.update(torch.zeros(2), torch.tensor([[0, 1, 9], [1, 2, 8]]))
+    assert coverage.compute().item() == pytest.approx(3 / 10)  # items 0, 1, 2 within k=2
+
+
+def test_popularity_bias_is_the_mean_normalised_popularity_of_the_top_k():
+    counts = torch.tensor([10.0, 5.0, 1.0, 0.0])  # normalised: 1, 0.5, 0.1, 0
+    bias = PopularityBias(k=2, popularity=counts)
+    bias.update(torch.zeros(2), torch.tensor([[0, 1, 3], [2, 3, 0]]))
+    assert bias.compute().item() == pytest.approx(((1 + 0.5) / 2 + (0.1 + 0) / 2) / 2)
+
+
+def test_collection_adds_coverage_and_bias_given_counts():
+    names = set(ranking_metrics([5], "t/", torch.tensor([3, 2, 1])).keys())
+    assert {"t/coverage@5", "t/popularity_bias@5", "t/recall@5"} <= names
