@@ -51,6 +51,14 @@ class Sessions:
 
     items: np.ndarray  # (n_events,) int64 item indices in 1..n_items
     offsets: np.ndarray  # (n_sessions + 1,) int64, offsets[0] == 0
+    times: np.ndarray | None = None  # (n_events,) float64 click times, when known
+
+    @property
+    def last_times(self) -> np.ndarray:
+        """Time of each session's last click (the recency of kNN neighbours)."""
+        if self.times is None:
+            raise ValueError("these sessions carry no click times")
+        return self.times[self.offsets[1:] - 1]
 
     @property
     def n_sessions(self) -> int:
@@ -119,7 +127,7 @@ def to_sessions(events: pd.DataFrame, index: ItemIndex, name: str) -> Sessions:
             len(known),
             lost,
         )
-    item_idx, codes = item_idx[known], codes[known]
+    item_idx, codes, times = item_idx[known], codes[known], events[TIME].to_numpy(np.float64)[known]
     boundaries = np.flatnonzero(np.diff(codes)) + 1
     offsets = np.concatenate([[0], boundaries, [len(codes)]]).astype(np.int64) if len(codes) else np.zeros(1, np.int64)
     lengths = np.diff(offsets)
@@ -132,7 +140,8 @@ def to_sessions(events: pd.DataFrame, index: ItemIndex, name: str) -> Sessions:
             len(keep),
             lengths[~keep].sum(),
         )
-    items = item_idx[np.repeat(keep, lengths)]
+    kept_rows = np.repeat(keep, lengths)
+    items, times = item_idx[kept_rows], times[kept_rows]
     offsets = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
     if len(offsets) == 1:
         raise ValueError(
@@ -146,4 +155,4 @@ def to_sessions(events: pd.DataFrame, index: ItemIndex, name: str) -> Sessions:
         len(offsets) - 1,
         len(items) - len(offsets) + 1,
     )
-    return Sessions(items=items, offsets=offsets)
+    return Sessions(items=items, offsets=offsets, times=times)

@@ -1,0 +1,139 @@
+"""Session-based kNN (Ludewig & Jannach): score items by the training sessions most similar to the prefix."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from lstm_rec.baselines.base import Baseline, keep_top_per_row, prefix_entries, session_item_matrix, top_entries
+from lstm_rec.data.sessions import Sessions
+
+_POSITION_WEIGHTS = {
+    "same": lambda c, length: np.ones_like(c, dtype=np.float64),
+    "div": lambda c, length: c / length,
+    "quadratic": lambda c, length: (c / length) ** 2,
+}
+
+
+class SessionKNN(Baseline):
+    """SKNN: neighbours are the `sample_size` most recent training sessions sharing an item with the prefix;
+    the `k` most similar by cosine (of item sets) vote for their items with their similarity.
+
+    Recency is a training session's last click time. Items of the prefix are not excluded.
+    """
+
+    def __init__(self, k: int = 100, sample_size: int = 500) -> None:
+        self.k, self.sample_size = k, sample_size
+
+    def fit(self, sessions: Sessions, n_items: int) -> SessionKNN:
+        self.n_items = n_items
+        self.session_items = session_item_matrix(sessions, n_items, binary=True)  # (S, n_items)
+        self.items_per_session = np.asarray(self.session_items.sum(axis=1)).ravel()
+        # 0 for the most recent session (latest last click), 1 for the next, ...
+        self.recency = np.argsort(np.argsort(-sessions.last_times, kind="stable"), kind="stable")
+        return self
+
+    def _query(self, prefixes: np.ndarray) -> sp.csr_matrix:
+        rows, columns, _, _ = prefix_entries(prefixes)
+        query = sp.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(prefixes), self.n_items))
+        query.data[:] = 1.0  # the prefix as a set
+        return query
+
+    def _candidates(self, query: sp.csr_matrix) -> sp.csr_matrix:
+        """(N, S) shared-item counts, restricted to the `sample_size` most recent sharing sessions of each row."""
+        shared = sp.coo_matrix(query @ self.session_items.T)
+        kept = top_entries(shared.row, -self.recency[shared.col], self.sample_size, shared.col)
+        return sp.csr_matrix((shared.data[kept], (shared.row[kept], shared.col[kept])), shape=shared.shape)
+
+    def _similarity(self, prefixes: np.ndarray, query: sp.csr_matrix, candidates: sp.csr_matrix) -> sp.csr_matrix:
+        distinct = np.asarray(query.sum(axis=1)).ravel()  # (N,)
+        coo = candidates.tocoo()
+        coo.data = coo.data / np.sqrt(distinct[coo.row] * self.items_per_session[coo.col])
+        return coo.tocsr()
+
+    def _votes(self, prefixes: np.ndarray, neighbours: sp.csr_matrix) -> np.ndarray:
+        return (neighbours @ self.session_items).toarray()
+
+    def score_prefixes(self, prefixes: np.ndarray) -> np.ndarray:
+        query = self._query(prefixes)
+        similarity = self._similarity(prefixes, query, self._candidates(query))
+        neighbours = keep_top_per_row(similarity, self.k, tiebreak=self.recency)
+        return self._votes(prefixes, neighbours)
+
+
+class VSKNN(SessionKNN):
+    """V-SKNN (Ludewig & Jannach): SKNN whose prefix items weigh more the later they were clicked.
+
+    - similarity "vec": the sum of the position weights of the shared items over the number of distinct
+      prefix items; the weight of an item is w(c / L) at its last position c of L clicks, with w
+      "quadratic" (squared), "div" (linear) or "same" (1);
+    - weighting_score "div": a neighbour's vote is divided by how many clicks back (1 = the last click)
+      the most recent prefix item it shares lies; "same" leaves votes as they are;
+    - idf_weighting: each item's score is multiplied by 1 + idf_weighting * ln(n_sessions / clicks(item))
+      (0 turns it off).
+    """
+
+    def __init__(
+        self,
+        k: int = 500,
+        sample_size: int = 5000,
+        weighting: str = "quadratic",
+        weighting_score: str = "div",
+        idf_weighting: float = 5.0,
+    ) -> None:
+        super().__init__(k, sample_size)
+        if weighting not in _POSITION_WEIGHTS:
+            raise ValueError(f"weighting must be one of {sorted(_POSITION_WEIGHTS)}, got {weighting!r}")
+        if weighting_score not in ("div", "same"):
+            raise ValueError(f"weighting_score must be 'div' or 'same', got {weighting_score!r}")
+        self.weighting, self.weighting_score, self.idf_weighting = weighting, weighting_score, idf_weighting
+
+    def fit(self, sessions: Sessions, n_items: int) -> VSKNN:
+        super().fit(sessions, n_items)
+        clicks = np.bincount(sessions.items - 1, minlength=n_items).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            idf = np.log(sessions.n_sessions / clicks)
+        self.item_factor = 1.0 + self.idf_weighting * np.where(clicks > 0, idf, 0.0)
+        return self
+
+    def _last_positions(self, prefixes: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+        """(N, n_items) last 1-based position of each prefix item, and the prefix lengths (repeats counted)."""
+        rows, columns, positions, lengths = prefix_entries(prefixes)
+        order = np.lexsort((positions, columns, rows))  # a repeated item's last click comes last
+        rows, columns, positions = rows[order], columns[order], positions[order]
+        is_last = np.r_[(rows[1:] != rows[:-1]) | (columns[1:] != columns[:-1]), True]
+        last = sp.csr_matrix(
+            (positions[is_last].astype(np.float64), (rows[is_last], columns[is_last])),
+            shape=(len(prefixes), self.n_items),
+        )
+        return last, lengths
+
+    def _similarity(self, prefixes: np.ndarray, query: sp.csr_matrix, candidates: sp.csr_matrix) -> sp.csr_matrix:
+        last, lengths = self._last_positions(prefixes)
+        weights = last.tocoo()
+        weights.data = _POSITION_WEIGHTS[self.weighting](weights.data, lengths[weights.row].astype(np.float64))
+        weighted_shared = sp.csr_matrix(weights.tocsr() @ self.session_items.T)  # (N, S)
+        distinct = np.asarray(query.sum(axis=1)).ravel()
+        similarity = weighted_shared.multiply(candidates > 0).tocoo()
+        similarity.data = similarity.data / distinct[similarity.row]
+        return similarity.tocsr()
+
+    def _votes(self, prefixes: np.ndarray, neighbours: sp.csr_matrix) -> np.ndarray:
+        if self.weighting_score == "div":
+            decay = self._steps_back(prefixes, neighbours)
+            decay.data = 1.0 / decay.data
+            neighbours = neighbours.multiply(decay).tocsr()
+        return (neighbours @ self.session_items).toarray() * self.item_factor
+
+    def _steps_back(self, prefixes: np.ndarray, neighbours: sp.csr_matrix) -> sp.csr_matrix:
+        """For each (prefix, neighbour) pair, how many clicks back the most recent shared item lies.
+
+        Every prefix item adds 2^-r for its smallest distance r from the end (1 = last click) to the
+        sessions holding it; the sum lies in [2^-r_min, 2^(1 - r_min)), so r_min = ceil(-log2(sum)).
+        """
+        last, lengths = self._last_positions(prefixes)
+        distance = last.tocoo()
+        distance.data = np.exp2(-(lengths[distance.row] - distance.data + 1.0))
+        sums = sp.csr_matrix(distance.tocsr() @ self.session_items.T).multiply(neighbours > 0).tocsr()
+        sums.data = np.ceil(-np.log2(sums.data))
+        return sums
