@@ -62,5 +62,6 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> S
     hparams = checkpoint.get("hyper_parameters", {})
     module = SessionRecModule(item_index=index, **hparams)
     module.load_state_dict(checkpoint["state_dict"])
+    module.train_seconds = checkpoint[CHECKPOINT_KEY].get("train_seconds", 0.0)
     module.eval()
     return module

@@ -1,34 +1,125 @@
-"""The evaluation job: test a saved checkpoint on click data, beside popularity, and write metrics.json."""
+"""The evaluation job: LSTM checkpoints and baselines ranked on one test set by the same code."""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L
+import pandas as pd
+import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from lstm_rec.baselines import Popularity
 from lstm_rec.checkpoint import load_module
-from lstm_rec.evaluation import evaluate
-from lstm_rec.report import write_json
+from lstm_rec.data import ItemIndex
+from lstm_rec.evaluation import RankedPredictions, SessionScorer, breakdown, collect_ranks, metrics_of
+from lstm_rec.module import SessionRecModule
+from lstm_rec.report import comparison_table, frame_to_markdown, write_json
 from lstm_rec.train import prepare_run
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Test metrics of ``cfg.ckpt_path`` on ``cfg.data``'s test set; the item index comes from the checkpoint."""
+    """Evaluate ``cfg.ckpt_path`` (one or more) and the baselines in ``cfg.models`` on ``cfg.data``'s test set.
+
+    Writes comparison.json/.md/.csv, breakdown tables when asked, and, when there is a checkpoint,
+    metrics.json with its test metrics beside popularity's. Returns the comparison.
+    """
     prepare_run(cfg)
-    model = load_module(cfg.ckpt_path)
+    device = _device(cfg.device)
+    checkpoints = _checkpoint_paths(cfg.ckpt_path)
+    modules = {name: load_module(path, map_location=device) for name, path in checkpoints.items()}
+    if not modules and not cfg.models:
+        raise ValueError("nothing to evaluate: set ckpt_path=PATH and/or models=[pop,sr,...]")
     datamodule = instantiate(cfg.data)
-    datamodule.item_index = model.item_index
+    if modules:
+        datamodule.item_index = _shared_index(modules, checkpoints)
     datamodule.setup("test")
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
-    metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule)[0]
-    popularity = Popularity(model.item_index.counts)
-    metrics |= evaluate(
-        popularity, datamodule.test_dataloader(), model.hparams.ks, "pop/test/", item_counts=model.item_index.counts
-    )
-    metrics |= {"checkpoint": str(cfg.ckpt_path), "output_dir": cfg.paths.output_dir}
-    write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
-    return metrics
+    if cfg.models and datamodule.train_sessions is None:
+        raise ValueError(f"baselines {list(cfg.models)} are fitted on training data: set data.train=PATH")
+
+    ks, loader = list(cfg.ks), datamodule.test_dataloader()
+    counts = datamodule.item_index.counts
+
+    def run(scorer: SessionScorer, scorer_device: torch.device) -> RankedPredictions:
+        return collect_ranks(scorer, loader, max(ks), cfg.ties, scorer_device, cfg.max_scores)
+
+    results: dict[str, dict[str, Any]] = {}
+    ranked: dict[str, RankedPredictions] = {}
+    for name, module in modules.items():
+        ranked[name], seconds = _timed(lambda m=module: run(m.net, device))
+        results[name] = {"fit_seconds": module.train_seconds, "predict_seconds": seconds}
+    for name in cfg.models:
+        baseline, fit_seconds = _timed(lambda n=name: _baseline(cfg, n).fit(datamodule.train_sessions, len(counts)))
+        ranked[name], seconds = _timed(lambda b=baseline: run(b, torch.device("cpu")))
+        results[name] = {"fit_seconds": fit_seconds, "predict_seconds": seconds}
+    for name in results:
+        results[name] = metrics_of(ranked[name], ks, "test/", counts) | results[name]
+        log.info("%s: %s", name, {k: round(v, 4) for k, v in results[name].items()})
+
+    out = Path(cfg.paths.output_dir)
+    _write_comparison(results, ks, out)
+    for by in cfg.breakdown:
+        _write_breakdown(ranked, ks, by, out)
+    if modules:
+        first = next(iter(modules))
+        popularity = ranked["pop"] if "pop" in ranked else run(Popularity(counts), torch.device("cpu"))
+        metrics = results[first] | metrics_of(popularity, ks, "pop/test/", counts)
+        write_json(metrics | {"checkpoint": checkpoints[first], "output_dir": str(out)}, out / "metrics.json")
+    return results
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _checkpoint_paths(ckpt_path: str | ListConfig | None) -> dict[str, str]:
+    """Model names for the checkpoints: "lstm" for one, "lstm_1", "lstm_2", ... for several."""
+    if ckpt_path is None:
+        return {}
+    paths = [str(ckpt_path)] if isinstance(ckpt_path, str) else [str(p) for p in ckpt_path]
+    return {"lstm": paths[0]} if len(paths) == 1 else {f"lstm_{i}": p for i, p in enumerate(paths, start=1)}
+
+
+def _shared_index(modules: dict[str, SessionRecModule], paths: dict[str, str]) -> ItemIndex:
+    """The item index of the checkpoints, which must agree so that every model ranks the same predictions."""
+    first_name, first = next(iter(modules.items()))
+    for name, module in modules.items():
+        if module.item_index != first.item_index:
+            raise ValueError(
+                f"checkpoints '{paths[first_name]}' and '{paths[name]}' were trained on different item sets, so "
+                "they cannot be ranked on the same predictions; evaluate them in separate runs"
+            )
+    return first.item_index
+
+
+def _baseline(cfg: DictConfig, name: str) -> Any:
+    if name not in cfg.baselines:
+        raise ValueError(f"unknown model {name!r} in models; expected any of {list(cfg.baselines)}")
+    return instantiate(cfg.baselines[name])
+
+
+def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - start
+
+
+def _write_comparison(results: dict[str, dict[str, Any]], ks: list[int], out: Path) -> None:
+    write_json(results, out / "comparison.json")
+    pd.DataFrame.from_dict(results, orient="index").rename_axis("model").to_csv(out / "comparison.csv")
+    (out / "comparison.md").write_text(comparison_table(results, ks) + "\n")
+
+
+def _write_breakdown(ranked: dict[str, RankedPredictions], ks: list[int], by: str, out: Path) -> None:
+    table = pd.concat([breakdown(r, ks, by).assign(model=name) for name, r in ranked.items()], ignore_index=True)
+    table = table[["model", *table.columns.drop("model")]]
+    table.to_csv(out / f"breakdown_{by}.csv", index=False)
+    (out / f"breakdown_{by}.md").write_text(frame_to_markdown(table) + "\n")

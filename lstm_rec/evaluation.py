@@ -125,7 +125,9 @@ def breakdown(ranked: RankedPredictions, ks: Sequence[int], by: str, max_group: 
     rows = []
     for group in np.unique(groups):
         members = torch.from_numpy(groups == group)
-        part = RankedPredictions(ranked.ranks[members], ranked.top_items[members], ranked.positions[members], ranked.lengths[members])
+        part = RankedPredictions(
+            ranked.ranks[members], ranked.top_items[members], ranked.positions[members], ranked.lengths[members]
+        )
         label = f"{group}+" if group == max_group and (values > max_group).any() else str(group)
         metrics = metrics_of(part, ks, "")
         rows.append({by: label} | {k: v for k, v in metrics.items() if not k.startswith(("ndcg",))})

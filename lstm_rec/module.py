@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MetricCollection
 
-from lstm_rec.checkpoint import item_index_from_checkpoint, item_index_to_checkpoint
+from lstm_rec.checkpoint import CHECKPOINT_KEY, item_index_from_checkpoint, item_index_to_checkpoint
 from lstm_rec.data.sessions import ItemIndex
 from lstm_rec.evaluation import rank_batch
 from lstm_rec.metrics import ranking_metrics
@@ -57,6 +58,7 @@ class SessionRecModule(L.LightningModule):
         self.net = SessionLSTM(
             len(item_index), embedding_dim, hidden, num_layers, dropout, embedding_dropout, tie_weights
         )
+        self.train_seconds = 0.0  # wall time spent in training epochs, kept in checkpoints
         self.optimizer_factory = optimizer or torch.optim.Adam
         self.scheduler_factory = scheduler
         counts = torch.from_numpy(item_index.counts)
@@ -94,10 +96,18 @@ class SessionRecModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
         }
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        self.train_seconds += time.perf_counter() - self._epoch_start
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         item_index_to_checkpoint(self.item_index, checkpoint)
+        checkpoint[CHECKPOINT_KEY]["train_seconds"] = self.train_seconds
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.train_seconds = checkpoint.get(CHECKPOINT_KEY, {}).get("train_seconds", 0.0)
         saved = item_index_from_checkpoint(checkpoint, source="the checkpoint being loaded")
         if saved != self.item_index:
             raise ValueError(

@@ -38,6 +38,17 @@ def metrics_table(metrics: Mapping[str, float], ks: Sequence[int], splits: Seque
     return "\n".join(lines)
 
 
+def comparison_table(results: Mapping[str, Mapping[str, float]], ks: Sequence[int]) -> str:
+    """A markdown table of models: Recall@k and MRR@k, then coverage, popularity bias and timings at the largest k."""
+    k_max = max(ks)
+    columns = [f"test/{name}@{k}" for k in ks for name in ("recall", "mrr")]
+    columns += [f"test/ndcg@{k_max}", f"test/coverage@{k_max}", f"test/popularity_bias@{k_max}", "test/n_predictions"]
+    columns += ["fit_seconds", "predict_seconds"]
+    frame = pd.DataFrame.from_dict(results, orient="index").reindex(columns=columns)
+    frame.columns = [c.removeprefix("test/") for c in frame.columns]
+    return frame_to_markdown(frame.rename_axis("model").reset_index())
+
+
 def frame_to_markdown(frame: pd.DataFrame) -> str:
     """A markdown table of a frame; floats with 4 decimals."""
     header = "| " + " | ".join(map(str, frame.columns)) + " |"

@@ -1,18 +1,18 @@
-"""Evaluate a checkpoint: python scripts/evaluate.py ckpt_path=PATH data=files data.test=PATH."""
+"""Evaluate checkpoints and baselines on one test set: python scripts/evaluate.py ckpt_path=PATH data=files
+data.test=PATH [data.train=PATH models=[pop,sr,sknn,vsknn]]; see conf/eval.yaml."""
 
 import hydra
 from omegaconf import DictConfig
 
 from lstm_rec.evaluate import evaluate_checkpoint
-from lstm_rec.report import metrics_table
+from lstm_rec.report import comparison_table
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    metrics = evaluate_checkpoint(cfg)
-    ks = sorted({int(key.split("@")[1]) for key in metrics if key.startswith("test/recall@")})
-    print(metrics_table(metrics, ks, splits=("test",)))
-    print(f"outputs: {metrics['output_dir']}")
+    results = evaluate_checkpoint(cfg)
+    print(comparison_table(results, cfg.ks))
+    print(f"outputs: {cfg.paths.output_dir}")
 
 
 if __name__ == "__main__":

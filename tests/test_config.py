@@ -1,5 +1,7 @@
 """Every option of every config group composes, and the objects it names can be built."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hydra.utils import instantiate
@@ -101,7 +103,14 @@ def test_experiment_options(option, tmp_path):
     instantiate(cfg.data)
 
 
-def test_eval_config_requires_a_checkpoint(tmp_path):
+def test_eval_config(tmp_path):
     cfg = compose_config("eval", ["ckpt_path=x.ckpt", "data=files", "data.test=t.tsv"], tmp_path)
     assert cfg.ckpt_path == "x.ckpt"
     assert cfg.data.train is None
+    assert cfg.data.valid_fraction == 0.0  # baselines fit on all of data.train
+
+
+@pytest.mark.parametrize("name", list(compose_config("eval", [], Path("/tmp")).baselines))
+def test_every_baseline_option_builds(name, tmp_path):
+    cfg = compose_config("eval", [], tmp_path)
+    assert hasattr(instantiate(cfg.baselines[name]), "fit")

@@ -5,7 +5,6 @@ import torch
 
 from lstm_rec.metrics import MRR, NDCG, Coverage, PopularityBias, Recall, ranking_metrics, target_ranks
 
-
 NO_TOPS = torch.zeros((0, 0), dtype=torch.int64)  # rank metrics ignore the top lists
 
 

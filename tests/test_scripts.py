@@ -38,7 +38,7 @@ def test_train_script_into_run_dir_then_evaluate(tmp_path):
     )  # fmt: skip
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     assert evaluated["test/mrr@20"] == pytest.approx(metrics["test/mrr@20"])
-    assert "| LSTM | test |" in result.stdout
+    assert "| lstm |" in result.stdout
 
 
 def test_multirun_gives_one_directory_per_job_and_a_summary(tmp_path):

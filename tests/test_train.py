@@ -87,10 +87,48 @@ def test_evaluate_a_checkpoint_without_training_data(file_run, tmp_path):
         "eval", [f"ckpt_path={trained['checkpoint']}", "data=files", f"data.test={data / 'test.csv'}"], tmp_path
     )
     assert cfg.data.train is None
-    metrics = evaluate_checkpoint(cfg)
+    results = evaluate_checkpoint(cfg)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("test/recall@20", "test/mrr@20", "test/n_predictions", "pop/test/recall@20"):
-        assert metrics[key] == pytest.approx(trained[key])
-    assert json.loads((tmp_path / "metrics.json").read_text())["test/mrr@20"] == pytest.approx(metrics["test/mrr@20"])
+        assert saved[key] == pytest.approx(trained[key])
+    assert results["lstm"]["test/mrr@20"] == pytest.approx(trained["test/mrr@20"])
+    assert results["lstm"]["fit_seconds"] > 0  # the training time travels in the checkpoint
+
+
+def test_compare_checkpoint_and_baselines_on_the_same_predictions(file_run, tmp_path):
+    data, _, trained = file_run
+    overrides = [
+        f"ckpt_path={trained['checkpoint']}",
+        "data=files",
+        f"data.train={data / 'train.tsv'}",
+        f"data.test={data / 'test.csv'}",
+        "models=[pop,markov,sr,sknn,vsknn]",
+        "breakdown=[position]",
+    ]
+    results = evaluate_checkpoint(compose_config("eval", overrides, tmp_path))
+    assert list(results) == ["lstm", "pop", "markov", "sr", "sknn", "vsknn"]
+    assert len({r["test/n_predictions"] for r in results.values()}) == 1
+    assert results["lstm"]["test/n_predictions"] == trained["test/n_predictions"]
+    # the planted structure is first-order: Markov and the LSTM both beat popularity by far
+    assert results["markov"]["test/recall@20"] > 1.5 * results["pop"]["test/recall@20"]
+    assert results["lstm"]["test/recall@20"] > 1.5 * results["pop"]["test/recall@20"]
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["sr"]["test/mrr@20"] == pytest.approx(results["sr"]["test/mrr@20"])
+    assert {"fit_seconds", "predict_seconds", "test/coverage@20", "test/popularity_bias@20"} <= set(saved["vsknn"])
+    assert (tmp_path / "comparison.md").read_text().count("\n") == 2 + len(results)
+    assert (tmp_path / "comparison.csv").is_file() and (tmp_path / "breakdown_position.md").is_file()
+
+
+def test_baselines_need_training_data(tmp_path):
+    cfg = compose_config("eval", ["data=files", f"data.test={tmp_path / 't.csv'}", "models=[sr]"], tmp_path)
+    write_events(tmp_path / "t.csv", [(1, 2, 3.0), (1, 3, 4.0)], sep=",")
+    with pytest.raises(ValueError, match=r"data\.train is not set.*set data\.train=PATH"):
+        evaluate_checkpoint(cfg)
+
+
+def test_unknown_baseline_name(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'gru'"):
+        evaluate_checkpoint(compose_config("eval", ["models=[gru]", "data.n_sessions=300"], tmp_path))
 
 
 def test_checkpoint_carries_the_item_index(file_run):

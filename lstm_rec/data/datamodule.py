@@ -22,7 +22,7 @@ class SessionDataModule(L.LightningDataModule):
 
     The item index comes from the training part only; validation and test rows with unknown
     items are dropped. Without a validation frame, the sessions of train that start last
-    (`valid_fraction` of them) become validation. A caller that already has an item index (a
+    (`valid_fraction` of them; 0 for none) become validation. A caller that already has an item index (a
     checkpoint's) sets ``item_index`` before ``setup`` and then needs no training data.
     """
 
@@ -60,11 +60,14 @@ class SessionDataModule(L.LightningDataModule):
         if self._loaded:
             return
         train, valid, test = self.load_frames()
-        if train is not None and valid is None and self.item_index is None:
+        if train is not None and valid is None and self.item_index is None and self.valid_fraction > 0:
             train, valid = split_by_start_time(train, self.valid_fraction, "validation")
         if self.item_index is None:
             if train is None:
-                raise ValueError("data.train is not set: training needs a training file (data.train=PATH)")
+                raise ValueError(
+                    "data.train is not set: the item index (and any baseline) comes from training data; "
+                    "set data.train=PATH, or evaluate a checkpoint with ckpt_path=PATH"
+                )
             self.item_index = ItemIndex.from_items(train[ITEM])
             log.info("item index: %d items from training data", len(self.item_index))
         if train is not None:
