@@ -5,6 +5,7 @@ from hydra.utils import instantiate
 
 from conftest import compose_config
 from lstm_rec.baselines import Popularity
+from lstm_rec.evaluate import evaluate_checkpoint
 from lstm_rec.evaluation import evaluate
 from lstm_rec.train import train
 
@@ -36,3 +37,16 @@ def test_tuned_preset_reaches_the_bar(yoochoose, tmp_path):
     # The foundation bar: Recall@20 >= 0.65 and MRR@20 >= 0.33 (V-SKNN: 0.688 / 0.367).
     assert metrics["test/recall@20"] >= 0.65
     assert metrics["test/mrr@20"] >= 0.33
+
+
+# shared/data/README.md: Recall@20 and MRR@20 of the session-rec implementations, pessimistic ties.
+REFERENCE = {"pop": (0.089, 0.026), "sr": (0.618, 0.348), "sknn": (0.636, 0.319), "vsknn": (0.688, 0.367)}
+
+
+def test_baselines_reproduce_the_reference_results(yoochoose, tmp_path):
+    overrides = ["data=yoochoose_100k", shared(yoochoose), f"models=[{','.join(REFERENCE)}]"]
+    results = evaluate_checkpoint(compose_config("eval", overrides, tmp_path))
+    for name, (recall, mrr) in REFERENCE.items():
+        assert results[name]["test/n_predictions"] == 10152
+        assert results[name]["test/recall@20"] == pytest.approx(recall, abs=0.01), name
+        assert results[name]["test/mrr@20"] == pytest.approx(mrr, abs=0.01), name

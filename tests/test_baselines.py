@@ -1,0 +1,103 @@
+"""Every baseline on tiny sessions whose scores are worked out by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lstm_rec.baselines import VSKNN, ItemKNN, Markov, Popularity, SequentialRules, SessionKNN, SessionPopularity
+from lstm_rec.data.sessions import Sessions
+from lstm_rec.evaluation import rank_batch
+
+# Four training sessions over items 1..5, with the time of every click (session s3 is the most recent).
+TRAIN = Sessions(
+    items=np.array([1, 2, 3, 2, 3, 4, 1, 4, 5, 2]),
+    offsets=np.array([0, 3, 6, 8, 10]),
+    times=np.array([8.0, 9, 10, 18, 19, 20, 29, 30, 39, 40]),
+)
+N_ITEMS = 5
+
+
+def scores(baseline, *prefixes):
+    width = max(map(len, prefixes))
+    padded = np.array([list(p) + [0] * (width - len(p)) for p in prefixes])
+    return baseline.fit(TRAIN, N_ITEMS).score_prefixes(padded)
+
+
+def test_popularity():
+    np.testing.assert_allclose(scores(Popularity(), [4]), [[2, 3, 2, 2, 1]])
+
+
+def test_session_popularity_puts_session_items_first():
+    # in-session counts 1: 2, 3: 1, plus popularity / (max + 1) = counts / 4 to break ties
+    np.testing.assert_allclose(scores(SessionPopularity(), [1, 3, 1]), [[2.5, 0.75, 1.5, 0.5, 0.25]])
+
+
+def test_markov_counts_direct_successors():
+    # 1 -> 2 (s0), 2 -> 3 (s0, s1), 3 -> 4 (s1), 1 -> 4 (s2), 5 -> 2 (s3)
+    np.testing.assert_allclose(scores(Markov(), [5, 2], [1]), [[0, 0, 2, 0, 0], [0, 1, 0, 1, 0]])
+
+
+def test_sequential_rules_weigh_by_distance():
+    # row 1: 1 -> 2 at d1 (1), 1 -> 3 at d2 (1/4), 1 -> 4 at d1 (1); row 2: 2 -> 3 twice (2), 2 -> 4 at d2 (1/4)
+    sr = SequentialRules(steps=2, weighting="quadratic", pruning=0)
+    np.testing.assert_allclose(scores(sr, [1], [2]), [[0, 1, 0.25, 1, 0], [0, 0, 2, 0.25, 0]])
+    # pruning to 1 keeps the strongest successor; the tie 2 vs 4 in row 1 goes to the smaller item
+    pruned = SequentialRules(steps=2, weighting="quadratic", pruning=1)
+    np.testing.assert_allclose(scores(pruned, [1], [2]), [[0, 1, 0, 0, 0], [0, 0, 2, 0, 0]])
+    np.testing.assert_allclose(scores(SequentialRules(steps=1, weighting="div"), [1]), scores(Markov(), [1]))
+
+
+def test_item_knn_cosine_of_session_cooccurrence():
+    # with lmbd 0: sim(2, j) = cooc / sqrt(supp(2) supp(j)), supp = clicks (2: 3, 1: 2, 3: 2, 4: 2, 5: 1)
+    expected = [1 / math.sqrt(6), 0, 2 / math.sqrt(6), 1 / math.sqrt(6), 1 / math.sqrt(3)]
+    np.testing.assert_allclose(scores(ItemKNN(lmbd=0.0), [4, 2]), [expected])
+
+
+def test_session_knn():
+    # prefix {2, 3}: cosine with s0 {1,2,3} and s1 {2,3,4} is 2 / sqrt(2 * 3); with s3 {5,2} 1 / sqrt(2 * 2)
+    high, low = 2 / math.sqrt(6), 0.5
+    np.testing.assert_allclose(scores(SessionKNN(k=2), [2, 3]), [[high, 2 * high, 2 * high, high, 0]])
+    np.testing.assert_allclose(
+        scores(SessionKNN(k=3), [2, 3]), [[high, 2 * high + low, 2 * high, high, low]], rtol=1e-12
+    )
+
+
+def test_session_knn_samples_the_most_recent_sessions():
+    # of the sessions sharing an item with {2, 3} (s0, s1, s3), s3 ended last
+    np.testing.assert_allclose(scores(SessionKNN(k=3, sample_size=1), [2, 3]), [[0, 0.5, 0, 0, 0.5]])
+
+
+def test_vsknn_position_weights_and_decay():
+    # prefix [1, 5] (L = 2): weights (1/2)^2 = 0.25 for item 1 and 1 for item 5; 2 distinct items.
+    # s0 and s2 share item 1: sim 0.25 / 2, and item 1 is 2 clicks back: vote 0.125 / 2.
+    # s3 shares item 5, the last click: sim 1 / 2, vote 0.5.
+    vsknn = VSKNN(k=10, idf_weighting=0.0)
+    np.testing.assert_allclose(scores(vsknn, [1, 5]), [[0.125, 0.0625 + 0.5, 0.0625, 0.0625, 0.5]])
+    # idf: each item's score times 1 + w ln(n_sessions / clicks)
+    weighted = VSKNN(k=10, idf_weighting=1.0)
+    factor = 1 + np.log(4 / np.array([2, 3, 2, 2, 1]))
+    np.testing.assert_allclose(scores(weighted, [1, 5]), [[0.125, 0.5625, 0.0625, 0.0625, 0.5]] * factor)
+
+
+def test_vsknn_repeated_item_keeps_its_last_position():
+    # prefix [2, 4, 2]: item 2 at its last position 3 of 3 weighs 1, item 4 at 2 of 3 weighs 4/9.
+    # s1 {2,3,4}: (1 + 4/9) / 2; s0 {1,2,3} and s3 {5,2}: 1 / 2; s2 {1,4}: (4/9) / 2, its item 4 is 2 clicks back.
+    s1, s0, s2 = (1 + 4 / 9) / 2, 0.5, (4 / 9) / 2 / 2
+    expected = [s0 + s2, s0 + s1 + s0, s0 + s1, s1 + s2, s0]
+    np.testing.assert_allclose(scores(VSKNN(k=10, idf_weighting=0.0), [2, 4, 2]), [expected])
+
+
+def test_baselines_see_every_prefix_of_a_batch():
+    # the evaluation path hands a baseline each prefix: [1] -> 2, then [1, 2] -> 3
+    markov = Markov().fit(TRAIN, N_ITEMS)
+    ranked = rank_batch(markov, torch.tensor([[1, 2, 3]]), k_max=1)
+    assert ranked.ranks.tolist() == [2.0, 1.0]  # after 1: items 2 and 4 tie at 1 (pessimistic: rank 2)
+    assert ranked.top_items[:, 0].tolist()[1] == 2  # after 2: item 3 (column 2)
+
+
+@pytest.mark.parametrize("bad", [{"weighting": "cubic"}, {"steps": 0}])
+def test_sequential_rules_reject_bad_parameters(bad):
+    with pytest.raises(ValueError):
+        SequentialRules(**bad)
