@@ -63,5 +63,4 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> S
     module = SessionRecModule(item_index=index, **hparams)
     module.load_state_dict(checkpoint["state_dict"])
     module.train_seconds = checkpoint[CHECKPOINT_KEY].get("train_seconds", 0.0)
-    module.eval()
-    return module
+    return module.to(map_location).eval()

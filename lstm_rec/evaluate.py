@@ -113,7 +113,7 @@ def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _write_comparison(results: dict[str, dict[str, Any]], ks: list[int], out: Path) -> None:
-    write_json(results, out / "comparison.json")
+    write_json(results, out / "comparison.json", sort_keys=False)  # models in the order asked
     pd.DataFrame.from_dict(results, orient="index").rename_axis("model").to_csv(out / "comparison.csv")
     (out / "comparison.md").write_text(comparison_table(results, ks) + "\n")
 

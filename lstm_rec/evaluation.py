@@ -130,5 +130,8 @@ def breakdown(ranked: RankedPredictions, ks: Sequence[int], by: str, max_group: 
         )
         label = f"{group}+" if group == max_group and (values > max_group).any() else str(group)
         metrics = metrics_of(part, ks, "")
-        rows.append({by: label} | {k: v for k, v in metrics.items() if not k.startswith(("ndcg",))})
+        rows.append(
+            {by: label, "n_predictions": metrics["n_predictions"]}
+            | {f"{name}@{k}": metrics[f"{name}@{k}"] for k in ks for name in ("recall", "mrr")}
+        )
     return pd.DataFrame(rows)

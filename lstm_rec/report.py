@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 
 
-def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
+def write_json(data: Mapping[str, Any], path: str | Path, sort_keys: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(data), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(dict(data), indent=2, sort_keys=sort_keys) + "\n")
     return path
 
 

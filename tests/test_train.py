@@ -119,6 +119,15 @@ def test_compare_checkpoint_and_baselines_on_the_same_predictions(file_run, tmp_
     assert (tmp_path / "comparison.csv").is_file() and (tmp_path / "breakdown_position.md").is_file()
 
 
+def test_several_checkpoints_in_one_comparison(file_run, tmp_path):
+    data, out, trained = file_run
+    paths = f"[{trained['checkpoint']},{out / 'checkpoints' / 'last.ckpt'}]"
+    overrides = [f"ckpt_path={paths}", "data=files", f"data.test={data / 'test.csv'}"]
+    results = evaluate_checkpoint(compose_config("eval", overrides, tmp_path))
+    assert list(results) == ["lstm_1", "lstm_2"]
+    assert results["lstm_1"]["test/mrr@20"] == pytest.approx(trained["test/mrr@20"])
+
+
 def test_baselines_need_training_data(tmp_path):
     cfg = compose_config("eval", ["data=files", f"data.test={tmp_path / 't.csv'}", "models=[sr]"], tmp_path)
     write_events(tmp_path / "t.csv", [(1, 2, 3.0), (1, 3, 4.0)], sep=",")
