@@ -41,8 +41,8 @@ def item_index_from_checkpoint(checkpoint: dict[str, Any], source: str) -> ItemI
             "expected a .ckpt file written by scripts/train.py under <run dir>/checkpoints/"
         )
     ids = entry["item_ids"]
-    ids = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids, dtype=object)
-    return ItemIndex(ids=ids, counts=entry["item_counts"].numpy())
+    ids = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids, dtype=object)
+    return ItemIndex(ids=ids, counts=entry["item_counts"].cpu().numpy())
 
 
 def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> SessionRecModule:
@@ -53,7 +53,7 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> S
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path: no checkpoint at '{path}'")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(
             f"ckpt_path: '{path}' is not a readable PyTorch checkpoint (corrupt, truncated, or another format): {error}"
