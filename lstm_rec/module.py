@@ -97,10 +97,19 @@ class SessionRecModule(L.LightningModule):
         }
 
     def on_train_epoch_start(self) -> None:
-        self._epoch_start = time.perf_counter()
+        self._epoch_start: float | None = time.perf_counter()
+
+    def _stop_training_clock(self) -> None:
+        if getattr(self, "_epoch_start", None) is not None:
+            self.train_seconds += time.perf_counter() - self._epoch_start
+            self._epoch_start = None
+
+    def on_validation_epoch_start(self) -> None:
+        # Validation, then checkpointing, close a training epoch: count its time before it is saved.
+        self._stop_training_clock()
 
     def on_train_epoch_end(self) -> None:
-        self.train_seconds += time.perf_counter() - self._epoch_start
+        self._stop_training_clock()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         item_index_to_checkpoint(self.item_index, checkpoint)
