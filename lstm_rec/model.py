@@ -56,9 +56,15 @@ class SessionLSTM(nn.Module):
 
     def forward(self, items: Tensor) -> Tensor:
         """One state per prefix: state t summarises items[:, :t + 1]. Right padding is harmless."""
+        return self.forward_with_state(items)[0]
+
+    def forward_with_state(
+        self, items: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Like forward, continuing from an LSTM state (h, c), each (num_layers, B, H); returns the new state."""
         embedded = self.embedding_dropout(self.item_embedding(items))  # (B, T, E)
-        states, _ = self.lstm(embedded)  # (B, T, H)
-        return self.output_dropout(states)
+        outputs, state = self.lstm(embedded, state)  # (B, T, H)
+        return self.output_dropout(outputs), state
 
     def score(self, states: Tensor) -> Tensor:
         """Scores of every item for each state: (..., H) -> (..., n_items)."""

@@ -1,0 +1,133 @@
+"""Use a trained model: top-k next items for a session, for many sessions, or click by click."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lstm_rec.checkpoint import load_module
+from lstm_rec.data.sessions import ItemIndex
+from lstm_rec.model import SessionLSTM
+
+log = logging.getLogger(__name__)
+
+
+class Recommendations(list):
+    """The top k as a list of (original item id, score).
+
+    Attributes:
+        fallback: True when the session had no known item, so the list is by training popularity.
+        unknown: the ids of the session that the model does not know (skipped).
+    """
+
+    def __init__(self, pairs: list[tuple[Hashable, float]], fallback: bool, unknown: list[Hashable]) -> None:
+        super().__init__(pairs)
+        self.fallback = fallback
+        self.unknown = unknown
+
+
+@dataclass
+class SessionState:
+    """A live session: the LSTM state after its known clicks, and those clicks' indices."""
+
+    lstm: tuple[Tensor, Tensor] | None = None  # (h, c), each (num_layers, 1, H)
+    seen: list[int] = field(default_factory=list)
+    last_output: Tensor | None = None  # (1, H) the network's output after the last known click
+
+
+class Recommender:
+    """Recommends next items with a trained SessionLSTM and the item index of its checkpoint."""
+
+    def __init__(self, net: SessionLSTM, item_index: ItemIndex, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.item_index = item_index
+        self.popularity = torch.as_tensor(item_index.counts, dtype=torch.float32, device=self.device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Recommender:
+        """Load a checkpoint written by scripts/train.py (weights only: no code runs from the file)."""
+        module = load_module(path)
+        return cls(module.net, module.item_index, device)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_index)
+
+    def _indices(self, items: Sequence[Hashable]) -> tuple[list[int], list[Hashable]]:
+        """Known items' indices in order, and the unknown ids (logged as a warning)."""
+        indices = self.item_index.lookup(np.asarray(list(items), dtype=object if _mixed(items) else None))
+        unknown = [item for item, index in zip(items, indices, strict=True) if index == 0]
+        if unknown:
+            log.warning("skipping %d item ids the model does not know: %s", len(unknown), unknown[:10])
+        return [int(i) for i in indices if i > 0], unknown
+
+    @torch.no_grad()
+    def recommend(self, items: Sequence[Hashable], k: int = 20, exclude_seen: bool = False) -> Recommendations:
+        """The top k next items after the session `items` (original ids, oldest first)."""
+        return self.recommend_batch([items], k, exclude_seen)[0]
+
+    @torch.no_grad()
+    def recommend_batch(
+        self, sessions: Sequence[Sequence[Hashable]], k: int = 20, exclude_seen: bool = False
+    ) -> list[Recommendations]:
+        """The top k after each session, all sessions scored in one padded batch."""
+        mapped = [self._indices(items) for items in sessions]
+        width = max([len(indices) for indices, _ in mapped] + [1])
+        batch = torch.zeros((len(sessions), width), dtype=torch.long)
+        for row, (indices, _) in enumerate(mapped):
+            batch[row, : len(indices)] = torch.tensor(indices, dtype=torch.long)
+        batch = batch.to(self.device)
+        lengths = (batch > 0).sum(dim=1)
+        states = self.net(batch)[torch.arange(len(batch)), (lengths - 1).clamp(min=0)]  # (B, H)
+        scores = self.net.score(states).float()  # (B, n_items)
+        scores = torch.where((lengths > 0)[:, None], scores, self.popularity)
+        return [
+            self._top(scores[row], k, indices if exclude_seen else [], not indices, unknown)
+            for row, (indices, unknown) in enumerate(mapped)
+        ]
+
+    def start(self) -> SessionState:
+        """A new live session with no clicks yet."""
+        return SessionState()
+
+    @torch.no_grad()
+    def step(
+        self, state: SessionState, item: Hashable, k: int = 20, exclude_seen: bool = False
+    ) -> tuple[SessionState, Recommendations]:
+        """Add one click to a live session at the cost of one LSTM step; the same ranking as recommend()."""
+        indices, unknown = self._indices([item])
+        if indices:
+            click = torch.tensor([indices], dtype=torch.long, device=self.device)  # (1, 1)
+            outputs, lstm = self.net.forward_with_state(click, state.lstm)  # (1, 1, H)
+            state = SessionState(lstm=lstm, seen=[*state.seen, indices[0]], last_output=outputs[:, -1])
+        if not state.seen:
+            return state, self._top(self.popularity, k, [], True, unknown)
+        scores = self.net.score(state.last_output).float()[0]
+        return state, self._top(scores, k, state.seen if exclude_seen else [], False, unknown)
+
+    def _top(self, scores: Tensor, k: int, exclude: list[int], fallback: bool, unknown: list) -> Recommendations:
+        if k < 1:
+            raise ValueError(f"k must be a positive number of items, got {k}")
+        if exclude:
+            scores = scores.clone()
+            scores[torch.tensor(exclude, device=scores.device) - 1] = float("-inf")
+        top = scores.topk(min(k, self.n_items))
+        ids = self.item_index.ids[top.indices.cpu().numpy()]
+        pairs = [(_plain(i), float(s)) for i, s in zip(ids, top.values.cpu(), strict=True) if s > float("-inf")]
+        return Recommendations(pairs, fallback, unknown)
+
+
+def _mixed(items: Sequence[Hashable]) -> bool:
+    return len({type(i) for i in items}) > 1
+
+
+def _plain(value: Hashable) -> Hashable:
+    """numpy scalars as Python ones, so answers serialise to JSON."""
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,111 @@
+"""The Python API on a trained checkpoint: top-k, batches, live sessions, unknown items, fallbacks."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, compose_config
+from lstm_rec import Recommender
+from lstm_rec.checkpoint import CheckpointError
+from lstm_rec.data import SyntheticDataModule
+from lstm_rec.evaluation import rank_batch
+from lstm_rec.train import train
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rec") / "run"
+    return train(compose_config("train", [*TINY, "model.num_layers=2"], out))["checkpoint"]
+
+
+@pytest.fixture(scope="module")
+def rec(checkpoint):
+    return Recommender.from_checkpoint(checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def test_sessions(rec):
+    datamodule = SyntheticDataModule(n_sessions=3000, n_items=200, seed=42)
+    datamodule.item_index = rec.item_index
+    datamodule.setup("test")
+    sessions = datamodule.test_sessions
+    return [rec.item_index.ids[sessions.session(s) - 1].tolist() for s in range(20)]
+
+
+def test_top_k_agrees_with_the_evaluation_path(rec, test_sessions):
+    ids = rec.item_index.ids
+    for session in test_sessions[:5]:
+        batch = torch.tensor([rec.item_index.lookup(np.array(session)).tolist()])
+        ranked = rank_batch(rec.net, batch, k_max=10)
+        for position in range(len(session) - 1):
+            top = rec.recommend(session[: position + 1], k=10)
+            assert [item for item, _ in top] == ids[ranked.top_items[position].numpy()].tolist()
+
+
+def test_incremental_equals_whole_prefix(rec, test_sessions):
+    for session in test_sessions:
+        state = rec.start()
+        for position, item in enumerate(session):
+            state, top = rec.step(state, item, k=20)
+            whole = rec.recommend(session[: position + 1], k=20)
+            assert [i for i, _ in top] == [i for i, _ in whole]
+            np.testing.assert_allclose([s for _, s in top], [s for _, s in whole], rtol=1e-5, atol=1e-5)
+    assert len(state.seen) == len(session)
+
+
+def test_batch_equals_one_by_one(rec, test_sessions):
+    batch = rec.recommend_batch(test_sessions, k=5)
+    for session, top in zip(test_sessions, batch, strict=True):
+        assert [i for i, _ in top] == [i for i, _ in rec.recommend(session, k=5)]
+
+
+def test_answers_are_original_ids_with_scores(rec, test_sessions):
+    top = rec.recommend(test_sessions[0], k=7)
+    assert len(top) == 7 and not top.fallback
+    assert all(isinstance(item, int) and item in set(rec.item_index.ids.tolist()) for item, _ in top)
+    scores = [score for _, score in top]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_exclude_seen(rec, test_sessions):
+    session = test_sessions[1]
+    top = rec.recommend(session, k=30, exclude_seen=True)
+    assert not set(session) & {item for item, _ in top}
+    state = rec.start()
+    for item in session:
+        state, live = rec.step(state, item, k=30, exclude_seen=True)
+    assert [i for i, _ in live] == [i for i, _ in top]
+
+
+def test_unknown_items_are_skipped_with_a_warning(rec, test_sessions, caplog):
+    session = test_sessions[2]
+    with caplog.at_level(logging.WARNING):
+        top = rec.recommend([*session[:2], "no-such-item", 10**12], k=5)
+    assert "skipping 2 item ids" in caplog.text
+    assert top.unknown == ["no-such-item", 10**12]
+    assert [i for i, _ in top] == [i for i, _ in rec.recommend(session[:2], k=5)]
+
+
+def test_empty_or_unknown_session_falls_back_to_popularity(rec):
+    counts = dict(zip(rec.item_index.ids.tolist(), rec.item_index.counts.tolist(), strict=True))
+    for items in ([], [-1, -2]):
+        top = rec.recommend(items, k=3)
+        assert top.fallback
+        assert [score for _, score in top] == sorted(counts.values(), reverse=True)[:3]
+        assert all(counts[item] == score for item, score in top)
+    state, top = rec.step(rec.start(), -5, k=3)
+    assert top.fallback and not state.seen
+
+
+def test_bad_k(rec):
+    with pytest.raises(ValueError, match="k must be a positive"):
+        rec.recommend([1], k=0)
+
+
+def test_truncated_checkpoint_is_refused(checkpoint, tmp_path):
+    data = open(checkpoint, "rb").read()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+        Recommender.from_checkpoint(tmp_path / "cut.ckpt")
