@@ -1,6 +1,7 @@
 """The Python API on a trained checkpoint: top-k, batches, live sessions, unknown items, fallbacks."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,7 +106,7 @@ def test_bad_k(rec):
 
 
 def test_truncated_checkpoint_is_refused(checkpoint, tmp_path):
-    data = open(checkpoint, "rb").read()
+    data = Path(checkpoint).read_bytes()
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt, truncated"):
         Recommender.from_checkpoint(tmp_path / "cut.ckpt")
