@@ -1,0 +1,73 @@
+"""The recommend job: top-k lists for sessions given on the command line or in a click-log file."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, ListConfig
+
+from lstm_rec.data.io import read_events
+from lstm_rec.data.sessions import ITEM, SESSION
+from lstm_rec.recommender import Recommendations, Recommender
+
+log = logging.getLogger(__name__)
+
+
+def recommend_job(cfg: DictConfig) -> pd.DataFrame:
+    """Top-k lists for ``cfg["items"]`` or, in batch mode, for every session (or prefix) of ``cfg.input``.
+
+    Returns a long table: session, position (batch mode with per_position), rank, item, score, fallback.
+    """
+    rec = Recommender.from_checkpoint(cfg.ckpt_path, device=cfg.device)
+    if (cfg["items"] is None) == (cfg.input is None):
+        raise ValueError("give either items=[id1,id2,...] or input=PATH (a click log for batch mode), not both")
+    if cfg["items"] is not None:
+        items = list(cfg["items"]) if isinstance(cfg["items"], ListConfig) else [cfg["items"]]
+        return _table([("", None, rec.recommend(items, cfg.k, cfg.exclude_seen))])
+    table = recommend_file(rec, cfg, Path(cfg.input))
+    if cfg.output is None:
+        raise ValueError("batch mode writes a file: set output=PATH (.csv, .tsv or .parquet)")
+    _write(table, Path(cfg.output))
+    log.info("wrote %d recommendations for %d sessions to %s", len(table), table["session"].nunique(), cfg.output)
+    return table
+
+
+def recommend_file(rec: Recommender, cfg: DictConfig, path: Path) -> pd.DataFrame:
+    events = read_events(path, "input", cfg.session_col, cfg.item_col, cfg.time_col, cfg.sep)
+    sessions = events.groupby(SESSION, sort=False)[ITEM].agg(list)
+    queries: list[tuple[Hashable, int | None, list]] = []
+    for session, items in sessions.items():
+        if cfg.per_position:
+            queries += [(session, position, items[:position]) for position in range(1, len(items) + 1)]
+        else:
+            queries.append((session, None, items))
+    answers = []
+    for begin in range(0, len(queries), cfg.batch_size):
+        chunk = queries[begin : begin + cfg.batch_size]
+        tops = rec.recommend_batch([items for _, _, items in chunk], cfg.k, cfg.exclude_seen)
+        answers += [(session, position, top) for (session, position, _), top in zip(chunk, tops, strict=True)]
+    return _table(answers)
+
+
+def _table(answers: list[tuple[Hashable, int | None, Recommendations]]) -> pd.DataFrame:
+    rows = [
+        {"session": session, "position": position, "rank": rank, "item": item, "score": score, "fallback": top.fallback}
+        for session, position, top in answers
+        for rank, (item, score) in enumerate(top, start=1)
+    ]
+    table = pd.DataFrame(rows, columns=["session", "position", "rank", "item", "score", "fallback"])
+    return table if table["position"].notna().any() else table.drop(columns="position")
+
+
+def _write(table: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        table.to_parquet(path, index=False)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        table.to_csv(path, sep="," if suffix == ".csv" else "\t", index=False)
+    else:
+        raise ValueError(f"output: cannot write '{path}'; expected a .csv, .tsv or .parquet file name")
