@@ -1,0 +1,118 @@
+"""The HTTP service: round trips, bad requests answered with 4xx, and the real server on loopback."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import ROOT, TINY, compose_config
+from lstm_rec import Recommender
+from lstm_rec.service import create_app
+from lstm_rec.train import train
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return train(compose_config("train", TINY, tmp_path_factory.mktemp("serve") / "run"))["checkpoint"]
+
+
+@pytest.fixture(scope="module")
+def rec(checkpoint):
+    return Recommender.from_checkpoint(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def client(rec):
+    return TestClient(create_app(rec, max_items=50, max_k=30))
+
+
+def test_round_trip_matches_the_python_api(client, rec):
+    session = rec.item_index.ids[[3, 7, 7, 1]].tolist()
+    answer = client.post("/recommend", json={"items": session, "k": 5})
+    assert answer.status_code == 200
+    expected = rec.recommend(session, k=5)
+    assert answer.json()["items"] == [item for item, _ in expected]
+    assert answer.json()["scores"] == pytest.approx([score for _, score in expected])
+    assert answer.json()["fallback"] is False and answer.json()["unknown"] == []
+
+
+def test_health(client, rec):
+    assert client.get("/health").json() == {"status": "ok", "n_items": rec.n_items, "max_items": 50, "max_k": 30}
+
+
+def test_unknown_and_empty_sessions(client):
+    answer = client.post("/recommend", json={"items": [-1, "x"], "k": 3}).json()
+    assert answer["fallback"] is True and answer["unknown"] == [-1, "x"] and len(answer["items"]) == 3
+    assert client.post("/recommend", json={"items": []}).json()["fallback"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ('{"items": [1, 2', "json_invalid"),  # malformed JSON
+        ('{"items": "1,2"}', "list_type"),  # wrong type
+        ('{"items": [1.5]}', "int_type"),  # not an id
+        ('{"items": [1], "k": "5"}', "int_type"),
+        ('{"items": [1], "k": 0}', "greater_than_equal"),
+        ('{"items": [1], "k": 31}', "less_than_equal"),
+        ('{"items": ' + str(list(range(51))) + "}", "too_long"),  # oversized list
+        ('{"k": 5}', "missing"),
+        ('{"items": [1], "colour": "red"}', "extra_forbidden"),
+    ],
+)
+def test_bad_requests_get_422_and_the_service_keeps_serving(client, body, problem):
+    answer = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 422
+    assert problem in {error["type"] for error in answer.json()["detail"]}
+    assert client.post("/recommend", json={"items": [1], "k": 2}).status_code == 200
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_real_server_listens_on_loopback(checkpoint, tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "scripts/serve.py", f"ckpt_path={checkpoint}", f"port={port}", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):  # up to 20 s to start
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        answer = httpx.post(f"{url}/recommend", json={"items": [1, 2], "k": 4}, timeout=5)
+        assert answer.status_code == 200 and len(answer.json()["items"]) == 4
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=20)[0].decode()
+    assert f"Uvicorn running on http://127.0.0.1:{port}" in output
+
+
+@pytest.mark.slow
+def test_load_benchmark_reports_its_numbers(checkpoint, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "scripts/benchmark_serve.py", "--ckpt", checkpoint, "--requests", "60", "--concurrency", "2",
+         "--output", str(tmp_path / "bench.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    numbers = json.loads((tmp_path / "bench.json").read_text())
+    assert numbers["requests"] == 60 and numbers["errors"] == 0
+    assert numbers["requests_per_second"] > 0 and 0 < numbers["p50_ms"] <= numbers["p99_ms"]
