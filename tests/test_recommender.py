@@ -1,17 +1,21 @@
 """The Python API on a trained checkpoint: top-k, batches, live sessions, unknown items, fallbacks."""
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, compose_config
+from conftest import ROOT, TINY, compose_config, write_events
 from lstm_rec import Recommender
 from lstm_rec.checkpoint import CheckpointError
 from lstm_rec.data import SyntheticDataModule
 from lstm_rec.evaluation import rank_batch
+from lstm_rec.recommend import recommend_job
 from lstm_rec.train import train
 
 
@@ -110,3 +114,37 @@ def test_truncated_checkpoint_is_refused(checkpoint, tmp_path):
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt, truncated"):
         Recommender.from_checkpoint(tmp_path / "cut.ckpt")
+
+
+def test_recommend_job_batch_mode_per_session_and_per_position(checkpoint, rec, test_sessions, tmp_path):
+    rows = [(s, item, float(t)) for s, session in enumerate(test_sessions[:3]) for t, item in enumerate(session)]
+    clicks = write_events(tmp_path / "clicks.tsv", rows)
+    for per_position, output in ((False, "top.csv"), (True, "top.parquet")):
+        overrides = [f"ckpt_path={checkpoint}", f"input={clicks}", f"output={tmp_path / output}", "k=4"]
+        table = recommend_job(compose_config("recommend", [*overrides, f"per_position={per_position}"], tmp_path))
+        saved = pd.read_csv(tmp_path / output) if output.endswith(".csv") else pd.read_parquet(tmp_path / output)
+        assert len(saved) == len(table)
+        for s, session in enumerate(test_sessions[:3]):
+            mine = saved[saved["session"] == s]
+            if per_position:
+                assert sorted(mine["position"].unique()) == list(range(1, len(session) + 1))
+                mine = mine[mine["position"] == 2]
+                session = session[:2]
+            assert mine.sort_values("rank")["item"].tolist() == [i for i, _ in rec.recommend(session, k=4)]
+
+
+def test_recommend_script_prints_the_list(checkpoint, rec, test_sessions, tmp_path):
+    session = test_sessions[0][:3]
+    result = subprocess.run(
+        [sys.executable, "scripts/recommend.py", f"ckpt_path={checkpoint}", f"items=[{','.join(map(str, session))}]",
+         "k=3", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    for rank, (item, _) in enumerate(rec.recommend(session, k=3), start=1):
+        assert f"| {rank} | {item} |" in result.stdout
+
+
+def test_recommend_job_needs_items_or_input(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="either items"):
+        recommend_job(compose_config("recommend", [f"ckpt_path={checkpoint}"], tmp_path))
