@@ -30,3 +30,18 @@ def test_gpu_training_beats_popularity(precision, tmp_path):
         assert lstm["test/mrr@20"] == pytest.approx(metrics["test/mrr@20"], abs=2e-3)
     # baselines always score on the CPU: identical whatever the LSTM's device
     assert results["cuda"]["vsknn"]["test/mrr@20"] == results["cpu"]["vsknn"]["test/mrr@20"]
+
+
+def test_recommender_on_the_gpu_matches_the_cpu(tmp_path):
+    from lstm_rec import Recommender
+
+    checkpoint = train(compose_config("train", TINY, tmp_path / "run"))["checkpoint"]
+    on_gpu, on_cpu = Recommender.from_checkpoint(checkpoint, "cuda"), Recommender.from_checkpoint(checkpoint, "cpu")
+    ids = on_cpu.item_index.ids.tolist()
+    sessions = [ids[i : i + 4] for i in range(0, 40, 4)]
+    for gpu, cpu in zip(on_gpu.recommend_batch(sessions, k=10), on_cpu.recommend_batch(sessions, k=10), strict=True):
+        assert [i for i, _ in gpu] == [i for i, _ in cpu]
+    state = on_gpu.start()
+    for item in sessions[0]:
+        state, live = on_gpu.step(state, item, k=10)
+    assert [i for i, _ in live] == [i for i, _ in on_cpu.recommend(sessions[0], k=10)]
