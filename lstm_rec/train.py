@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train the LSTM as configured; returns every final metric (also written to metrics.json)."""
+    start = time.perf_counter()
     prepare_run(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -54,7 +56,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     popularity = Popularity(counts)
     metrics |= evaluate(popularity, datamodule.val_dataloader(), ks, "pop/val/", item_counts=counts)
     metrics |= evaluate(popularity, datamodule.test_dataloader(), ks, "pop/test/", item_counts=counts)
-    metrics |= {"epochs": trainer.current_epoch, "checkpoint": str(test_ckpt), "output_dir": cfg.paths.output_dir}
+    metrics |= {
+        "epochs": trainer.current_epoch,
+        "train_seconds": model.train_seconds,
+        "wall_seconds": time.perf_counter() - start,
+        "checkpoint": str(test_ckpt),
+        "output_dir": cfg.paths.output_dir,
+    }
 
     write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
     _log_hparams_with_metrics(trainer, cfg, metrics)

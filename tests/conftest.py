@@ -6,8 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from lstm_rec.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -33,11 +34,7 @@ TINY = [
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """The real config, as the scripts see it, with this test's output directory."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose(
-            config_name=config_name,
-            overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={output_dir}", *overrides],
-        )
+    return load_config(config_name, overrides, output_dir=str(output_dir))
 
 
 @pytest.fixture
