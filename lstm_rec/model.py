@@ -66,6 +66,13 @@ class SessionLSTM(nn.Module):
         outputs, state = self.lstm(embedded, state)  # (B, T, H)
         return self.output_dropout(outputs), state
 
+    def score_columns(self, states: Tensor, columns: Tensor) -> Tensor:
+        """Scores of the items in `columns` only: (N, H) states, (C,) columns -> (N, C), as score() would give."""
+        if self.tie_weights:
+            weight, bias = self.item_embedding.weight[1:][columns], self.output_bias[columns]
+            return F.linear(self.to_embedding(states), weight, bias)
+        return F.linear(states, self.output.weight[columns], self.output.bias[columns])
+
     def score(self, states: Tensor) -> Tensor:
         """Scores of every item for each state: (..., H) -> (..., n_items)."""
         if self.tie_weights:

@@ -15,6 +15,7 @@ from torchmetrics import MetricCollection
 from lstm_rec.checkpoint import CHECKPOINT_KEY, item_index_from_checkpoint, item_index_to_checkpoint
 from lstm_rec.data.sessions import ItemIndex
 from lstm_rec.evaluation import rank_batch
+from lstm_rec.losses import LOSSES, PopularitySampler, bpr_max_loss, sampled_candidates, sampled_softmax_loss
 from lstm_rec.metrics import ranking_metrics
 from lstm_rec.model import SessionLSTM
 
@@ -30,6 +31,9 @@ class SessionRecModule(L.LightningModule):
         ks: cutoffs of the logged Recall@k, MRR@k, NDCG@k, coverage@k and popularity bias@k.
         ties: how tied scores rank (see lstm_rec.metrics.target_ranks); the reference protocol is pessimistic.
         max_scores: most item scores held at once during evaluation.
+        loss: "cross_entropy" (softmax over all items), "sampled_softmax" (over the batch's targets plus
+            `n_negatives` items drawn by popularity ** `sample_alpha`, with `logq` times the logQ correction)
+            or "bpr_max" (over the same candidates, with score regularisation `bpreg`).
         Other arguments are SessionLSTM's.
     """
 
@@ -48,10 +52,17 @@ class SessionRecModule(L.LightningModule):
         ks: Sequence[int] = (5, 10, 20),
         ties: str = "pessimistic",
         max_scores: int = 2**24,
+        loss: str = "cross_entropy",
+        n_negatives: int = 2048,
+        sample_alpha: float = 0.5,
+        logq: float = 1.0,
+        bpreg: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["item_index", "optimizer", "scheduler"])
         self.hparams.ks = list(ks)  # a plain list keeps checkpoints loadable with weights_only
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.item_index = item_index
@@ -62,16 +73,30 @@ class SessionRecModule(L.LightningModule):
         self.optimizer_factory = optimizer or torch.optim.Adam
         self.scheduler_factory = scheduler
         counts = torch.from_numpy(item_index.counts)
+        self.sampler = PopularitySampler(counts, sample_alpha)
         self.val_metrics = ranking_metrics(self.hparams.ks, "val/", counts)
         self.test_metrics = ranking_metrics(self.hparams.ks, "test/", counts)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
-        logits = self.net.score(self.net(inputs))  # (B, T - 1, n_items)
-        # Score column j is item j + 1, so padding (0) becomes -1 and is ignored.
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1)
+        states = self.net(inputs)  # (B, T - 1, H)
+        if self.hparams.loss == "cross_entropy":
+            logits = self.net.score(states)  # (B, T - 1, n_items)
+            # Score column j is item j + 1, so padding (0) becomes -1 and is ignored.
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1)
+        else:
+            loss = self._sampled_loss(states, targets)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
         return loss
+
+    def _sampled_loss(self, states: Tensor, targets: Tensor) -> Tensor:
+        is_target = targets > 0
+        states, targets = states[is_target], targets[is_target] - 1  # (N, H), (N,) score columns
+        columns, log_q = sampled_candidates(targets, self.sampler, self.hparams.n_negatives)
+        scores = self.net.score_columns(states, columns)  # (N, N + M)
+        if self.hparams.loss == "sampled_softmax":
+            return sampled_softmax_loss(scores, targets, columns, log_q, self.hparams.logq)
+        return bpr_max_loss(scores, targets, columns, self.hparams.bpreg)
 
     def _evaluation_step(self, batch: Tensor, metrics: MetricCollection) -> None:
         # Full-precision scores: bf16 would tie many items and push targets down under pessimistic ranks.

@@ -1,0 +1,110 @@
+"""Losses on fixed tiny batches against hand-computed values, the sampler's law, and the logQ correction."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lstm_rec.data import ItemIndex
+from lstm_rec.losses import PopularitySampler, bpr_max_loss, sampled_candidates, sampled_softmax_loss
+from lstm_rec.module import SessionRecModule
+
+SCORES = torch.tensor([[2.0, 0.5, 1.0], [0.0, 1.0, 3.0]])  # 2 rows (targets) x 3 candidates
+TARGETS = torch.tensor([4, 7])
+COLUMNS = torch.tensor([4, 7, 9])  # the two targets, then one extra negative
+
+
+def softmax_ce(logits: list[float], positive: int) -> float:
+    return -logits[positive] + math.log(sum(math.exp(x) for x in logits if x != float("-inf")))
+
+
+def test_sampled_softmax_without_correction():
+    loss = sampled_softmax_loss(SCORES, TARGETS, COLUMNS, torch.zeros(3), logq=0.0)
+    expected = (softmax_ce([2.0, 0.5, 1.0], 0) + softmax_ce([0.0, 1.0, 3.0], 1)) / 2
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_sampled_softmax_with_logq():
+    log_q = torch.log(torch.tensor([0.5, 0.25, 0.125]))
+    loss = sampled_softmax_loss(SCORES, TARGETS, COLUMNS, log_q, logq=1.0)
+    corrected = SCORES - log_q  # subtract log q of every candidate
+    expected = (softmax_ce(corrected[0].tolist(), 0) + softmax_ce(corrected[1].tolist(), 1)) / 2
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_logq_correction_changes_the_ranking():
+    # Raw scores rank the popular candidate first; corrected by log q it falls behind the rare one.
+    raw = torch.tensor([[2.0, 1.5]])
+    log_q = torch.log(torch.tensor([0.9, 0.1]))
+    assert raw.argmax().item() == 0
+    assert (raw - log_q).argmax().item() == 1
+    # ... and so the loss of the row whose positive is the popular item grows.
+    targets, columns = torch.tensor([3]), torch.tensor([3, 8])
+    plain = sampled_softmax_loss(raw, targets, columns, log_q, logq=0.0)
+    corrected = sampled_softmax_loss(raw, targets, columns, log_q, logq=1.0)
+    assert corrected.item() == pytest.approx(softmax_ce([2.0 - math.log(0.9), 1.5 - math.log(0.1)], 0))
+    assert corrected > plain
+
+
+def test_accidental_hits_are_not_negatives():
+    # Both rows target item 4: for row 0, candidate 1 is item 4 again and must not count as a negative.
+    targets, columns = torch.tensor([4, 4]), torch.tensor([4, 4, 9])
+    loss = sampled_softmax_loss(SCORES, targets, columns, torch.zeros(3), logq=0.0)
+    expected = (softmax_ce([2.0, float("-inf"), 1.0], 0) + softmax_ce([float("-inf"), 1.0, 3.0], 1)) / 2
+    assert loss.item() == pytest.approx(expected)
+
+
+def bpr_max_by_hand(row: list[float], positive: int, bpreg: float) -> float:
+    negatives = [x for j, x in enumerate(row) if j != positive]
+    weights = np.exp(negatives) / np.exp(negatives).sum()
+    sigmoid = 1 / (1 + np.exp(-(row[positive] - np.array(negatives))))
+    return -math.log((weights * sigmoid).sum()) + bpreg * (weights * np.array(negatives) ** 2).sum()
+
+
+@pytest.mark.parametrize("bpreg", [0.0, 0.5])
+def test_bpr_max(bpreg):
+    loss = bpr_max_loss(SCORES, TARGETS, COLUMNS, bpreg)
+    expected = (bpr_max_by_hand([2.0, 0.5, 1.0], 0, bpreg) + bpr_max_by_hand([0.0, 1.0, 3.0], 1, bpreg)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_sampler_follows_popularity_to_the_alpha():
+    counts = torch.tensor([1, 4, 16, 0])  # unseen items count as 1
+    sampler = PopularitySampler(counts, alpha=0.5)
+    torch.manual_seed(0)
+    draws = np.bincount(sampler(100_000).numpy(), minlength=4)
+    expected = np.array([1, 2, 4, 1]) / 8 * 100_000
+    chi_square = ((draws - expected) ** 2 / expected).sum()
+    assert chi_square < 16.3  # 3 degrees of freedom, p = 0.001
+    columns, log_q = sampled_candidates(torch.tensor([2, 0]), sampler, 3)
+    assert columns[:2].tolist() == [2, 0] and len(columns) == 5
+    frequency = np.array([1, 4, 16, 1]) / 22
+    np.testing.assert_allclose(log_q[:2].numpy(), np.log(frequency[[2, 0]]), rtol=1e-6)
+    np.testing.assert_allclose(log_q[2:].numpy(), np.log(np.array([1, 2, 4, 1]) / 8)[columns[2:].numpy()], rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "sampled_softmax", "bpr_max"])
+def test_each_loss_is_finite_and_decreases(loss):
+    torch.manual_seed(0)
+    index = ItemIndex(ids=np.arange(1, 51), counts=np.arange(1, 51))
+    module = SessionRecModule(index, embedding_dim=16, hidden=16, loss=loss, n_negatives=20)
+    module.log = lambda *args, **kwargs: None  # outside a Trainer
+    batch = torch.randint(1, 51, (8, 6))
+    batch[5:, 4:] = 0
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.01)
+    losses = []
+    for _ in range(30):
+        torch.manual_seed(1)  # the same negatives every step: the loss of one fixed problem
+        value = module.training_step(batch, 0)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        losses.append(value.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_unknown_loss():
+    with pytest.raises(ValueError, match="loss must be one of"):
+        SessionRecModule(ItemIndex(ids=np.arange(3), counts=np.ones(3, dtype=np.int64)), loss="hinge")
