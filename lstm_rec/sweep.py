@@ -65,7 +65,7 @@ def summarize_sweep(sweep_dir: str | Path, sort_by: str | None = None, best_curv
     if sort_by in jobs.columns:
         jobs = jobs.sort_values(sort_by, ascending=False, kind="stable", ignore_index=True)
     jobs.to_csv(sweep_dir / "summary.csv", index=False)
-    (sweep_dir / "summary.md").write_text(frame_to_markdown(jobs[_summary_columns(jobs.columns)]) + "\n")
+    (sweep_dir / "summary.md").write_text(frame_to_markdown(jobs[summary_columns(jobs.columns)]) + "\n")
     if sort_by in jobs.columns:
         params = swept_parameters(jobs)
         objective_plots(jobs, params, sort_by, sweep_dir)
@@ -74,7 +74,7 @@ def summarize_sweep(sweep_dir: str | Path, sort_by: str | None = None, best_curv
     return jobs
 
 
-def _summary_columns(columns: pd.Index) -> list[str]:
+def summary_columns(columns: pd.Index) -> list[str]:
     """The markdown's columns: Recall@k and MRR@k for val and test, popularity's at the largest k, epochs, time."""
     ks = sorted({int(c.split("@")[1]) for c in columns if c.startswith("test/recall@")})
     wanted = [f"{split}/{name}@{k}" for split in ("val", "test") for k in ks for name in ("recall", "mrr")]

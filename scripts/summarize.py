@@ -6,7 +6,7 @@ Writes summary.md, summary.csv, objective_vs_<parameter>.png and learning_curves
 import argparse
 
 from lstm_rec.report import frame_to_markdown
-from lstm_rec.sweep import _summary_columns, summarize_sweep
+from lstm_rec.sweep import summarize_sweep, summary_columns
 
 
 def main() -> None:
@@ -18,7 +18,7 @@ def main() -> None:
     jobs = summarize_sweep(args.sweep_dir, args.sort_by, args.best_curves)
     if jobs.empty:
         raise SystemExit(f"no job under {args.sweep_dir} has a metrics.json")
-    print(frame_to_markdown(jobs[_summary_columns(jobs.columns)]))
+    print(frame_to_markdown(jobs[summary_columns(jobs.columns)]))
     print(f"report written to {args.sweep_dir}")
 
 
