@@ -1,0 +1,94 @@
+"""Speed and memory of training and evaluation, measured on a real run of the configured job."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lstm_rec.evaluation import collect_ranks, metrics_of
+from lstm_rec.report import write_json
+from lstm_rec.train import instantiate_all, prepare_run
+
+
+class EpochClock(L.Callback):
+    """Training seconds of every epoch and the validation metric after it."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        _synchronize(module.device)
+        self._start = time.perf_counter()
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not hasattr(self, "_start"):
+            return
+        _synchronize(module.device)
+        self.epochs.append({"train_seconds": time.perf_counter() - self._start})
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.epochs and self.metric in trainer.callback_metrics:
+            self.epochs[-1][self.metric] = float(trainer.callback_metrics[self.metric])
+
+
+def benchmark(cfg: DictConfig) -> dict[str, Any]:
+    """Train as configured, then time evaluation; returns (and writes benchmark.json) the numbers."""
+    prepare_run(cfg)
+    start = time.perf_counter()
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    load_seconds = time.perf_counter() - start
+    model = instantiate(cfg.model, item_index=datamodule.item_index)
+    clock = EpochClock(cfg.monitor)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*instantiate_all(cfg.get("callbacks")), clock], logger=False)
+    trainer.fit(model, datamodule=datamodule)
+
+    targets = datamodule.train_sessions.n_targets
+    train_seconds = [epoch["train_seconds"] for epoch in clock.epochs]
+    steady = train_seconds[1:] or train_seconds  # the first epoch carries warm-up
+    elapsed, reached = 0.0, None
+    for epoch in clock.epochs:
+        elapsed += epoch["train_seconds"]
+        if reached is None and epoch.get(cfg.monitor, float("-inf")) >= cfg.target:
+            reached = elapsed
+
+    model.to(trainer.strategy.root_device)
+    _synchronize(model.device)
+    eval_start = time.perf_counter()
+    ranked = collect_ranks(model.net, datamodule.test_dataloader(), max(cfg.model.ks), device=model.device)
+    _synchronize(model.device)
+    eval_seconds = time.perf_counter() - eval_start
+    results = {
+        "device": str(model.device),
+        "precision": str(cfg.trainer.precision),
+        "n_items": datamodule.n_items,
+        "train_events": datamodule.train_sessions.n_events,
+        "train_targets_per_epoch": targets,
+        "load_seconds": round(load_seconds, 2),
+        "epochs": len(train_seconds),
+        "epoch_seconds": [round(s, 3) for s in train_seconds],
+        "train_events_per_second": round(targets / (sum(steady) / len(steady))),
+        f"seconds_to_{cfg.monitor}>={cfg.target}": None if reached is None else round(reached, 2),
+        "val_curve": [round(epoch.get(cfg.monitor, float("nan")), 4) for epoch in clock.epochs],
+        "eval_predictions": len(ranked.ranks),
+        "eval_predictions_per_second": round(len(ranked.ranks) / eval_seconds),
+        "test": metrics_of(ranked, list(cfg.model.ks), "test/"),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
+    if model.device.type == "cuda":
+        results["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    write_json(results, Path(cfg.paths.output_dir) / "benchmark.json", sort_keys=False)
+    return results
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
