@@ -48,7 +48,9 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     load_seconds = time.perf_counter() - start
     model = instantiate(cfg.model, item_index=datamodule.item_index)
     clock = EpochClock(cfg.monitor)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*instantiate_all(cfg.get("callbacks")), clock], logger=False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=[*instantiate_all(cfg.get("callbacks")), clock], logger=False
+    )
     trainer.fit(model, datamodule=datamodule)
 
     targets = datamodule.train_sessions.n_targets
