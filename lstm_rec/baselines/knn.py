@@ -45,20 +45,16 @@ class SessionKNN(Baseline):
         kept = top_entries(shared.row, -self.recency[shared.col], self.sample_size, shared.col)
         return sp.csr_matrix((shared.data[kept], (shared.row[kept], shared.col[kept])), shape=shared.shape)
 
-    def _similarity(self, prefixes: np.ndarray, query: sp.csr_matrix, candidates: sp.csr_matrix) -> sp.csr_matrix:
-        distinct = np.asarray(query.sum(axis=1)).ravel()  # (N,)
-        coo = candidates.tocoo()
-        coo.data = coo.data / np.sqrt(distinct[coo.row] * self.items_per_session[coo.col])
-        return coo.tocsr()
-
-    def _votes(self, prefixes: np.ndarray, neighbours: sp.csr_matrix) -> np.ndarray:
-        return (neighbours @ self.session_items).toarray()
+    def _neighbours(self, similarity: sp.spmatrix) -> sp.csr_matrix:
+        """The `k` most similar candidates of each row (ties: the more recent session)."""
+        return keep_top_per_row(similarity, self.k, tiebreak=self.recency)
 
     def score_prefixes(self, prefixes: np.ndarray) -> np.ndarray:
         query = self._query(prefixes)
-        similarity = self._similarity(prefixes, query, self._candidates(query))
-        neighbours = keep_top_per_row(similarity, self.k, tiebreak=self.recency)
-        return self._votes(prefixes, neighbours)
+        distinct = np.asarray(query.sum(axis=1)).ravel()  # (N,)
+        cosine = self._candidates(query).tocoo()  # shared-item counts
+        cosine.data = cosine.data / np.sqrt(distinct[cosine.row] * self.items_per_session[cosine.col])
+        return (self._neighbours(cosine) @ self.session_items).toarray()
 
 
 class VSKNN(SessionKNN):
@@ -108,30 +104,27 @@ class VSKNN(SessionKNN):
         )
         return last, lengths
 
-    def _similarity(self, prefixes: np.ndarray, query: sp.csr_matrix, candidates: sp.csr_matrix) -> sp.csr_matrix:
-        last, lengths = self._last_positions(prefixes)
+    def score_prefixes(self, prefixes: np.ndarray) -> np.ndarray:
+        query = self._query(prefixes)
+        last, lengths = self._last_positions(prefixes)  # (N, n_items) last 1-based positions
         weights = last.tocoo()
         weights.data = _POSITION_WEIGHTS[self.weighting](weights.data, lengths[weights.row].astype(np.float64))
         weighted_shared = sp.csr_matrix(weights.tocsr() @ self.session_items.T)  # (N, S)
-        distinct = np.asarray(query.sum(axis=1)).ravel()
-        similarity = weighted_shared.multiply(candidates > 0).tocoo()
-        similarity.data = similarity.data / distinct[similarity.row]
-        return similarity.tocsr()
-
-    def _votes(self, prefixes: np.ndarray, neighbours: sp.csr_matrix) -> np.ndarray:
+        similarity = weighted_shared.multiply(self._candidates(query) > 0).tocoo()
+        similarity.data = similarity.data / np.asarray(query.sum(axis=1)).ravel()[similarity.row]
+        neighbours = self._neighbours(similarity)
         if self.weighting_score == "div":
-            decay = self._steps_back(prefixes, neighbours)
+            decay = self._steps_back(last, lengths, neighbours)
             decay.data = 1.0 / decay.data
             neighbours = neighbours.multiply(decay).tocsr()
         return (neighbours @ self.session_items).toarray() * self.item_factor
 
-    def _steps_back(self, prefixes: np.ndarray, neighbours: sp.csr_matrix) -> sp.csr_matrix:
+    def _steps_back(self, last: sp.csr_matrix, lengths: np.ndarray, neighbours: sp.csr_matrix) -> sp.csr_matrix:
         """For each (prefix, neighbour) pair, how many clicks back the most recent shared item lies.
 
         Every prefix item adds 2^-r for its smallest distance r from the end (1 = last click) to the
         sessions holding it; the sum lies in [2^-r_min, 2^(1 - r_min)), so r_min = ceil(-log2(sum)).
         """
-        last, lengths = self._last_positions(prefixes)
         distance = last.tocoo()
         distance.data = np.exp2(-(lengths[distance.row] - distance.data + 1.0))
         sums = sp.csr_matrix(distance.tocsr() @ self.session_items.T).multiply(neighbours > 0).tocsr()
