@@ -56,11 +56,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     targets = datamodule.train_sessions.n_targets
     train_seconds = [epoch["train_seconds"] for epoch in clock.epochs]
     steady = train_seconds[1:] or train_seconds  # the first epoch carries warm-up
-    elapsed, reached = 0.0, None
-    for epoch in clock.epochs:
-        elapsed += epoch["train_seconds"]
-        if reached is None and epoch.get(cfg.monitor, float("-inf")) >= cfg.target:
-            reached = elapsed
+    reached = _time_to_target(clock.epochs, cfg.monitor, cfg.target)
 
     model.to(trainer.strategy.root_device)
     _synchronize(model.device)
@@ -89,6 +85,16 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         results["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     write_json(results, Path(cfg.paths.output_dir) / "benchmark.json", sort_keys=False)
     return results
+
+
+def _time_to_target(epochs: list[dict[str, float]], metric: str, target: float) -> float | None:
+    """Training seconds until the end of the first epoch whose `metric` reached `target`; None if none did."""
+    elapsed = 0.0
+    for epoch in epochs:
+        elapsed += epoch["train_seconds"]
+        if epoch.get(metric, float("-inf")) >= target:
+            return elapsed
+    return None
 
 
 def _synchronize(device: torch.device) -> None:

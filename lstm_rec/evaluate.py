@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig
 
 from lstm_rec.baselines import Popularity
 from lstm_rec.checkpoint import load_module
-from lstm_rec.data import ItemIndex
+from lstm_rec.data import ItemIndex, SessionDataModule
 from lstm_rec.evaluation import RankedPredictions, SessionScorer, breakdown, collect_ranks, metrics_of
 from lstm_rec.module import SessionRecModule
 from lstm_rec.report import comparison_table, frame_to_markdown, write_json
@@ -43,21 +43,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if cfg.models and datamodule.train_sessions is None:
         raise ValueError(f"baselines {list(cfg.models)} are fitted on training data: set data.train=PATH")
 
-    ks, loader = list(cfg.ks), datamodule.test_dataloader()
-    counts = datamodule.item_index.counts
+    ks, loader, counts = list(cfg.ks), datamodule.test_dataloader(), datamodule.item_index.counts
 
     def run(scorer: SessionScorer, scorer_device: torch.device) -> RankedPredictions:
         return collect_ranks(scorer, loader, max(ks), cfg.ties, scorer_device, cfg.max_scores)
 
-    results: dict[str, dict[str, Any]] = {}
-    ranked: dict[str, RankedPredictions] = {}
-    for name, module in modules.items():
-        ranked[name], seconds = _timed(lambda m=module: run(m.net, device))
-        results[name] = {"fit_seconds": module.train_seconds, "predict_seconds": seconds}
-    for name in cfg.models:
-        baseline, fit_seconds = _timed(lambda n=name: _baseline(cfg, n).fit(datamodule.train_sessions, len(counts)))
-        ranked[name], seconds = _timed(lambda b=baseline: run(b, torch.device("cpu")))
-        results[name] = {"fit_seconds": fit_seconds, "predict_seconds": seconds}
+    ranked, results = _rank_all(run, modules, device, cfg, datamodule)
     for name in results:
         results[name] = metrics_of(ranked[name], ks, "test/", counts) | results[name]
         log.info("%s: %s", name, {k: round(v, 4) for k, v in results[name].items()})
@@ -72,6 +63,27 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         metrics = results[first] | metrics_of(popularity, ks, "pop/test/", counts)
         write_json(metrics | {"checkpoint": checkpoints[first], "output_dir": str(out)}, out / "metrics.json")
     return results
+
+
+def _rank_all(
+    run: Callable[[SessionScorer, torch.device], RankedPredictions],
+    modules: dict[str, SessionRecModule],
+    device: torch.device,
+    cfg: DictConfig,
+    datamodule: SessionDataModule,
+) -> tuple[dict[str, RankedPredictions], dict[str, dict[str, Any]]]:
+    """Ranked predictions of every checkpoint, then every baseline (fitted here), with their timings."""
+    results: dict[str, dict[str, Any]] = {}
+    ranked: dict[str, RankedPredictions] = {}
+    for name, module in modules.items():
+        ranked[name], seconds = _timed(lambda m=module: run(m.net, device))
+        results[name] = {"fit_seconds": module.train_seconds, "predict_seconds": seconds}
+    n_items = len(datamodule.item_index)
+    for name in cfg.models:
+        baseline, fit_seconds = _timed(lambda n=name: _baseline(cfg, n).fit(datamodule.train_sessions, n_items))
+        ranked[name], seconds = _timed(lambda b=baseline: run(b, torch.device("cpu")))
+        results[name] = {"fit_seconds": fit_seconds, "predict_seconds": seconds}
+    return ranked, results
 
 
 def _device(name: str) -> torch.device:
