@@ -2,6 +2,9 @@
 
 # No `from __future__ import annotations`: FastAPI reads the request model of the endpoint, a class
 # local to create_app, from the annotation at run time.
+import socket
+import subprocess
+import time
 from typing import Annotated
 
 from fastapi import FastAPI
@@ -45,3 +48,24 @@ def create_app(rec: Recommender, max_items: int = 200, max_k: int = 100) -> Fast
         )
 
     return app
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for tests and benchmarks on loopback)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(url: str, server: subprocess.Popen, seconds: float = 60.0) -> None:
+    """Poll `url`/health until the server process answers; raise if it dies or `seconds` pass."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the server at {url} did not come up within {seconds} s")

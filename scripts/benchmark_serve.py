@@ -6,7 +6,6 @@ python scripts/benchmark_serve.py --ckpt PATH [--requests 2000] [--concurrency 4
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,25 +16,9 @@ import httpx
 import numpy as np
 
 from lstm_rec.checkpoint import load_module
+from lstm_rec.service import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_up(url: str, server: subprocess.Popen, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError(f"the server at {url} did not come up within {seconds} s")
 
 
 def load(url: str, bodies: list[dict], concurrency: int, seconds: float) -> tuple[list[float], int, float]:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from lstm_rec.config import load_config
+from lstm_rec.config import CONF_DIR, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONF_DIR
 SHARED_DATA = ROOT.parent / "shared" / "data"
 YOOCHOOSE = SHARED_DATA / "yoochoose-100k"
 

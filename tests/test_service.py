@@ -2,10 +2,8 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -13,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from conftest import ROOT, TINY, compose_config
 from lstm_rec import Recommender
-from lstm_rec.service import create_app
+from lstm_rec.service import create_app, free_port, wait_until_up
 from lstm_rec.train import train
 
 
@@ -73,12 +71,6 @@ def test_bad_requests_get_422_and_the_service_keeps_serving(client, body, proble
     assert client.post("/recommend", json={"items": [1], "k": 2}).status_code == 200
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_real_server_listens_on_loopback(checkpoint, tmp_path):
     port = free_port()
@@ -91,12 +83,7 @@ def test_the_real_server_listens_on_loopback(checkpoint, tmp_path):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(100):  # up to 20 s to start
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_up(url, server)
         answer = httpx.post(f"{url}/recommend", json={"items": [1, 2], "k": 4}, timeout=5)
         assert answer.status_code == 200 and len(answer.json()["items"]) == 4
     finally:
