@@ -90,9 +90,9 @@ def collect_ranks(
 def metrics_of(
     ranked: RankedPredictions, ks: Sequence[int], prefix: str, item_counts: np.ndarray | Tensor | None = None
 ) -> dict[str, float]:
-    """Every metric at every k, keyed like ``{prefix}recall@20``."""
+    """Every metric at every k, keyed like ``{prefix}recall@20``, computed in this process alone."""
     counts = None if item_counts is None else torch.as_tensor(item_counts)
-    metrics = ranking_metrics(ks, prefix, counts)
+    metrics = ranking_metrics(ks, prefix, counts, sync=False)
     metrics.update(ranked.ranks, ranked.top_items)
     return {name: float(value) for name, value in metrics.compute().items()}
 

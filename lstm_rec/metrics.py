@@ -131,13 +131,23 @@ class PredictionCount(Metric):
         return self.count.double()
 
 
-def ranking_metrics(ks: Sequence[int], prefix: str, item_counts: Tensor | None = None) -> MetricCollection:
+def ranking_metrics(
+    ks: Sequence[int], prefix: str, item_counts: Tensor | None = None, sync: bool = True
+) -> MetricCollection:
     """Recall, MRR and NDCG at every k, the prediction count and, given training click counts,
-    coverage and popularity bias; keyed like ``val/mrr@20``. Update with (ranks, top_items)."""
-    metrics: dict[str, Metric] = {"n_predictions": PredictionCount()}
+    coverage and popularity bias; keyed like ``val/mrr@20``. Update with (ranks, top_items).
+
+    With `sync`, computing sums the states of all processes of a distributed run; without, it
+    stays in this process (one process evaluating everything alone).
+    """
+    options = {"sync_on_compute": sync}
+    metrics: dict[str, Metric] = {"n_predictions": PredictionCount(**options)}
     for k in ks:
-        metrics |= {f"recall@{k}": Recall(k), f"mrr@{k}": MRR(k), f"ndcg@{k}": NDCG(k)}
+        metrics |= {f"recall@{k}": Recall(k, **options), f"mrr@{k}": MRR(k, **options), f"ndcg@{k}": NDCG(k, **options)}
         if item_counts is not None:
             counts = torch.as_tensor(item_counts)
-            metrics |= {f"coverage@{k}": Coverage(k, len(counts)), f"popularity_bias@{k}": PopularityBias(k, counts)}
+            metrics |= {
+                f"coverage@{k}": Coverage(k, len(counts), **options),
+                f"popularity_bias@{k}": PopularityBias(k, counts, **options),
+            }
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)

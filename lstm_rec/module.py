@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +20,12 @@ from lstm_rec.losses import LOSSES, PopularitySampler, bpr_max_loss, sampled_can
 from lstm_rec.metrics import ranking_metrics
 from lstm_rec.model import SessionLSTM
 
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss or weights."""
+
 
 class SessionRecModule(L.LightningModule):
     """Next-item LSTM recommender; the item index travels in every checkpoint.
@@ -34,6 +41,10 @@ class SessionRecModule(L.LightningModule):
         loss: "cross_entropy" (softmax over all items), "sampled_softmax" (over the batch's targets plus
             `n_negatives` items drawn by popularity ** `sample_alpha`, with `logq` times the logQ correction)
             or "bpr_max" (over the same candidates, with score regularisation `bpreg`).
+        nonfinite_loss: what a NaN or infinite training loss does. "stop" raises NonFiniteLossError naming
+            the first such step; the check costs no host sync per step (it is read every
+            `nonfinite_check_every` steps and before any checkpoint is saved). "skip" drops such batches
+            without an update; it reads the loss on the host at every step.
         Other arguments are SessionLSTM's.
     """
 
@@ -57,6 +68,8 @@ class SessionRecModule(L.LightningModule):
         sample_alpha: float = 0.5,
         logq: float = 1.0,
         bpreg: float = 1.0,
+        nonfinite_loss: str = "stop",
+        nonfinite_check_every: int = 50,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["item_index", "optimizer", "scheduler"])
@@ -65,6 +78,8 @@ class SessionRecModule(L.LightningModule):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
         self.item_index = item_index
         self.net = SessionLSTM(
             len(item_index), embedding_dim, hidden, num_layers, dropout, embedding_dropout, tie_weights
@@ -76,6 +91,9 @@ class SessionRecModule(L.LightningModule):
         self.sampler = PopularitySampler(counts, sample_alpha)
         self.val_metrics = ranking_metrics(self.hparams.ks, "val/", counts)
         self.test_metrics = ranking_metrics(self.hparams.ks, "test/", counts)
+        # (global step, epoch, batch) of the first non-finite loss, -1 while there is none; on the device.
+        self.register_buffer("first_nonfinite", torch.full((3,), -1, dtype=torch.long), persistent=False)
+        self.skipped_batches = 0
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
@@ -86,8 +104,35 @@ class SessionRecModule(L.LightningModule):
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1)
         else:
             loss = self._sampled_loss(states, targets)
+        if self.hparams.nonfinite_loss == "skip" and not torch.isfinite(loss):
+            self.skipped_batches += 1
+            log.warning("%s; skipping this batch (%d skipped so far)", self._where(batch_idx), self.skipped_batches)
+            return None  # Lightning then runs no backward pass and no optimizer step
+        self._watch_loss(loss.detach(), batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
         return loss
+
+    def _where(self, batch_idx: int) -> str:
+        return f"training loss is not finite at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+
+    def _watch_loss(self, loss: Tensor, batch_idx: int) -> None:
+        """Record the first non-finite loss on the device, without waiting for it."""
+        here = torch.tensor([self.global_step, self.current_epoch, batch_idx]).to(self.device, non_blocking=True)
+        first = (~torch.isfinite(loss)) & (self.first_nonfinite[0] < 0)
+        self.first_nonfinite = torch.where(first, here, self.first_nonfinite)
+
+    def _stop_if_nonfinite(self) -> None:
+        step, epoch, batch = self.first_nonfinite.tolist()  # one host sync, at the check points only
+        if step >= 0:
+            raise NonFiniteLossError(
+                f"training loss is not finite (NaN or inf) at step {step} (epoch {epoch}, batch {batch}); "
+                "stopped before saving a checkpoint with those weights. Lower model.optimizer.lr, keep "
+                "trainer.gradient_clip_val, or set model.nonfinite_loss=skip to skip such batches"
+            )
+
+    def on_train_batch_end(self, outputs: Any, batch: Tensor, batch_idx: int) -> None:
+        if (self.global_step + 1) % self.hparams.nonfinite_check_every == 0:
+            self._stop_if_nonfinite()
 
     def _sampled_loss(self, states: Tensor, targets: Tensor) -> Tensor:
         is_target = targets > 0
@@ -132,11 +177,16 @@ class SessionRecModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         # Validation, then checkpointing, close a training epoch: count its time before it is saved.
         self._stop_training_clock()
+        self._stop_if_nonfinite()
 
     def on_train_epoch_end(self) -> None:
         self._stop_training_clock()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._stop_if_nonfinite()
+        broken = [name for name, weights in self.named_parameters() if not weights.isfinite().all()]
+        if broken:
+            raise NonFiniteLossError(f"refusing to save a checkpoint with non-finite weights in {broken}")
         item_index_to_checkpoint(self.item_index, checkpoint)
         checkpoint[CHECKPOINT_KEY]["train_seconds"] = self.train_seconds
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_rec.baselines import Popularity
 from lstm_rec.evaluation import evaluate
 from lstm_rec.report import flatten, write_json
+from lstm_rec.runs import LAST_CHECKPOINT, check_writable, checkpoint_bytes, find_run_to_resume
 
 log = logging.getLogger(__name__)
 
@@ -38,35 +39,57 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train the LSTM as configured; returns every final metric (also written to metrics.json)."""
+    """Train the LSTM as configured; returns every final metric (also written to metrics.json).
+
+    Under a distributed strategy every process runs this; the test metrics are summed over all of
+    them, and only the first process evaluates the rest and writes metrics.json.
+    """
     start = time.perf_counter()
     prepare_run(cfg)
+    ckpt_path = _checkpoint_to_resume(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = instantiate(cfg.model, item_index=datamodule.item_index)
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    check_writable(cfg.paths.output_dir, checkpoint_bytes(parameter_bytes), "paths.output_dir")
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=instantiate_all(cfg.get("logger"))
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     test_ckpt = _checkpoint_to_test(trainer, cfg.test_ckpt)
     metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
+    if not trainer.is_global_zero:
+        return metrics
     ks, counts = model.hparams.ks, datamodule.item_index.counts
-    metrics |= evaluate(model.net, datamodule.val_dataloader(), ks, "val/", model.device, item_counts=counts)
+    valid, test = datamodule.full_dataloader("valid"), datamodule.full_dataloader("test")
+    metrics |= evaluate(model.net, valid, ks, "val/", model.device, item_counts=counts)
     popularity = Popularity(counts)
-    metrics |= evaluate(popularity, datamodule.val_dataloader(), ks, "pop/val/", item_counts=counts)
-    metrics |= evaluate(popularity, datamodule.test_dataloader(), ks, "pop/test/", item_counts=counts)
+    metrics |= evaluate(popularity, valid, ks, "pop/val/", item_counts=counts)
+    metrics |= evaluate(popularity, test, ks, "pop/test/", item_counts=counts)
     metrics |= {
         "epochs": trainer.current_epoch,
         "train_seconds": model.train_seconds,
         "wall_seconds": time.perf_counter() - start,
         "checkpoint": str(test_ckpt),
+        "resumed_from": ckpt_path,
+        "skipped_batches": model.skipped_batches,
         "output_dir": cfg.paths.output_dir,
     }
 
     write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
     _log_hparams_with_metrics(trainer, cfg, metrics)
     return metrics
+
+
+def _checkpoint_to_resume(cfg: DictConfig) -> str | None:
+    """`ckpt_path`; "last" finds this configuration's latest run, whose directory the outputs then continue in."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path != "last":
+        return ckpt_path
+    run_dir = find_run_to_resume(Path(cfg.paths.log_dir) / cfg.task_name, OmegaConf.to_container(cfg))
+    cfg.paths.output_dir = str(run_dir)
+    return str(run_dir / LAST_CHECKPOINT)
 
 
 def _checkpoint_to_test(trainer: L.Trainer, which: str) -> str | None:

@@ -10,6 +10,8 @@ from lstm_rec.train import train
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
+    if "output_dir" not in metrics:  # another process of a distributed run; the first one reports
+        return None
     print(metrics_table(metrics, cfg.model.ks))
     print(f"outputs: {metrics['output_dir']}")
     return metrics.get(cfg.monitor)  # the value an optimizing sweeper maximizes

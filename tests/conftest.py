@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,3 +62,13 @@ def write_events(path: Path, rows: list[tuple], columns=("SessionId", "ItemId", 
     else:
         frame.to_csv(path, sep=sep, index=False)
     return path
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    """Run a script of scripts/ as a user would, from the repository root; it must succeed."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result

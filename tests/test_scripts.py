@@ -2,24 +2,12 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, TINY
+from conftest import TINY, run_script
 
 pytestmark = pytest.mark.slow
-
-
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 def test_train_script_into_run_dir_then_evaluate(tmp_path):

@@ -64,31 +64,59 @@ class LengthGroupedBatchSampler(Sampler[np.ndarray]):
     When shuffling, each epoch permutes the windows, sorts them by length within pools of
     `pool_batches` batches, cuts the pools into batches and shuffles the batch order; the draw
     depends only on `seed` and the epoch. Without shuffling, batches follow the global length order.
+
+    With `num_replicas` processes, every process draws the same batches and takes every
+    `num_replicas`-th one from `rank` on. The largest batches are first split in two until the count
+    divides evenly, so each process runs the same number of steps and no window is dropped or repeated.
     """
 
     def __init__(
-        self, lengths: np.ndarray | Tensor, batch_size: int, shuffle: bool, seed: int = 0, pool_batches: int = 50
+        self,
+        lengths: np.ndarray | Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        pool_batches: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in 0..{num_replicas - 1}, got {rank}")
         self.lengths = np.asarray(lengths)
+        if len(self.lengths) < num_replicas:
+            raise ValueError(
+                f"{len(self.lengths)} sessions cannot be shared by {num_replicas} processes; "
+                "use fewer devices (trainer.devices) or more data"
+            )
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.pool_batches = pool_batches
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        return -(-self._n_batches() // self.num_replicas)
+
+    def _n_batches(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        batches = self._all_batches()
+        if self.num_replicas > 1:
+            batches = split_to_multiple(batches, self.num_replicas)[self.rank :: self.num_replicas]
+        yield from batches
+
+    def _all_batches(self) -> list[np.ndarray]:
         if not self.shuffle:
             order = np.argsort(self.lengths, kind="stable")
-            yield from np.array_split(order, len(self))
-            return
+            return np.array_split(order, self._n_batches())
         rng = np.random.default_rng((self.seed, self.epoch))
         order = rng.permutation(len(self.lengths))
         pool = self.batch_size * self.pool_batches
@@ -97,5 +125,16 @@ class LengthGroupedBatchSampler(Sampler[np.ndarray]):
             chunk = order[begin : begin + pool]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        for b in rng.permutation(len(batches)):
-            yield batches[b]
+        return [batches[b] for b in rng.permutation(len(batches))]
+
+
+def split_to_multiple(batches: list[np.ndarray], multiple: int) -> list[np.ndarray]:
+    """Split the largest batches in two, in place in the order, until their count is a multiple of `multiple`."""
+    batches = list(batches)
+    for _ in range(-len(batches) % multiple):
+        largest = max(range(len(batches)), key=lambda b: len(batches[b]))
+        if len(batches[largest]) < 2:
+            raise ValueError(f"cannot cut {len(batches)} single-window batches into a multiple of {multiple}")
+        half = len(batches[largest]) // 2
+        batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
+    return batches

@@ -78,12 +78,19 @@ class SessionDataModule(L.LightningDataModule):
             self.test_sessions = to_sessions(test, self.item_index, "test")
         self._loaded = True
 
-    def _loader(self, sessions: Sessions | None, name: str, train: bool) -> DataLoader:
+    def _loader(self, sessions: Sessions | None, name: str, train: bool, shard: bool = True) -> DataLoader:
         if sessions is None:
             raise ValueError(f"no {name} data: set data.{name}=PATH")
         dataset = SessionBatches(sessions, self.max_len if train else None)
+        # Under a distributed trainer each process loads its own share; evaluation metrics sum over processes.
+        distributed = shard and self.trainer is not None and self.trainer.world_size > 1
         sampler = LengthGroupedBatchSampler(
-            dataset.lengths, self.batch_size if train else self.eval_batch_size, shuffle=train, seed=self.seed
+            dataset.lengths,
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            seed=self.seed,
+            num_replicas=self.trainer.world_size if distributed else 1,
+            rank=self.trainer.global_rank if distributed else 0,
         )
         return DataLoader(
             dataset,
@@ -101,6 +108,11 @@ class SessionDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_sessions, "test", train=False)
+
+    def full_dataloader(self, name: str) -> DataLoader:
+        """All of the "valid" or "test" sessions in one process, whatever the trainer's processes."""
+        sessions = {"valid": self.valid_sessions, "test": self.test_sessions}[name]
+        return self._loader(sessions, name, train=False, shard=False)
 
 
 class FileDataModule(SessionDataModule):

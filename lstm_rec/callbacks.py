@@ -1,0 +1,57 @@
+"""Lightning plugins and callbacks that make runs reproducible across a crash and safe to write."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside its target, syncs it, then renames it into place.
+
+    A crash or a full disk while saving leaves the previous checkpoint of that name intact; the
+    rename is atomic because the temporary file is on the same filesystem as the target.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        log.debug("saved checkpoint %s", path)
+
+
+class EpochSeed(L.Callback):
+    """Reseeds torch at the start of every training epoch from (seed, epoch, rank).
+
+    Dropout masks and sampled negatives then depend only on the epoch, so a run resumed from an
+    end-of-epoch checkpoint draws exactly what the uninterrupted run drew.
+    """
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.seed is None:
+            return
+        entropy = [self.seed % 2**32, trainer.current_epoch, trainer.global_rank]
+        torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]))

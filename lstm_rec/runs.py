@@ -1,0 +1,83 @@
+"""Run directories: finding a run again to resume it, and checking that a run can write its outputs."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+SAVED_CONFIG = Path(".hydra") / "config.yaml"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+# Keys that tell runs apart without changing what they train.
+NOT_COMPARED = ("ckpt_path", "paths.output_dir")
+
+
+class OutputDirError(OSError):
+    """A run directory that cannot hold the run's outputs; the message says what to change."""
+
+
+def find_run_to_resume(search_dir: Path, config: dict[str, Any]) -> Path:
+    """The newest run under `search_dir` saved with this `config` (Hydra's .hydra/config.yaml) and a last.ckpt.
+
+    Runs are compared by their unresolved config, ignoring the keys in NOT_COMPARED, so the same
+    command line plus ``ckpt_path=last`` finds the run it started before.
+    """
+    wanted = _comparable(config)
+    candidates = []
+    for saved in Path(search_dir).glob(f"**/{SAVED_CONFIG}"):
+        run_dir = saved.parent.parent
+        if (run_dir / LAST_CHECKPOINT).is_file() and _comparable(_load(saved)) == wanted:
+            candidates.append(run_dir)
+    if not candidates:
+        raise FileNotFoundError(
+            f"ckpt_path=last: no run under '{search_dir}' has this configuration and a {LAST_CHECKPOINT}; "
+            "resume with the same overrides (and paths.log_dir) as the interrupted run, or give ckpt_path=PATH"
+        )
+    run_dir = max(candidates, key=lambda d: (d / LAST_CHECKPOINT).stat().st_mtime)
+    log.info("ckpt_path=last: resuming the run in %s (%d matching runs found)", run_dir, len(candidates))
+    return run_dir
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    config = OmegaConf.to_container(OmegaConf.create(config), resolve=False)  # a deep copy
+    for key in NOT_COMPARED:
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return config
+
+
+def check_writable(directory: str | Path, needed_bytes: int, role: str) -> None:
+    """Fail before training when `directory` cannot be created and written, or its disk lacks `needed_bytes`."""
+    directory = Path(directory)
+    hint = f"point {role} at a writable directory (for a whole run: paths.log_dir=DIR or hydra.run.dir=DIR)"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise OutputDirError(f"{role}: cannot write to '{directory}' ({error}); {hint}") from error
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise OutputDirError(
+            f"{role}: only {free / 2**20:.0f} MiB free on the disk of '{directory}', but this run's checkpoints "
+            f"need about {needed_bytes / 2**20:.0f} MiB; free some space or {hint}"
+        )
+
+
+def checkpoint_bytes(parameter_bytes: int, files: int = 3) -> int:
+    """Disk a run's checkpoints may take: weights plus up to two optimizer states each, for `files` files."""
+    return files * 3 * parameter_bytes + 2**20
