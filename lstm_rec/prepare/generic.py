@@ -1,0 +1,186 @@
+"""Any click log (CSV, TSV, Parquet, compressed text) by a column mapping, with optional gap sessions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as csv
+import pyarrow.parquet as pq
+
+from lstm_rec.prepare.events import Events, PrepareError, encode, sessions_from_gaps
+from lstm_rec.prepare.textfile import Column, TextLog, check_file, first_unconvertible, header_of, read_columns
+
+log = logging.getLogger(__name__)
+
+_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+_PARQUET = {".parquet", ".pq"}
+_COMPRESSED = {".gz", ".bz2", ".zst", ".lz4"}
+
+
+def _format_of(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+class GenericLog:
+    """A click log with a header (or Parquet): the columns named here, everything else ignored.
+
+    Recipe ``generic`` applies the protocol set in its config. Without a session column, each
+    ``user_col`` value's clicks in time order are cut into sessions at pauses longer than
+    ``session_gap`` seconds. Numeric times are in ``time_unit``; text times are ISO-8601 unless
+    ``time_format`` (strptime codes) says otherwise; times without a zone are taken as UTC.
+    """
+
+    def __init__(
+        self,
+        session_col: str | None = "SessionId",
+        item_col: str = "ItemId",
+        time_col: str = "Time",
+        time_unit: str = "s",
+        time_format: str | None = None,
+        user_col: str | None = None,
+        session_gap: float | None = None,
+        sep: str | None = None,
+    ) -> None:
+        if (session_col is None) == (user_col is None or session_gap is None):
+            raise PrepareError(
+                "dataset.reader: set session_col for a log with session ids, or session_col=null with user_col and "
+                f"session_gap (seconds) to cut sessions from pauses; got session_col={session_col}, "
+                f"user_col={user_col}, session_gap={session_gap}"
+            )
+        if time_unit not in _PER_SECOND:
+            raise PrepareError(f"dataset.reader.time_unit must be one of {sorted(_PER_SECOND)}, got {time_unit!r}")
+        self.session_col, self.item_col, self.time_col = session_col, item_col, time_col
+        self.time_unit, self.time_format = time_unit, time_format
+        self.user_col, self.session_gap, self.sep = user_col, session_gap, sep
+
+    @property
+    def key_col(self) -> str:
+        """The column that groups clicks: the session id, or the user whose clicks gaps cut."""
+        return self.session_col if self.session_col is not None else self.user_col
+
+    def read(self, paths: list[Path]) -> Events:
+        tables = [self._read_one(path) for path in paths]
+        try:
+            table = pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise PrepareError(
+                f"input files {paths} differ in column types ({error}); give files of one log"
+            ) from error
+        time = table["time"].to_numpy()
+        if self.session_col is not None:
+            return encode(table["key"], table["item"], time)
+        order, session = sessions_from_gaps(_codes(table["key"]), time, float(self.session_gap))
+        log.info("%d sessions from pauses over %g s in each %s's clicks", session[-1], self.session_gap, self.user_col)
+        return encode(session, table["item"].take(order), time[order])
+
+    def _read_one(self, path: Path) -> pa.Table:
+        """A table of columns key, item, time (float seconds) from one file."""
+        check_file(path)
+        wanted = [self.key_col, self.item_col, self.time_col]
+        if _format_of(path) in _PARQUET and self.sep is None:
+            table, where = _read_parquet(path, wanted), "row"
+        else:
+            table, where = self._read_text(path, wanted), "line"
+        offset = 1 if where == "row" else 2  # data row 0 is line 2, after the header
+        time = _to_seconds(table[self.time_col], path, self, where, offset)
+        return pa.table({"key": table[self.key_col], "item": table[self.item_col], "time": time})
+
+    def _read_text(self, path: Path, wanted: list[str]) -> pa.Table:
+        sep = self.sep if self.sep is not None else _SEPARATORS.get(_format_of(path))
+        if sep is None:
+            raise PrepareError(
+                f"{path}: cannot tell the format from its name; expected .csv, .tsv, .txt or .parquet (optionally "
+                "compressed, e.g. .csv.gz), or set dataset.reader.sep"
+            )
+        layout = f"a {sep!r}-separated log with a header naming {wanted}"
+        log_file = TextLog(path, sep, layout)
+        header_of(log_file, wanted)
+        inferred = csv.open_csv(
+            path, log_file.read_options(), csv.ParseOptions(delimiter=sep), csv.ConvertOptions(include_columns=wanted)
+        ).schema
+        columns = [_id_column(name, inferred.field(name).type) for name in (self.key_col, self.item_col)]
+        time_type = pa.string() if self.time_format else inferred.field(self.time_col).type
+        if pa.types.is_integer(time_type):
+            time_type = pa.float64()  # a later 1.5 still reads
+        columns.append(Column(self.time_col, time_type, "a time like the first rows' (a number or a date-time)"))
+        return read_columns(log_file, columns)
+
+
+def _codes(keys: pa.ChunkedArray) -> np.ndarray:
+    """int64 keys of user ids: the ids themselves when integers, else dictionary codes."""
+    if pa.types.is_integer(keys.type):
+        return keys.to_numpy().astype(np.int64, copy=False)
+    return keys.combine_chunks().dictionary_encode().indices.to_numpy().astype(np.int64)
+
+
+def _id_column(name: str, inferred: pa.DataType) -> Column:
+    """Integer ids stay integers (as the first rows show); anything else is read as text."""
+    if pa.types.is_integer(inferred):
+        hint = "an integer id like the first rows' (for ids that are not all integers, convert the file to Parquet)"
+        return Column(name, pa.int64(), hint)
+    return Column(name, pa.string(), "an id")
+
+
+def _read_parquet(path: Path, wanted: list[str]) -> pa.Table:
+    try:
+        names = pq.read_schema(path).names
+    except Exception as error:  # pyarrow raises several types for a file that is not Parquet
+        raise PrepareError(f"{path} is not a readable Parquet file ({error})") from error
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        raise PrepareError(
+            f"{path} has no column {missing} (columns found: {names}); set dataset.reader.session_col, "
+            "item_col, time_col (or user_col) to its column names"
+        )
+    table = pq.read_table(path, columns=wanted)
+    for name in wanted:
+        if table[name].null_count:
+            row = pc.index(pc.is_null(table[name]), True).as_py()
+            raise PrepareError(f"{path}, row {row + 1}: column '{name}' is empty; every row needs a value")
+    return table
+
+
+def _to_seconds(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: str, offset: int) -> np.ndarray:
+    """Float Unix seconds from numbers in ``time_unit``, timestamps, or text (ISO-8601 or ``time_format``)."""
+    if pa.types.is_string(times.type) or pa.types.is_large_string(times.type):
+        times = _parse_text_times(times, path, reader, where, offset)
+    if pa.types.is_timestamp(times.type):
+        return pc.cast(times, pa.int64()).to_numpy() / _PER_SECOND[times.type.unit]
+    if pa.types.is_date(times.type):
+        return pc.cast(pc.cast(times, pa.timestamp("s")), pa.int64()).to_numpy().astype(np.float64)
+    if pa.types.is_integer(times.type) or pa.types.is_floating(times.type):
+        return pc.cast(times, pa.float64()).to_numpy() / _PER_SECOND[reader.time_unit]
+    raise PrepareError(
+        f"{path}: column '{reader.time_col}' holds {times.type} values; expected numbers (in "
+        "dataset.reader.time_unit), timestamps or date-time text"
+    )
+
+
+def _parse_text_times(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: str, offset: int) -> pa.Array:
+    values = times.combine_chunks()
+    if reader.time_format is None:
+        for target in (pa.timestamp("ms"), pa.timestamp("ms", tz="UTC")):  # no zone (taken as UTC), or one
+            try:
+                return pc.cast(values, target)
+            except pa.ArrowInvalid:
+                continue
+        row = first_unconvertible(values, pa.timestamp("ms"))
+        expected = "a number or an ISO-8601 date-time; set dataset.reader.time_format for another layout"
+    else:
+        parsed = pc.strptime(values, format=reader.time_format, unit="ms", error_is_null=True)
+        bad = pc.and_(pc.is_null(parsed), pc.is_valid(values))
+        if not pc.any(bad).as_py():
+            return parsed
+        row = pc.index(bad, True).as_py()
+        expected = f"a time in the format {reader.time_format!r} (dataset.reader.time_format)"
+    raise PrepareError(
+        f"{path}, {where} {row + offset}: column '{reader.time_col}' is {values[row].as_py()!r}; expected {expected}"
+    )
