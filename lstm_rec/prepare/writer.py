@@ -43,8 +43,17 @@ def events_table(events: Events) -> pa.Table:
 def _write_table(table: pa.Table, path: Path) -> None:
     if path.suffix == ".parquet":
         pq.write_table(table, path)
-    else:
-        csv.write_csv(table, path, csv.WriteOptions(delimiter="\t", quoting_style="none"))
+        return
+    # pyarrow quotes header names whatever the quoting style: the header is written here, unquoted.
+    options = csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    with pa.OSFile(str(path), "wb") as sink:
+        sink.write(("\t".join(table.column_names) + "\n").encode())
+        try:
+            csv.write_csv(table, sink, options)
+        except pa.ArrowInvalid as error:
+            raise PrepareError(
+                f"{path}: an id holds a tab, quote or line break ({error}); use output_format=parquet"
+            ) from error
 
 
 def write_outputs(
