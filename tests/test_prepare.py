@@ -121,8 +121,8 @@ def test_yoochoose_rsc15_protocol_by_hand(tmp_path):
 
 def test_yoochoose_dedup_protocol_by_hand(tmp_path):
     out, stats = run(tmp_path, "yoochoose_dedup", write(tmp_path / "yoochoose-clicks.dat", CLICKS))
-    # Repeats go first (session 2: A A -> A; session 10: F F F -> F). Pass 1 drops sessions 3 and 10,
-    # then D, E, F, then sessions 5 and 9; G is left with 4 clicks, so pass 2 drops G.
+    # Repeats go first (session 2: A A -> A; session 10: F F F -> F). Sessions 3 and 10 are too short;
+    # pass 1 drops D, E, F, then sessions 5 and 9; G is left with 4 clicks, so pass 2 drops G.
     # Last click 04-04 09:03: test = sessions starting from 04-03 09:03. Validation cut one day earlier,
     # 04-02 09:03: session 4 started before it and loses its click at 09:03, leaving it too short.
     assert_splits(

@@ -70,18 +70,18 @@ def drop_rare_items(events: Events, min_support: int) -> Events:
 def clean(
     events: Events, dedup: str, min_session_length: int, min_item_support: int, iterate_until_stable: bool
 ) -> tuple[Events, list[Step]]:
-    """Deduplicate, then drop short sessions, rare items and short sessions again, until stable if asked."""
+    """Deduplicate, drop short sessions, then rare items and the sessions they leave short (until stable if asked)."""
     steps = [Step.after("input", events)]
     if dedup == "consecutive":
         events = _logged("repeated clicks", steps[-1], drop_consecutive_duplicates(events), steps)
+    session_step = f"sessions shorter than {min_session_length}"
+    events = _logged(session_step, steps[-1], drop_short_sessions(events, min_session_length), steps)
     for passes in itertools.count(1):
         suffix = f" (pass {passes})" if iterate_until_stable else ""
-        session_step = f"sessions shorter than {min_session_length}{suffix}"
-        item_step = f"items with fewer than {min_item_support} clicks{suffix}"
         before = len(events)
-        events = _logged(session_step, steps[-1], drop_short_sessions(events, min_session_length), steps)
+        item_step = f"items with fewer than {min_item_support} clicks{suffix}"
         events = _logged(item_step, steps[-1], drop_rare_items(events, min_item_support), steps)
-        events = _logged(session_step, steps[-1], drop_short_sessions(events, min_session_length), steps)
+        events = _logged(session_step + suffix, steps[-1], drop_short_sessions(events, min_session_length), steps)
         if not iterate_until_stable or len(events) == before:
             break
     return events, steps
