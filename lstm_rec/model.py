@@ -69,7 +69,8 @@ class SessionLSTM(nn.Module):
     def score_columns(self, states: Tensor, columns: Tensor) -> Tensor:
         """Scores of the items in `columns` only: (N, H) states, (C,) columns -> (N, C), as score() would give."""
         if self.tie_weights:
-            weight, bias = self.item_embedding.weight[1:][columns], self.output_bias[columns]
+            # A lookup (not weight[1:][columns]) gives a lean backward: no full-size gradient of a slice.
+            weight, bias = F.embedding(columns + 1, self.item_embedding.weight), self.output_bias[columns]
             return F.linear(self.to_embedding(states), weight, bias)
         return F.linear(states, self.output.weight[columns], self.output.bias[columns])
 
