@@ -69,7 +69,7 @@ def test_datetime_times_become_seconds(tmp_path):
 
 def test_empty_cells_are_an_error_not_a_silent_drop(tmp_path):
     (tmp_path / "x.csv").write_text("SessionId,ItemId,Time\n1,5,1.0\n1,,2.0\n")
-    with pytest.raises(DataFileError, match=r"'ItemId'.*empty in 1 rows, first at data row 2"):
+    with pytest.raises(DataFileError, match=r"'ItemId'.*empty or NaN in 1 rows, first at data row 2"):
         read_events(tmp_path / "x.csv", "data.train")
 
 

@@ -86,8 +86,25 @@ def _read_text(path: Path, role: str, columns: list[str], sep: str) -> pd.DataFr
     header = list(pd.read_csv(path, sep=sep, nrows=0).columns)
     if any(c not in header for c in columns):
         raise _missing_columns_error(path, role, columns, header)
-    # Ids stay as read (numbers or strings); only the time column must become a number.
-    return pd.read_csv(path, sep=sep, usecols=columns)[columns]
+    session_col, item_col, _ = columns
+    # Ids are read as text, so "01" and "1" or "NA" stay distinct ids, then become integers where all are.
+    frame = pd.read_csv(
+        path, sep=sep, usecols=columns, dtype={session_col: str, item_col: str}, keep_default_na=False, na_values=[""]
+    )[columns]
+    for column in (session_col, item_col):
+        frame[column] = _integer_ids(frame[column])
+    return frame
+
+
+_INTEGER = r"0|-?[1-9][0-9]{0,18}"  # canonical decimal integers that may fit int64
+
+
+def _integer_ids(ids: pd.Series) -> pd.Series:
+    """Ids as int64 when every one is a canonical integer within int64; otherwise the strings as read."""
+    if ids.isna().any() or not ids.str.fullmatch(_INTEGER).all():
+        return ids
+    numbers = pd.to_numeric(ids)
+    return numbers if numbers.dtype == np.int64 else ids  # past int64 they come back unsigned or float
 
 
 def _read_parquet(path: Path, role: str, columns: list[str]) -> pd.DataFrame:
@@ -113,8 +130,8 @@ def _check_missing(frame: pd.DataFrame, path: Path, role: str, names: dict[str, 
         if missing.any():
             row = int(np.flatnonzero(missing)[0])
             raise DataFileError(
-                f"{role}: column '{name}' of '{path}' is empty in {missing.sum()} rows, first at data row {row + 1}; "
-                "every row needs a session, an item and a time"
+                f"{role}: column '{name}' of '{path}' is empty or NaN in {missing.sum()} rows, first at data row "
+                f"{row + 1}; every row needs a session, an item and a time"
             )
 
 
@@ -124,13 +141,14 @@ def _numeric_time(times: pd.Series, path: Path, role: str, name: str) -> pd.Seri
         stamps = times.dt.tz_convert("UTC") if times.dt.tz is not None else times
         return (stamps - pd.Timestamp(0)).dt.total_seconds()
     if pd.api.types.is_numeric_dtype(times) and not pd.api.types.is_bool_dtype(times):
-        return times.astype(np.float64)
-    numbers = pd.to_numeric(times, errors="coerce")
-    bad = numbers.isna().to_numpy()
+        numbers = times.astype(np.float64)
+    else:
+        numbers = pd.to_numeric(times, errors="coerce")
+    bad = ~np.isfinite(numbers.to_numpy(np.float64))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataFileError(
-            f"{role}: column '{name}' of '{path}' must hold numeric times (e.g. Unix seconds); "
+            f"{role}: column '{name}' of '{path}' must hold finite numeric times (e.g. Unix seconds); "
             f"data row {row + 1} has {times.iloc[row]!r}; set data.time_col to the right column"
         )
     return numbers.astype(np.float64)
