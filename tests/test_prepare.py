@@ -119,6 +119,17 @@ def test_yoochoose_rsc15_protocol_by_hand(tmp_path):
     ]
 
 
+def test_several_input_files_are_one_log(tmp_path):
+    lines = CLICKS.splitlines(keepends=True)
+    first, second = write(tmp_path / "a.dat", "".join(lines[:12])), write(tmp_path / "b.dat", "".join(lines[12:]))
+    out, _ = run(tmp_path, "yoochoose", f"[{first},{second}]")
+    expected, _ = run(tmp_path / "one", "yoochoose", write(tmp_path / "clicks.dat", CLICKS))
+    for name in ("train_full", "test", "train_tr", "train_valid"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(out / f"{name}.parquet"), pd.read_parquet(expected / f"{name}.parquet")
+        )
+
+
 def test_yoochoose_dedup_protocol_by_hand(tmp_path):
     out, stats = run(tmp_path, "yoochoose_dedup", write(tmp_path / "yoochoose-clicks.dat", CLICKS))
     # Repeats go first (session 2: A A -> A; session 10: F F F -> F). Sessions 3 and 10 are too short;
