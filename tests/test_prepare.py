@@ -378,6 +378,7 @@ BAD_INPUT = [
         r"line 1 has no column \['timeframe'\]",
     ),
     ("diginetica", "views.csv", DIGINETICA.split("\n", 1)[1], [], r"line 1 holds data .*; expected the header"),
+    ("diginetica", "views.csv", DIGINETICA.split("\n", 1)[0] + "\n", [], r"views.csv: no clicks, only a header"),
     (
         "diginetica",
         "views.csv",

@@ -12,7 +12,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
-from lstm_rec.prepare.events import Events
+from lstm_rec.prepare.events import Events, PrepareError
 from lstm_rec.prepare.protocol import Prepared, Protocol
 from lstm_rec.prepare.stats import prepare_stats, stats_markdown
 from lstm_rec.prepare.writer import check_output, write_outputs
@@ -36,6 +36,8 @@ class Recipe:
 
     def run(self, paths: list[Path]) -> Prepared:
         events = self.reader.read(paths)
+        if len(events) == 0:
+            raise PrepareError(f"{', '.join(map(str, paths))}: no clicks, only a header; expected a click log")
         log.info("%s: read %s from %s", self.name, events.counts(), ", ".join(map(str, paths)))
         return self.protocol.apply(events)
 
