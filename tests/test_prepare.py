@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from conftest import ROOT, TINY, compose_config
@@ -19,6 +20,7 @@ from lstm_rec.data.sessions import sort_events
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.prepare import PrepareError, prepare_data
 from lstm_rec.prepare.benchmark import write_clicks
+from lstm_rec.prepare.generic import GenericLog
 from lstm_rec.train import train
 
 # yoochoose-clicks.dat rows. Items: A 214536500, B 214536502, C 214536506, D 214577561, E 214662742,
@@ -517,3 +519,16 @@ def test_the_benchmark_generator_writes_the_raw_format(tmp_path):
     session, stamp, item, category = lines[0].split(",")
     assert session == "1" and stamp.startswith("2014-04-") and stamp.endswith("Z") and len(stamp) == 24
     assert int(item) >= 214_500_000 and category in {"0", "S"}
+
+
+def test_generic_text_ids_stay_as_written_and_become_integers_only_when_all_are(tmp_path):
+    reader = GenericLog()
+    mixed = write(tmp_path / "mixed.csv", "SessionId,ItemId,Time\n1,01,0\n1,1,1\n2,NA,2\n2,1,3\n")
+    events = reader.read([mixed])
+    assert sorted(events.item_ids.to_pylist()) == ["01", "1", "NA"]  # three items, not one
+    integers = write(tmp_path / "integers.csv", "SessionId,ItemId,Time\n1,10,0\n1,-3,1\n2,10,2\n")
+    events = reader.read([integers])
+    assert events.item_ids.type == pa.int64() and sorted(events.item_ids.to_pylist()) == [-3, 10]
+    empty = write(tmp_path / "empty.csv", "SessionId,ItemId,Time\n1,10,0\n1,,1\n")
+    with pytest.raises(PrepareError, match=r"empty.csv, line 3: column 'ItemId' is empty"):
+        reader.read([empty])

@@ -34,8 +34,9 @@ class ItemIndex:
 
     def lookup(self, item_ids: np.ndarray | pd.Series) -> np.ndarray:
         """Indices of `item_ids`; 0 where an id is not in the index."""
-        positions = pd.Index(self.ids).get_indexer(np.asarray(item_ids))
-        return (positions + 1).astype(np.int64)  # get_indexer gives -1 for unknown ids
+        indices = pd.Index(self.ids).get_indexer(np.asarray(item_ids)).astype(np.int64, copy=False)
+        indices += 1  # get_indexer gives -1 for unknown ids
+        return indices
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ItemIndex):
@@ -112,25 +113,24 @@ def to_sessions(events: pd.DataFrame, index: ItemIndex, name: str) -> Sessions:
     """Map a sorted event frame onto `index`: drop rows with unknown items, then sessions shorter than 2.
 
     Rows of unknown items are removed, so the items around them become neighbours; every removal
-    is logged. Raises if nothing is left.
+    is logged. Raises if nothing is left. Uses the frame's columns without copying where it can, so a
+    large log needs little more memory than the frame and the resulting arrays.
     """
-    item_idx = index.lookup(events[ITEM])
-    codes = pd.factorize(events[SESSION], sort=False)[0]
-    n_sessions_in = int(codes.max()) + 1 if len(codes) else 0
-    known = item_idx > 0
+    items = index.lookup(events[ITEM])
+    sessions = events[SESSION].to_numpy()
+    times = events[TIME].to_numpy(np.float64)
+    n_sessions_in = len(_session_starts(sessions))
+    known = items > 0
     if not known.all():
-        lost = n_sessions_in - len(np.unique(codes[known]))
+        items, sessions, times = items[known], sessions[known], times[known]
         log.info(
             "%s: dropped %d of %d rows whose item is not in the training data (%d sessions emptied)",
             name,
-            (~known).sum(),
+            len(known) - len(items),
             len(known),
-            lost,
+            n_sessions_in - len(_session_starts(sessions)),
         )
-    item_idx, codes, times = item_idx[known], codes[known], events[TIME].to_numpy(np.float64)[known]
-    boundaries = np.flatnonzero(np.diff(codes)) + 1
-    offsets = np.concatenate([[0], boundaries, [len(codes)]]).astype(np.int64) if len(codes) else np.zeros(1, np.int64)
-    lengths = np.diff(offsets)
+    lengths = np.diff(np.append(_session_starts(sessions), len(items)))
     keep = lengths >= 2
     if not keep.all():
         log.info(
@@ -140,8 +140,8 @@ def to_sessions(events: pd.DataFrame, index: ItemIndex, name: str) -> Sessions:
             len(keep),
             lengths[~keep].sum(),
         )
-    kept_rows = np.repeat(keep, lengths)
-    items, times = item_idx[kept_rows], times[kept_rows]
+        rows = np.repeat(keep, lengths)
+        items, times = items[rows], times[rows]
     offsets = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
     if len(offsets) == 1:
         raise ValueError(
@@ -156,3 +156,10 @@ def to_sessions(events: pd.DataFrame, index: ItemIndex, name: str) -> Sessions:
         len(items) - len(offsets) + 1,
     )
     return Sessions(items=items, offsets=offsets, times=times)
+
+
+def _session_starts(sessions: np.ndarray) -> np.ndarray:
+    """Row of each session's first event in session-sorted ids."""
+    if len(sessions) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.concatenate([[True], sessions[1:] != sessions[:-1]]))

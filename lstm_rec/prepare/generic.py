@@ -89,6 +89,8 @@ class GenericLog:
             table, where = _read_parquet(path, wanted), "row"
         else:
             table, where = self._read_text(path, wanted), "line"
+            for name in (self.key_col, self.item_col):  # ids are read as text, then integers where all are
+                table = table.set_column(table.schema.get_field_index(name), name, _integer_if_all(table[name]))
         offset = 1 if where == "row" else 2  # data row 0 is line 2, after the header
         time = _to_seconds(table[self.time_col], path, self, where, offset)
         return pa.table({"key": table[self.key_col], "item": table[self.item_col], "time": time})
@@ -106,7 +108,7 @@ class GenericLog:
         inferred = csv.open_csv(
             path, log_file.read_options(), csv.ParseOptions(delimiter=sep), csv.ConvertOptions(include_columns=wanted)
         ).schema
-        columns = [_id_column(name, inferred.field(name).type) for name in (self.key_col, self.item_col)]
+        columns = [Column(name, pa.string(), "an id") for name in (self.key_col, self.item_col)]
         time_type = pa.string() if self.time_format else inferred.field(self.time_col).type
         if pa.types.is_integer(time_type):
             time_type = pa.float64()  # a later 1.5 still reads
@@ -121,12 +123,17 @@ def _codes(keys: pa.ChunkedArray) -> np.ndarray:
     return keys.combine_chunks().dictionary_encode().indices.to_numpy().astype(np.int64)
 
 
-def _id_column(name: str, inferred: pa.DataType) -> Column:
-    """Integer ids stay integers (as the first rows show); anything else is read as text."""
-    if pa.types.is_integer(inferred):
-        hint = "an integer id like the first rows' (for ids that are not all integers, convert the file to Parquet)"
-        return Column(name, pa.int64(), hint)
-    return Column(name, pa.string(), "an id")
+_INTEGER = r"^(0|-?[1-9][0-9]{0,18})$"  # canonical decimal integers that may fit int64
+
+
+def _integer_if_all(ids: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Text ids as int64 when every one is a plain integer within int64; else the text ("01" is not "1")."""
+    if not pc.all(pc.match_substring_regex(ids, _INTEGER)).as_py():
+        return ids
+    try:
+        return pc.cast(ids, pa.int64())
+    except pa.ArrowInvalid:  # past int64
+        return ids
 
 
 def _read_parquet(path: Path, wanted: list[str]) -> pa.Table:

@@ -83,8 +83,12 @@ def read_columns(log_file: TextLog, columns: list[Column]) -> pa.Table:
     check_file(log_file.path)
     read_options = log_file.read_options()
     parse_options = csv.ParseOptions(delimiter=log_file.sep)
+    # Only an empty field is missing: "NA" or "null" may be real ids, and in a number column they are errors.
     convert_options = csv.ConvertOptions(
-        column_types={c.name: c.type for c in columns}, include_columns=[c.name for c in columns]
+        column_types={c.name: c.type for c in columns},
+        include_columns=[c.name for c in columns],
+        null_values=[""],
+        strings_can_be_null=True,
     )
     try:
         table = csv.read_csv(log_file.path, read_options, parse_options, convert_options)
