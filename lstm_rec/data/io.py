@@ -141,7 +141,7 @@ def _numeric_time(times: pd.Series, path: Path, role: str, name: str) -> pd.Seri
         stamps = times.dt.tz_convert("UTC") if times.dt.tz is not None else times
         return (stamps - pd.Timestamp(0)).dt.total_seconds()
     if pd.api.types.is_numeric_dtype(times) and not pd.api.types.is_bool_dtype(times):
-        numbers = times.astype(np.float64)
+        numbers = times if times.dtype == np.float64 else times.astype(np.float64)  # no copy of float seconds
     else:
         numbers = pd.to_numeric(times, errors="coerce")
     bad = ~np.isfinite(numbers.to_numpy(np.float64))
@@ -151,4 +151,4 @@ def _numeric_time(times: pd.Series, path: Path, role: str, name: str) -> pd.Seri
             f"{role}: column '{name}' of '{path}' must hold finite numeric times (e.g. Unix seconds); "
             f"data row {row + 1} has {times.iloc[row]!r}; set data.time_col to the right column"
         )
-    return numbers.astype(np.float64)
+    return numbers if numbers.dtype == np.float64 else numbers.astype(np.float64)
