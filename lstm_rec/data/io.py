@@ -8,21 +8,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lstm_rec.data.sessions import ITEM, SESSION, TIME, sort_events
+from lstm_rec.data.sessions import ITEM, SESSION, TIME, is_sorted, sort_events
 
 log = logging.getLogger(__name__)
 
-_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
-_PARQUET = {".parquet", ".pq"}
+TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst", ".lz4"}
+# Canonical decimal integers that may fit int64: text ids like these become integers when all of a column are.
+INTEGER_ID = r"^(0|-?[1-9][0-9]{0,18})$"
 
 
 class DataFileError(ValueError):
     """A click-log file that cannot be used as given; the message says what to change."""
 
 
-def _suffix(path: Path) -> str:
+def file_format(path: Path) -> str:
+    """The suffix that names a file's format, past any compression suffix: "data.csv.gz" -> ".csv"."""
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in {".gz", ".bz2", ".zip", ".xz", ".zst"}:
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
         suffixes = suffixes[:-1]
     return suffixes[-1] if suffixes else ""
 
@@ -45,12 +49,12 @@ def read_events(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{role}: no file at '{path}'; set {role}=PATH to an existing click log")
-    suffix = _suffix(path)
+    suffix = file_format(path)
     columns = [session_col, item_col, time_col]
-    if suffix in _PARQUET:
+    if suffix in PARQUET_SUFFIXES:
         frame = _read_parquet(path, role, columns)
-    elif suffix in _SEPARATORS or sep is not None:
-        frame = _read_text(path, role, columns, sep if sep is not None else _SEPARATORS[suffix])
+    elif suffix in TEXT_SEPARATORS or sep is not None:
+        frame = _read_text(path, role, columns, sep if sep is not None else TEXT_SEPARATORS[suffix])
     else:
         raise DataFileError(
             f"{role}: cannot tell the format of '{path}'; expected .csv, .tsv, .txt or .parquet "
@@ -68,10 +72,7 @@ def read_events(
 def _is_sorted(frame: pd.DataFrame) -> bool:
     """True when numeric session ids are in sort_events' order already (prepared files are): no sort needed."""
     session, time = frame[SESSION].to_numpy(), frame[TIME].to_numpy()
-    if not pd.api.types.is_numeric_dtype(session.dtype) or len(session) < 2:
-        return False
-    same = session[1:] == session[:-1]
-    return bool(np.all((session[1:] > session[:-1]) | (same & (time[1:] >= time[:-1]))))
+    return pd.api.types.is_numeric_dtype(session.dtype) and len(session) > 1 and is_sorted(session, time)
 
 
 def _missing_columns_error(path: Path, role: str, wanted: list[str], found: list[str]) -> DataFileError:
@@ -96,12 +97,9 @@ def _read_text(path: Path, role: str, columns: list[str], sep: str) -> pd.DataFr
     return frame
 
 
-_INTEGER = r"0|-?[1-9][0-9]{0,18}"  # canonical decimal integers that may fit int64
-
-
 def _integer_ids(ids: pd.Series) -> pd.Series:
     """Ids as int64 when every one is a canonical integer within int64; otherwise the strings as read."""
-    if ids.isna().any() or not ids.str.fullmatch(_INTEGER).all():
+    if ids.isna().any() or not ids.str.match(INTEGER_ID).all():
         return ids
     numbers = pd.to_numeric(ids)
     return numbers if numbers.dtype == np.int64 else ids  # past int64 they come back unsigned or float

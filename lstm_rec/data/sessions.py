@@ -87,6 +87,12 @@ def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     return events.sort_values([SESSION, TIME], kind="stable", ignore_index=True)
 
 
+def is_sorted(session: np.ndarray, time: np.ndarray) -> bool:
+    """True when rows are in order of session key, then time (as sort_events leaves them)."""
+    same = session[1:] == session[:-1]
+    return bool(np.all((session[1:] > session[:-1]) | (same & (time[1:] >= time[:-1]))))
+
+
 def split_by_start_time(events: pd.DataFrame, fraction: float, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split off the sessions that start last, `fraction` of all sessions, as a held-out part.
 

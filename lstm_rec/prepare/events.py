@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from lstm_rec.data.io import DataFileError
+from lstm_rec.data.sessions import is_sorted
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +94,6 @@ def encode(session: pa.ChunkedArray | np.ndarray, item: pa.ChunkedArray, time: n
 def _dictionary(column: pa.ChunkedArray) -> pa.DictionaryArray:
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     return array if pa.types.is_dictionary(array.type) else array.dictionary_encode()
-
-
-def is_sorted(session: np.ndarray, time: np.ndarray) -> bool:
-    """True when rows are in order of session key, then time."""
-    same = session[1:] == session[:-1]
-    return bool(np.all((session[1:] > session[:-1]) | (same & (time[1:] >= time[:-1]))))
 
 
 def stable_order(session: np.ndarray, time: np.ndarray) -> np.ndarray | None:

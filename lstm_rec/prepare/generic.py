@@ -11,22 +11,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as csv
 import pyarrow.parquet as pq
 
+from lstm_rec.data.io import INTEGER_ID, PARQUET_SUFFIXES, TEXT_SEPARATORS, file_format
 from lstm_rec.prepare.events import Events, PrepareError, encode, sessions_from_gaps
 from lstm_rec.prepare.textfile import Column, TextLog, check_file, first_unconvertible, header_of, read_columns
 
 log = logging.getLogger(__name__)
 
 _PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
-_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
-_PARQUET = {".parquet", ".pq"}
-_COMPRESSED = {".gz", ".bz2", ".zst", ".lz4"}
-
-
-def _format_of(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSED:
-        suffixes = suffixes[:-1]
-    return suffixes[-1] if suffixes else ""
 
 
 class GenericLog:
@@ -85,7 +76,7 @@ class GenericLog:
         """A table of columns key, item, time (float seconds) from one file."""
         check_file(path)
         wanted = [self.key_col, self.item_col, self.time_col]
-        if _format_of(path) in _PARQUET and self.sep is None:
+        if file_format(path) in PARQUET_SUFFIXES and self.sep is None:
             table, where = _read_parquet(path, wanted), "row"
         else:
             table, where = self._read_text(path, wanted), "line"
@@ -96,7 +87,7 @@ class GenericLog:
         return pa.table({"key": table[self.key_col], "item": table[self.item_col], "time": time})
 
     def _read_text(self, path: Path, wanted: list[str]) -> pa.Table:
-        sep = self.sep if self.sep is not None else _SEPARATORS.get(_format_of(path))
+        sep = self.sep if self.sep is not None else TEXT_SEPARATORS.get(file_format(path))
         if sep is None:
             raise PrepareError(
                 f"{path}: cannot tell the format from its name; expected .csv, .tsv, .txt or .parquet (optionally "
@@ -123,12 +114,9 @@ def _codes(keys: pa.ChunkedArray) -> np.ndarray:
     return keys.combine_chunks().dictionary_encode().indices.to_numpy().astype(np.int64)
 
 
-_INTEGER = r"^(0|-?[1-9][0-9]{0,18})$"  # canonical decimal integers that may fit int64
-
-
 def _integer_if_all(ids: pa.ChunkedArray) -> pa.ChunkedArray:
     """Text ids as int64 when every one is a plain integer within int64; else the text ("01" is not "1")."""
-    if not pc.all(pc.match_substring_regex(ids, _INTEGER)).as_py():
+    if not pc.all(pc.match_substring_regex(ids, INTEGER_ID)).as_py():
         return ids
     try:
         return pc.cast(ids, pa.int64())
