@@ -106,13 +106,14 @@ class SessionRecModule(L.LightningModule):
             loss = self._sampled_loss(states, targets)
         if self.hparams.nonfinite_loss == "skip" and not torch.isfinite(loss):
             self.skipped_batches += 1
-            log.warning("%s; skipping this batch (%d skipped so far)", self._where(batch_idx), self.skipped_batches)
+            message = self._nonfinite_message(batch_idx)
+            log.warning("%s; skipping this batch (%d skipped so far)", message, self.skipped_batches)
             return None  # Lightning then runs no backward pass and no optimizer step
         self._watch_loss(loss.detach(), batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
         return loss
 
-    def _where(self, batch_idx: int) -> str:
+    def _nonfinite_message(self, batch_idx: int) -> str:
         return f"training loss is not finite at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
 
     def _watch_loss(self, loss: Tensor, batch_idx: int) -> None:
