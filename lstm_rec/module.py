@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +35,8 @@ class SessionRecModule(L.LightningModule):
         item_index: maps the catalog's item ids to the network's indices.
         optimizer: a partial optimizer (all but the parameters), completed here.
         scheduler: a partial LR scheduler (all but the optimizer), or None.
-        scheduler_interval: step the scheduler every "epoch" or every "step".
+        scheduler_interval: step the scheduler every "epoch" or every "step" (a schedule that takes
+            total_steps, like model/scheduler=warmup_cosine, always steps every optimizer step).
         ks: cutoffs of the logged Recall@k, MRR@k, NDCG@k, coverage@k and popularity bias@k.
         ties: how tied scores rank (see lstm_rec.metrics.target_ranks); the reference protocol is pessimistic.
         max_scores: most item scores held at once during evaluation.
@@ -161,11 +163,12 @@ class SessionRecModule(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
-        }
+        # A schedule that takes total_steps is stepped every optimizer step, over the run's own length.
+        per_step = "total_steps" in inspect.signature(self.scheduler_factory).parameters
+        length = {"total_steps": int(self.trainer.estimated_stepping_batches)} if per_step else {}
+        scheduler = self.scheduler_factory(optimizer=optimizer, **length)
+        interval = "step" if per_step else self.hparams.scheduler_interval
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start: float | None = time.perf_counter()

@@ -1,6 +1,7 @@
 """Every option of every config group composes, and the objects it names can be built."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -50,6 +51,7 @@ def test_model_optimizer_scheduler_options(optimizer, scheduler, tmp_path):
     cfg = compose_config("train", ["model.hidden=12", *overrides], tmp_path)
     model = instantiate(cfg.model, item_index=ItemIndex.from_items(np.arange(10)))
     assert model.net.lstm.hidden_size == 12
+    model._trainer = SimpleNamespace(estimated_stepping_batches=100)  # what a fitting trainer would say
     configured = model.configure_optimizers()
     assert type(configured["optimizer"]).__name__.lower() == optimizer
     assert ("lr_scheduler" in configured) == (scheduler is not None)
