@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import tempfile
@@ -49,7 +50,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    config = OmegaConf.to_container(OmegaConf.create(config), resolve=False)  # a deep copy
+    config = copy.deepcopy(config)
     for key in NOT_COMPARED:
         *parents, leaf = key.split(".")
         node = config
