@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lstm_rec.evaluation import collect_ranks, metrics_of
 from lstm_rec.report import write_json
@@ -20,8 +20,8 @@ from lstm_rec.train import instantiate_all, prepare_run
 class EpochClock(L.Callback):
     """Training seconds and targets of every epoch, and the validation metric after it."""
 
-    def __init__(self, metric: str) -> None:
-        self.metric = metric
+    def __init__(self, metrics: list[str]) -> None:
+        self.metrics = metrics
         self.epochs: list[dict[str, float]] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -39,8 +39,9 @@ class EpochClock(L.Callback):
         self.epochs.append({"train_seconds": time.perf_counter() - self._start, "targets": int(self._targets)})
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if self.epochs and self.metric in trainer.callback_metrics:
-            self.epochs[-1][self.metric] = float(trainer.callback_metrics[self.metric])
+        for metric in self.metrics:
+            if self.epochs and metric in trainer.callback_metrics:
+                self.epochs[-1][metric] = float(trainer.callback_metrics[metric])
 
 
 def benchmark(cfg: DictConfig) -> dict[str, Any]:
@@ -51,17 +52,18 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     load_seconds = time.perf_counter() - start
     model = instantiate(cfg.model, item_index=datamodule.item_index)
-    clock = EpochClock(cfg.monitor)
+    targets = _targets(cfg)
+    clock = EpochClock(list(targets))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=[*instantiate_all(cfg.get("callbacks")), clock], logger=False
     )
     trainer.fit(model, datamodule=datamodule)
 
-    targets = datamodule.train_sessions.n_targets
+    n_targets = datamodule.train_sessions.n_targets
     train_seconds = [epoch["train_seconds"] for epoch in clock.epochs]
     steady = clock.epochs[1:] or clock.epochs  # the first epoch carries warm-up
     steady_rate = sum(e["targets"] for e in steady) / sum(e["train_seconds"] for e in steady)
-    reached = _time_to_target(clock.epochs, cfg.monitor, cfg.target)
+    reached = _time_to_target(clock.epochs, targets)
 
     model.to(trainer.strategy.root_device)
     _synchronize(model.device)
@@ -74,13 +76,18 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         "precision": str(cfg.trainer.precision),
         "n_items": datamodule.n_items,
         "train_events": datamodule.train_sessions.n_events,
-        "train_targets_per_epoch": targets,
+        "train_targets_per_epoch": n_targets,
         "load_seconds": round(load_seconds, 2),
         "epochs": len(train_seconds),
         "epoch_seconds": [round(s, 3) for s in train_seconds],
         "train_events_per_second": round(steady_rate),
-        f"seconds_to_{cfg.monitor}>={cfg.target}": None if reached is None else round(reached, 2),
-        "val_curve": [round(epoch.get(cfg.monitor, float("nan")), 4) for epoch in clock.epochs],
+        _target_key(targets): None if reached is None else round(reached, 2),
+        **{
+            f"val_curve{'' if metric == cfg.monitor else ':' + metric}": [
+                round(epoch.get(metric, float("nan")), 4) for epoch in clock.epochs
+            ]
+            for metric in dict.fromkeys([cfg.monitor, *targets])
+        },
         "eval_predictions": len(ranked.ranks),
         "eval_predictions_per_second": round(len(ranked.ranks) / eval_seconds),
         "test": metrics_of(ranked, list(cfg.model.ks), "test/"),
@@ -92,12 +99,28 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def _time_to_target(epochs: list[dict[str, float]], metric: str, target: float) -> float | None:
-    """Training seconds until the end of the first epoch whose `metric` reached `target`; None if none did."""
+def _targets(cfg: DictConfig) -> dict[str, float]:
+    """`target` as {validation metric: value}: a number is the target of ${monitor}."""
+    target = cfg.target
+    if OmegaConf.is_dict(target):
+        if not target:
+            raise ValueError("target must be a number or a non-empty mapping {validation metric: value}")
+        return {str(metric): float(value) for metric, value in target.items()}
+    if isinstance(target, (int, float)) and not isinstance(target, bool):
+        return {cfg.monitor: float(target)}
+    raise ValueError(f"target must be a number or a mapping {{validation metric: value}}, got {target!r}")
+
+
+def _target_key(targets: dict[str, float]) -> str:
+    return "seconds_to_" + ",".join(f"{metric}>={value:g}" for metric, value in targets.items())
+
+
+def _time_to_target(epochs: list[dict[str, float]], targets: dict[str, float]) -> float | None:
+    """Training seconds until the end of the first epoch that reached every target; None if none did."""
     elapsed = 0.0
     for epoch in epochs:
         elapsed += epoch["train_seconds"]
-        if epoch.get(metric, float("-inf")) >= target:
+        if all(epoch.get(metric, float("-inf")) >= value for metric, value in targets.items()):
             return elapsed
     return None
 

@@ -53,11 +53,15 @@ def rank_batch(
     inputs, targets = batch[:, :-1], batch[:, 1:]
     is_target = targets > 0  # (B, T - 1)
     states = scorer.forward(inputs)[is_target]  # (N, D)
+    history = scorer.history(inputs)[is_target] if getattr(scorer, "repeat_window", 0) > 0 else None
     targets = targets[is_target] - 1  # (N,) score columns
     rows = max(1, max_scores // scorer.n_items)
     ranks, tops = [], []
     for begin in range(0, len(targets), rows):
-        scores = scorer.score(states[begin : begin + rows])  # (rows, n_items)
+        if history is None:
+            scores = scorer.score(states[begin : begin + rows])  # (rows, n_items)
+        else:
+            scores = scorer.score(states[begin : begin + rows], history[begin : begin + rows])
         ranks.append(target_ranks(scores, targets[begin : begin + rows], ties))
         tops.append(scores.topk(min(k_max, scorer.n_items), dim=1).indices)
     row, column = is_target.nonzero(as_tuple=True)

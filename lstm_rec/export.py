@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lstm_rec.checkpoint import load_module
-from lstm_rec.model import SessionLSTM
+from lstm_rec.model import SessionEnsemble, SessionLSTM
 
 log = logging.getLogger(__name__)
 
@@ -23,25 +23,44 @@ class ScoringStep(nn.Module):
     `item` holds item indices (B,) as in the item table written beside the export (index i is
     item_ids[i - 1]); h and c are (num_layers, B, hidden), zeros for a new session. Score column j
     is item index j + 1, so a top column j names item_ids[j].
+
+    A model with repeat scores (repeat_window W > 0) also carries `recent`, (B, W) item indices of the
+    session's latest clicks, most recent first, zeros for a new session: (item, h, c, recent) ->
+    (scores, h, c, recent) or (top scores, top columns, h, c, recent).
     """
 
-    def __init__(self, net: SessionLSTM, top_k: int | None = None) -> None:
+    def __init__(self, net: SessionLSTM | SessionEnsemble, top_k: int | None = None) -> None:
         super().__init__()
         self.net = net.eval()
         self.top_k = top_k
+        self.window = net.repeat_window
 
-    def forward(self, item: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, item: Tensor, h: Tensor, c: Tensor, recent: Tensor | None = None) -> tuple[Tensor, ...]:
         outputs, (h, c) = self.net.forward_with_state(item[:, None], (h, c))  # (B, 1, H)
-        scores = self.net.score(outputs[:, 0])  # (B, n_items)
+        carried: tuple[Tensor, ...] = (h, c)
+        history = None
+        if self.window > 0:
+            if recent is None:
+                raise ValueError(f"this model has repeat scores: pass `recent`, the last {self.window} clicks")
+            history = torch.cat([item[:, None], recent[:, : self.window - 1]], dim=1)  # (B, W)
+            carried = (h, c, history)
+        scores = self.net.score(outputs[:, 0], history)  # (B, n_items)
         if self.top_k is None:
-            return scores, h, c
+            return scores, *carried
         top = scores.topk(self.top_k, dim=1)
-        return top.values, top.indices, h, c
+        return top.values, top.indices, *carried
 
-    def initial_state(self, batch_size: int = 1) -> tuple[Tensor, Tensor]:
-        lstm = self.net.lstm
-        shape = (lstm.num_layers, batch_size, lstm.hidden_size)
-        return torch.zeros(shape), torch.zeros(shape)
+    def initial_state(self, batch_size: int = 1) -> tuple[Tensor, ...]:
+        """Zero (h, c), and zero `recent` when the model has repeat scores."""
+        hidden = sum(self.net.sizes) if isinstance(self.net, SessionEnsemble) else self.net.lstm.hidden_size
+        layers = (
+            self.net.members[0].lstm.num_layers if isinstance(self.net, SessionEnsemble) else self.net.lstm.num_layers
+        )
+        shape = (layers, batch_size, hidden)
+        state = (torch.zeros(shape), torch.zeros(shape))
+        if self.window > 0:
+            state += (torch.zeros((batch_size, self.window), dtype=torch.long),)
+        return state
 
 
 def export(ckpt_path: str | Path, format: str, output: str | Path, top_k: int | None = None) -> Path:
@@ -54,9 +73,9 @@ def export(ckpt_path: str | Path, format: str, output: str | Path, top_k: int | 
     step = ScoringStep(module.net, top_k)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    h, c = step.initial_state(2)
-    example = (torch.tensor([1, 2]), h, c)
-    outputs = ["scores", "h_out", "c_out"] if top_k is None else ["top_scores", "top_columns", "h_out", "c_out"]
+    example = (torch.tensor([1, 2]), *step.initial_state(2))
+    carried = ["h", "c"] + (["recent"] if step.window > 0 else [])
+    outputs = (["scores"] if top_k is None else ["top_scores", "top_columns"]) + [f"{name}_out" for name in carried]
     with torch.no_grad():
         if format == "torchscript":
             torch.jit.trace(step, example).save(str(output))
@@ -66,9 +85,9 @@ def export(ckpt_path: str | Path, format: str, output: str | Path, top_k: int | 
                 step,
                 example,
                 dynamo=True,
-                input_names=["item", "h", "c"],
+                input_names=["item", *carried],
                 output_names=outputs,
-                dynamic_shapes=({0: batch}, {1: batch}, {1: batch}),
+                dynamic_shapes=({0: batch}, {1: batch}, {1: batch}, *([{0: batch}] if step.window > 0 else [])),
                 verbose=False,
             )
             program.save(str(output))

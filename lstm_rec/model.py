@@ -22,6 +22,10 @@ class SessionLSTM(nn.Module):
         embedding_dropout: on the input embeddings.
         tie_weights: score items with their input embeddings (a linear map takes the LSTM output
             to the embedding size when the two differ), which saves n_items * hidden parameters.
+        repeat_window: 0, or how many of the latest clicks get a repeat score: each of the last
+            `repeat_window` distinct items of the prefix adds a learned function of the state to its
+            score, one per recency (1 = the current click, 2 = the one before...). Scoring then needs the
+            prefix's `history` besides its state.
     """
 
     def __init__(
@@ -33,6 +37,7 @@ class SessionLSTM(nn.Module):
         dropout: float = 0.0,
         embedding_dropout: float = 0.0,
         tie_weights: bool = False,
+        repeat_window: int = 0,
     ) -> None:
         super().__init__()
         self.n_items = n_items
@@ -48,6 +53,9 @@ class SessionLSTM(nn.Module):
             self.output_bias = nn.Parameter(torch.zeros(n_items))
         else:
             self.output = nn.Linear(hidden, n_items)
+        self.repeat_window = repeat_window
+        if repeat_window > 0:
+            self.repeat_scores = nn.Linear(hidden, repeat_window)
         # Small item embeddings (Glorot-uniform over the catalog) keep the tied scores in range at the start;
         # PyTorch's default N(0, 1) trains markedly worse here.
         nn.init.xavier_uniform_(self.item_embedding.weight)
@@ -66,16 +74,109 @@ class SessionLSTM(nn.Module):
         outputs, state = self.lstm(embedded, state)  # (B, T, H)
         return self.output_dropout(outputs), state
 
-    def score_columns(self, states: Tensor, columns: Tensor) -> Tensor:
+    def history(self, items: Tensor) -> Tensor:
+        """(B, T) -> (B, T, W): the last W = repeat_window items of each prefix, most recent first, 0 before it."""
+        return recent_items(items, max(self.repeat_window, 1))
+
+    def _repeat_bonus(self, states: Tensor, history: Tensor) -> Tensor:
+        """(..., H), (..., W) -> (..., W): each recent item's score bonus; repeats and padding get 0."""
+        window = self.repeat_window
+        history = history[..., :window]
+        values = self.repeat_scores(states)
+        earlier = torch.ones(window, window, dtype=torch.bool, device=history.device).tril(-1)  # j < w
+        repeated = ((history[..., :, None] == history[..., None, :]) & earlier).any(-1)
+        return values * ((history > 0) & ~repeated)
+
+    def score_columns(self, states: Tensor, columns: Tensor, history: Tensor | None = None) -> Tensor:
         """Scores of the items in `columns` only: (N, H) states, (C,) columns -> (N, C), as score() would give."""
         if self.tie_weights:
             # A lookup (not weight[1:][columns]) gives a lean backward: no full-size gradient of a slice.
             weight, bias = F.embedding(columns + 1, self.item_embedding.weight), self.output_bias[columns]
-            return F.linear(self.to_embedding(states), weight, bias)
-        return F.linear(states, self.output.weight[columns], self.output.bias[columns])
+            scores = F.linear(self.to_embedding(states), weight, bias)
+        else:
+            scores = F.linear(states, self.output.weight[columns], self.output.bias[columns])
+        if self.repeat_window > 0:
+            bonus = self._repeat_bonus(states, _needed(history))  # (N, W)
+            history = history[:, : self.repeat_window]
+            match = (history[:, :, None] == (columns + 1)[None, None, :]).to(bonus.dtype)  # (N, W, C)
+            scores = scores + torch.einsum("nw,nwc->nc", bonus, match)
+        return scores
 
-    def score(self, states: Tensor) -> Tensor:
+    def score(self, states: Tensor, history: Tensor | None = None) -> Tensor:
         """Scores of every item for each state: (..., H) -> (..., n_items)."""
         if self.tie_weights:
-            return F.linear(self.to_embedding(states), self.item_embedding.weight[1:], self.output_bias)
-        return self.output(states)
+            scores = F.linear(self.to_embedding(states), self.item_embedding.weight[1:], self.output_bias)
+        else:
+            scores = self.output(states)
+        if self.repeat_window > 0:
+            bonus = self._repeat_bonus(states, _needed(history)).to(scores.dtype)
+            padded = F.pad(scores, (1, 0))  # column 0 takes the padding's bonus, which is 0
+            scores = padded.scatter_add(-1, history[..., : self.repeat_window], bonus)[..., 1:]
+        return scores
+
+
+def recent_items(items: Tensor, window: int) -> Tensor:
+    """(B, T) -> (B, T, window): items t, t - 1, ..., t - window + 1 of each row, 0 before its start."""
+    return F.pad(items, (window - 1, 0)).unfold(1, window, 1).flip(-1)
+
+
+def _needed(history: Tensor | None) -> Tensor:
+    if history is None:
+        raise ValueError("this model has repeat scores (repeat_window > 0): score it with the prefix's history too")
+    return history
+
+
+class SessionEnsemble(nn.Module):
+    """Several SessionLSTMs trained side by side on the same batches; an item's score is their mean.
+
+    States are the members' LSTM outputs side by side, so anything that runs a SessionLSTM (evaluation,
+    the recommender, export) runs an ensemble the same way.
+
+    Args:
+        n_items: catalog size, padding excluded.
+        members: one dict per member of SessionLSTM arguments that differ from `common`.
+        common: the SessionLSTM arguments every member shares.
+    """
+
+    def __init__(self, n_items: int, members: list[dict], common: dict) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.members = nn.ModuleList(SessionLSTM(n_items, **(common | dict(member))) for member in members)
+        layers = {member.lstm.num_layers for member in self.members}
+        if len(layers) > 1:
+            raise ValueError(f"ensemble members must share num_layers (their LSTM states are joined), got {layers}")
+        self.sizes = [member.lstm.hidden_size for member in self.members]
+        self.repeat_window = max(member.repeat_window for member in self.members)
+
+    def history(self, items: Tensor) -> Tensor:
+        return recent_items(items, max(self.repeat_window, 1))
+
+    def forward(self, items: Tensor) -> Tensor:
+        return self.forward_with_state(items)[0]
+
+    def forward_with_state(
+        self, items: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Like SessionLSTM's; the members' outputs and (h, c) are joined along the hidden dimension."""
+        hs = cs = [None] * len(self.members)
+        if state is not None:
+            hs, cs = state[0].split(self.sizes, dim=-1), state[1].split(self.sizes, dim=-1)
+        results = [
+            member.forward_with_state(items, None if h is None else (h, c))
+            for member, h, c in zip(self.members, hs, cs, strict=True)
+        ]
+        outputs = torch.cat([output for output, _ in results], dim=-1)
+        return outputs, (torch.cat([h for _, (h, _) in results], -1), torch.cat([c for _, (_, c) in results], -1))
+
+    def split(self, states: Tensor) -> tuple[Tensor, ...]:
+        """Joined states (..., sum of hidden sizes) -> each member's (..., hidden)."""
+        return states.split(self.sizes, dim=-1)
+
+    def score(self, states: Tensor, history: Tensor | None = None) -> Tensor:
+        parts = self.split(states)
+        return sum(m.score(s, history) for m, s in zip(self.members, parts, strict=True)) / len(self.members)
+
+    def score_columns(self, states: Tensor, columns: Tensor, history: Tensor | None = None) -> Tensor:
+        parts = self.split(states)
+        scores = (m.score_columns(s, columns, history) for m, s in zip(self.members, parts, strict=True))
+        return sum(scores) / len(self.members)

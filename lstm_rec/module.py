@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -19,9 +19,20 @@ from lstm_rec.data.sessions import ItemIndex
 from lstm_rec.evaluation import rank_batch
 from lstm_rec.losses import LOSSES, PopularitySampler, bpr_max_loss, sampled_candidates, sampled_softmax_loss
 from lstm_rec.metrics import ranking_metrics
-from lstm_rec.model import SessionLSTM
+from lstm_rec.model import SessionEnsemble, SessionLSTM
 
 log = logging.getLogger(__name__)
+
+
+def _member_settings(member: Mapping[str, Any] | None, position: int, common: dict[str, Any]) -> dict[str, Any]:
+    """An ensemble member's SessionLSTM settings that differ from the model's, as a plain dict."""
+    member = {} if member is None else member
+    if not isinstance(member, Mapping):
+        raise ValueError(f"model.members[{position}] must be a mapping of settings (or {{}}), got {member!r}")
+    unknown = sorted(set(member) - set(common))
+    if unknown:
+        raise ValueError(f"model.members[{position}] sets {unknown}; a member can set only {sorted(common)}")
+    return {str(key): value for key, value in member.items()}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,6 +58,9 @@ class SessionRecModule(L.LightningModule):
             the first such step; the check costs no host sync per step (it is read every
             `nonfinite_check_every` steps and before any checkpoint is saved). "skip" drops such batches
             without an update; it reads the loss on the host at every step.
+        members: null for one SessionLSTM, or a list with one dict per member of a SessionEnsemble, each
+            holding the network settings (embedding_dim ... repeat_window) in which that member differs;
+            `{}` is a member like the model. Members train side by side, each on its own loss.
         Other arguments are SessionLSTM's.
     """
 
@@ -59,6 +73,8 @@ class SessionRecModule(L.LightningModule):
         dropout: float = 0.0,
         embedding_dropout: float = 0.0,
         tie_weights: bool = False,
+        repeat_window: int = 0,
+        members: Sequence[Mapping[str, Any]] | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
@@ -83,9 +99,21 @@ class SessionRecModule(L.LightningModule):
         if nonfinite_loss not in ("stop", "skip"):
             raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
         self.item_index = item_index
-        self.net = SessionLSTM(
-            len(item_index), embedding_dim, hidden, num_layers, dropout, embedding_dropout, tie_weights
-        )
+        common = {
+            "embedding_dim": embedding_dim,
+            "hidden": hidden,
+            "num_layers": num_layers,
+            "dropout": dropout,
+            "embedding_dropout": embedding_dropout,
+            "tie_weights": tie_weights,
+            "repeat_window": repeat_window,
+        }
+        if members:
+            members = [_member_settings(member, position, common) for position, member in enumerate(members)]
+            self.hparams.members = members  # plain dicts keep checkpoints loadable with weights_only
+            self.net: SessionLSTM | SessionEnsemble = SessionEnsemble(len(item_index), members, common)
+        else:
+            self.net = SessionLSTM(len(item_index), **common)
         self.train_seconds = 0.0  # wall time spent in training epochs, kept in checkpoints
         self.optimizer_factory = optimizer or torch.optim.Adam
         self.scheduler_factory = scheduler
@@ -99,20 +127,24 @@ class SessionRecModule(L.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
-        states = self.net(inputs)  # (B, T - 1, H)
-        if self.hparams.loss == "cross_entropy":
-            logits = self.net.score(states)  # (B, T - 1, n_items)
-            # Score column j is item j + 1, so padding (0) becomes -1 and is ignored.
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1)
-        else:
-            loss = self._sampled_loss(states, targets)
+        history = self.net.history(inputs) if self.net.repeat_window > 0 else None  # (B, T - 1, W)
+        # An ensemble's members each learn as if alone: the sum of their losses, each with its own gradient.
+        members = self.net.members if isinstance(self.net, SessionEnsemble) else [self.net]
+        loss = sum(self._member_loss(member, inputs, targets, history) for member in members)
         if self.hparams.nonfinite_loss == "skip" and not torch.isfinite(loss):
             self.skipped_batches += 1
             message = self._nonfinite_message(batch_idx)
             log.warning("%s; skipping this batch (%d skipped so far)", message, self.skipped_batches)
             return None  # Lightning then runs no backward pass and no optimizer step
         self._watch_loss(loss.detach(), batch_idx)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
+        self.log(
+            "train/loss",
+            loss.detach() / len(members),
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch),
+        )
         return loss
 
     def _nonfinite_message(self, batch_idx: int) -> str:
@@ -137,11 +169,20 @@ class SessionRecModule(L.LightningModule):
         if (self.global_step + 1) % self.hparams.nonfinite_check_every == 0:
             self._stop_if_nonfinite()
 
-    def _sampled_loss(self, states: Tensor, targets: Tensor) -> Tensor:
+    def _member_loss(self, net: SessionLSTM, inputs: Tensor, targets: Tensor, history: Tensor | None) -> Tensor:
+        states = net(inputs)  # (B, T - 1, H)
+        if self.hparams.loss == "cross_entropy":
+            logits = net.score(states, history)  # (B, T - 1, n_items)
+            # Score column j is item j + 1, so padding (0) becomes -1 and is ignored.
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1)
+        return self._sampled_loss(net, states, targets, history)
+
+    def _sampled_loss(self, net: SessionLSTM, states: Tensor, targets: Tensor, history: Tensor | None) -> Tensor:
         is_target = targets > 0
         states, targets = states[is_target], targets[is_target] - 1  # (N, H), (N,) score columns
+        history = None if history is None else history[is_target]  # (N, W)
         columns, log_q = sampled_candidates(targets, self.sampler, self.hparams.n_negatives)
-        scores = self.net.score_columns(states, columns)  # (N, N + M)
+        scores = net.score_columns(states, columns, history)  # (N, N + M)
         if self.hparams.loss == "sampled_softmax":
             return sampled_softmax_loss(scores, targets, columns, log_q, self.hparams.logq)
         return bpr_max_loss(scores, targets, columns, self.hparams.bpreg)

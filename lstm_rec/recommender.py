@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lstm_rec.checkpoint import load_module
 from lstm_rec.data.sessions import ItemIndex
-from lstm_rec.model import SessionLSTM
+from lstm_rec.model import SessionEnsemble, SessionLSTM
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,11 @@ class SessionState:
 
 
 class Recommender:
-    """Recommends next items with a trained SessionLSTM and the item index of its checkpoint."""
+    """Recommends next items with a trained SessionLSTM (or ensemble) and the item index of its checkpoint."""
 
-    def __init__(self, net: SessionLSTM, item_index: ItemIndex, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, net: SessionLSTM | SessionEnsemble, item_index: ItemIndex, device: str | torch.device = "cpu"
+    ) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.item_index = item_index
@@ -85,8 +87,10 @@ class Recommender:
             batch[row, : len(indices)] = torch.tensor(indices, dtype=torch.long)
         batch = batch.to(self.device)
         lengths = (batch > 0).sum(dim=1)
-        states = self.net(batch)[torch.arange(len(batch)), (lengths - 1).clamp(min=0)]  # (B, H)
-        scores = self.net.score(states).float()  # (B, n_items)
+        rows, last = torch.arange(len(batch)), (lengths - 1).clamp(min=0)
+        states = self.net(batch)[rows, last]  # (B, H)
+        history = self.net.history(batch)[rows, last] if self.net.repeat_window > 0 else None  # (B, W)
+        scores = self.net.score(states, history).float()  # (B, n_items)
         scores = torch.where((lengths > 0)[:, None], scores, self.popularity)
         return [
             self._top(scores[row], k, indices if exclude_seen else [], not indices, unknown)
@@ -109,7 +113,11 @@ class Recommender:
             state = SessionState(lstm=lstm, seen=[*state.seen, indices[0]], last_output=outputs[:, -1])
         if not state.seen:
             return state, self._top(self.popularity, k, [], True, unknown)
-        scores = self.net.score(state.last_output).float()[0]
+        history = None
+        if self.net.repeat_window > 0:
+            recent = state.seen[::-1][: self.net.repeat_window]
+            history = torch.tensor([recent + [0] * (self.net.repeat_window - len(recent))], device=self.device)
+        scores = self.net.score(state.last_output, history).float()[0]
         return state, self._top(scores, k, state.seen if exclude_seen else [], False, unknown)
 
     def _top(self, scores: Tensor, k: int, exclude: list[int], fallback: bool, unknown: list) -> Recommendations:

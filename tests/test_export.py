@@ -11,11 +11,17 @@ from lstm_rec import Recommender
 from lstm_rec.export import ScoringStep, export
 from lstm_rec.train import train
 
+# A plain tied LSTM, and an ensemble whose members differ in size and in repeat scores (which carry `recent`).
+MODELS = {
+    "lstm": ["model.num_layers=2", "model.tie_weights=true"],
+    "ensemble": ["model.num_layers=2", "model.tie_weights=true", "model.members=[{},{hidden:24,repeat_window:3}]"],
+}
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def checkpoint(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "run"
-    return train(compose_config("train", [*TINY, "model.num_layers=2", "model.tie_weights=true"], out))["checkpoint"]
+    return train(compose_config("train", [*TINY, *MODELS[request.param]], out))["checkpoint"]
 
 
 def random_sessions(n_items: int, seed: int = 0) -> torch.Tensor:
@@ -29,11 +35,11 @@ def reference(checkpoint):
 
 
 def run_pytorch(step: ScoringStep, sessions: torch.Tensor) -> list[np.ndarray]:
-    h, c = step.initial_state(len(sessions))
+    state = step.initial_state(len(sessions))  # (h, c), plus `recent` with repeat scores
     scores = []
     with torch.no_grad():
         for t in range(sessions.shape[1]):
-            out, h, c = step(sessions[:, t], h, c)
+            out, *state = step(sessions[:, t], *state)
             scores.append(out.numpy())
     return scores
 
@@ -41,8 +47,9 @@ def run_pytorch(step: ScoringStep, sessions: torch.Tensor) -> list[np.ndarray]:
 def test_scoring_step_matches_the_full_sequence_model(checkpoint):
     rec, step = reference(checkpoint)
     sessions = random_sessions(rec.n_items)
+    history = rec.net.history(sessions) if rec.net.repeat_window > 0 else None
     with torch.no_grad():
-        whole = rec.net.score(rec.net(sessions)).numpy()  # (B, T, n_items)
+        whole = rec.net.score(rec.net(sessions), history).numpy()  # (B, T, n_items)
     for t, scores in enumerate(run_pytorch(step, sessions)):
         np.testing.assert_allclose(scores, whole[:, t], rtol=1e-5, atol=1e-5)
 
@@ -53,9 +60,9 @@ def test_torchscript_export(checkpoint, tmp_path):
     loaded = torch.jit.load(str(path))
     sessions = random_sessions(rec.n_items, seed=1)
     expected = run_pytorch(step, sessions)
-    h, c = step.initial_state(len(sessions))
+    state = step.initial_state(len(sessions))
     for t in range(sessions.shape[1]):
-        scores, h, c = loaded(sessions[:, t], h, c)
+        scores, *state = loaded(sessions[:, t], *state)
         np.testing.assert_allclose(scores.detach().numpy(), expected[t], rtol=1e-5, atol=1e-5)
     table = json.loads((tmp_path / "step.pt.items.json").read_text())
     assert table["item_ids"] == rec.item_index.ids.tolist()
@@ -68,9 +75,13 @@ def test_onnx_export_with_top_k(checkpoint, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     sessions = random_sessions(rec.n_items, seed=2)
     expected = run_pytorch(step, sessions)
-    h, c = (t.numpy() for t in step.initial_state(len(sessions)))
+    names = [i.name for i in session.get_inputs()][1:]  # h, c, and recent with repeat scores
+    state = [t.numpy() for t in step.initial_state(len(sessions))]
+    assert len(names) == len(state) == (3 if step.window else 2)
     for t in range(sessions.shape[1]):
-        top_scores, top_columns, h, c = session.run(None, {"item": sessions[:, t].numpy(), "h": h, "c": c})
+        top_scores, top_columns, *state = session.run(
+            None, {"item": sessions[:, t].numpy(), **dict(zip(names, state, strict=True))}
+        )
         want = np.sort(expected[t], axis=1)[:, ::-1][:, :10]
         np.testing.assert_allclose(top_scores, want, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(np.take_along_axis(expected[t], top_columns, axis=1), want, rtol=1e-4, atol=1e-4)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from lstm_rec.data import ItemIndex
-from lstm_rec.model import SessionLSTM
+from lstm_rec.model import SessionEnsemble, SessionLSTM
 from lstm_rec.module import SessionRecModule
 
 
@@ -43,3 +43,70 @@ def test_padding_is_kept_out_of_the_loss():
     picked = torch.stack([logits[0, 0], logits[0, 1], logits[0, 2], logits[1, 0]])
     expected = F.cross_entropy(picked, torch.tensor([2, 3, 4, 6]) - 1)
     torch.testing.assert_close(loss, expected)
+
+
+def _repeat_net(tie_weights: bool = False) -> SessionLSTM:
+    """A net whose repeat scores are the constants 1, 2, 3 for the latest, second and third latest click."""
+    torch.manual_seed(0)
+    net = SessionLSTM(n_items=12, embedding_dim=4, hidden=6, tie_weights=tie_weights, repeat_window=3).eval()
+    with torch.no_grad():
+        net.repeat_scores.weight.zero_()
+        net.repeat_scores.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    return net
+
+
+@pytest.mark.parametrize("tie_weights", [False, True])
+def test_repeat_scores_add_a_bonus_by_recency_to_the_latest_distinct_items(tie_weights):
+    net = _repeat_net(tie_weights)
+    session = torch.tensor([[5, 7, 5, 9, 0]])  # item indices; score column = index - 1
+    history = net.history(session)
+    assert history[0].tolist() == [[5, 0, 0], [7, 5, 0], [5, 7, 5], [9, 5, 7], [0, 9, 5]]
+    states = net(session)
+    plain, scored = net.score(states, torch.zeros_like(history)), net.score(states, history)  # no clicks: no bonus
+    bonus = torch.zeros(5, 12)
+    bonus[0, 4] = 1  # after [5]: 5 is the latest click
+    bonus[1, 6], bonus[1, 4] = 1, 2  # after [5, 7]
+    bonus[2, 4], bonus[2, 6] = 1, 2  # after [5, 7, 5]: 5 counts once, at its latest click
+    bonus[3, 8], bonus[3, 4], bonus[3, 6] = 1, 2, 3  # after [5, 7, 5, 9]
+    bonus[4, 8], bonus[4, 4] = 2, 3  # a padding step: its own click (0) gets nothing
+    torch.testing.assert_close(scored[0] - plain[0], bonus)
+    # scoring a subset of columns agrees with scoring them all
+    columns = torch.tensor([4, 6, 8, 0, 4])
+    torch.testing.assert_close(net.score_columns(states[0], columns, history[0]), scored[0][:, columns])
+    with pytest.raises(ValueError, match="history"):
+        net.score(states)
+
+
+def test_ensemble_scores_are_the_mean_of_its_members_and_continue_from_a_state():
+    torch.manual_seed(0)
+    common = {"embedding_dim": 4, "hidden": 6, "tie_weights": True}
+    net = SessionEnsemble(12, [{}, {"hidden": 5, "repeat_window": 2}, {"tie_weights": False}], common).eval()
+    assert net.sizes == [6, 5, 6] and net.repeat_window == 2
+    session = torch.tensor([[3, 4, 3, 8], [2, 2, 0, 0]])
+    states, history = net(session), net.history(session)
+    members = [m.score(m(session), history[..., : m.repeat_window or 1]) for m in net.members]
+    torch.testing.assert_close(net.score(states, history), sum(members) / 3)
+    # two clicks, then two more from the carried joined state, equal four at once
+    first, state = net.forward_with_state(session[:, :2])
+    second, _ = net.forward_with_state(session[:, 2:], state)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), states)
+    with pytest.raises(ValueError, match="share num_layers"):
+        SessionEnsemble(12, [{}, {"num_layers": 2}], common)
+
+
+def test_ensemble_loss_is_the_sum_of_each_members_own_loss():
+    index = ItemIndex.from_items(np.arange(20))
+    batch = torch.tensor([[1, 2, 3, 4], [5, 6, 5, 0]])
+    torch.manual_seed(0)
+    module = SessionRecModule(index, embedding_dim=8, hidden=8, members=[{}, {"repeat_window": 2}])
+    module.log = lambda *args, **kwargs: None  # outside a Trainer
+    loss = module.training_step(batch, 0)
+    solo = []
+    for settings, member in zip(({}, {"repeat_window": 2}), module.net.members, strict=True):
+        alone = SessionRecModule(index, embedding_dim=8, hidden=8, **settings)
+        alone.net.load_state_dict(member.state_dict())
+        alone.log = module.log
+        solo.append(alone.training_step(batch, 0))
+    torch.testing.assert_close(loss, solo[0] + solo[1])
+    with pytest.raises(ValueError, match=r"model.members\[1\] sets \['hiden'\]"):
+        SessionRecModule(index, members=[{}, {"hiden": 3}])

@@ -19,10 +19,12 @@ from lstm_rec.recommend import recommend_job
 from lstm_rec.train import train
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+@pytest.fixture(scope="module", params=["lstm", "ensemble"])
+def checkpoint(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("rec") / "run"
-    return train(compose_config("train", [*TINY, "model.num_layers=2"], out))["checkpoint"]
+    # The ensemble has a member with repeat scores, which need the session's latest clicks besides the state.
+    members = ["model.members=[{},{repeat_window:4}]"] if request.param == "ensemble" else []
+    return train(compose_config("train", [*TINY, "model.num_layers=2", *members], out))["checkpoint"]
 
 
 @pytest.fixture(scope="module")
