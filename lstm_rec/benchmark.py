@@ -30,7 +30,10 @@ class EpochClock(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self._targets += (batch[:, 1:] > 0).sum()  # counted on the device: no sync per step
+        # Counted on the device, with no sync per step. With one batch per ensemble member, each member sees
+        # every target once per epoch: the first member's batch counts the epoch's data once.
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        self._targets += (first[:, 1:] > 0).sum()
 
     def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking or not hasattr(self, "_start"):
@@ -63,7 +66,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     train_seconds = [epoch["train_seconds"] for epoch in clock.epochs]
     steady = clock.epochs[1:] or clock.epochs  # the first epoch carries warm-up
     steady_rate = sum(e["targets"] for e in steady) / sum(e["train_seconds"] for e in steady)
-    reached = _time_to_target(clock.epochs, targets)
+    reached = time_to_target(clock.epochs, targets)
 
     model.to(trainer.strategy.root_device)
     _synchronize(model.device)
@@ -82,10 +85,9 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         "epoch_seconds": [round(s, 3) for s in train_seconds],
         "train_events_per_second": round(steady_rate),
         _target_key(targets): None if reached is None else round(reached, 2),
-        **{
-            f"val_curve{'' if metric == cfg.monitor else ':' + metric}": [
-                round(epoch.get(metric, float("nan")), 4) for epoch in clock.epochs
-            ]
+        "val_curve": [round(epoch.get(cfg.monitor, float("nan")), 4) for epoch in clock.epochs],
+        "val_curves": {
+            metric: [round(epoch.get(metric, float("nan")), 4) for epoch in clock.epochs]
             for metric in dict.fromkeys([cfg.monitor, *targets])
         },
         "eval_predictions": len(ranked.ranks),
@@ -115,7 +117,7 @@ def _target_key(targets: dict[str, float]) -> str:
     return "seconds_to_" + ",".join(f"{metric}>={value:g}" for metric, value in targets.items())
 
 
-def _time_to_target(epochs: list[dict[str, float]], targets: dict[str, float]) -> float | None:
+def time_to_target(epochs: list[dict[str, float]], targets: dict[str, float]) -> float | None:
     """Training seconds until the end of the first epoch that reached every target; None if none did."""
     elapsed = 0.0
     for epoch in epochs:

@@ -58,13 +58,14 @@ def sampled_softmax_loss(scores: Tensor, targets: Tensor, columns: Tensor, log_q
 
 def bpr_max_loss(scores: Tensor, targets: Tensor, columns: Tensor, bpreg: float) -> Tensor:
     """BPR-max (Hidasi & Karatzoglou, CIKM 2018): -log sum_j s_j sigmoid(r_pos - r_j) + bpreg sum_j s_j r_j^2,
-    with s the softmax of the negative scores r_j; the negatives of row i are all candidates but its own."""
+    with s the softmax of the negative scores r_j; the negatives of row i are all candidates but its own
+    item (its positive, candidate i, and any other copy of that item)."""
     n = len(targets)
-    positive = scores[torch.arange(n), torch.arange(n)]  # (N,)
-    negatives = _mask_accidental_hits(scores, targets, columns)
-    negatives[torch.arange(n), torch.arange(n)] = float("-inf")  # the positive is no negative
-    weights = torch.softmax(negatives, dim=1)  # (N, C); 0 where masked
-    finite = torch.where(weights > 0, negatives, torch.zeros_like(negatives))
-    ranking = (weights * torch.sigmoid(positive[:, None] - finite)).sum(dim=1)
-    regulariser = (weights * finite**2).sum(dim=1)
+    rows = torch.arange(n, device=scores.device)
+    positive = scores[rows, rows]  # (N,)
+    own = columns[None, :] == targets[:, None]  # (N, C); covers candidate i of row i
+    weights = torch.softmax(scores.masked_fill(own, float("-inf")), dim=1)  # (N, C); exactly 0 where own
+    # Own items have weight 0, so their (finite) terms drop out without masking the scores again.
+    ranking = (weights * torch.sigmoid(positive[:, None] - scores)).sum(dim=1)
+    regulariser = (weights * scores.square()).sum(dim=1)
     return (-torch.log(ranking + 1e-24) + bpreg * regulariser).mean()

@@ -98,8 +98,13 @@ class SessionLSTM(nn.Module):
         if self.repeat_window > 0:
             bonus = self._repeat_bonus(states, _needed(history))  # (N, W)
             history = history[:, : self.repeat_window]
-            match = (history[:, :, None] == (columns + 1)[None, None, :]).to(bonus.dtype)  # (N, W, C)
-            scores = scores + torch.einsum("nw,nwc->nc", bonus, match)
+            if self.n_items + 1 <= history.shape[1] * len(columns):
+                # Cheaper for small catalogs: each state's bonus over the whole catalog, then the columns.
+                dense = bonus.new_zeros(len(states), self.n_items + 1).scatter_add(1, history, bonus)
+                scores = scores + dense[:, columns + 1]
+            else:
+                match = (history[:, :, None] == (columns + 1)[None, None, :]).to(bonus.dtype)  # (N, W, C)
+                scores = scores + torch.einsum("nw,nwc->nc", bonus, match)
         return scores
 
     def score(self, states: Tensor, history: Tensor | None = None) -> Tensor:

@@ -125,12 +125,18 @@ class SessionRecModule(L.LightningModule):
         self.register_buffer("first_nonfinite", torch.full((3,), -1, dtype=torch.long), persistent=False)
         self.skipped_batches = 0
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
-        history = self.net.history(inputs) if self.net.repeat_window > 0 else None  # (B, T - 1, W)
-        # An ensemble's members each learn as if alone: the sum of their losses, each with its own gradient.
+    def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
+        # An ensemble's members each learn as if alone: the sum of their losses, each with its own gradient,
+        # on a batch of their own when the data module draws one per member (data.member_orders).
         members = self.net.members if isinstance(self.net, SessionEnsemble) else [self.net]
-        loss = sum(self._member_loss(member, inputs, targets, history) for member in members)
+        batches = list(batch) if isinstance(batch, (tuple, list)) else [batch] * len(members)
+        if len(batches) != len(members):
+            raise ValueError(
+                f"the data module drew {len(batches)} batches per step for {len(members)} model members; "
+                f"set data.member_orders to {len(members)} (or 1)"
+            )
+        loss = sum(self._member_loss(member, batch) for member, batch in zip(members, batches, strict=True))
+        batch = batches[0]
         if self.hparams.nonfinite_loss == "skip" and not torch.isfinite(loss):
             self.skipped_batches += 1
             message = self._nonfinite_message(batch_idx)
@@ -169,7 +175,9 @@ class SessionRecModule(L.LightningModule):
         if (self.global_step + 1) % self.hparams.nonfinite_check_every == 0:
             self._stop_if_nonfinite()
 
-    def _member_loss(self, net: SessionLSTM, inputs: Tensor, targets: Tensor, history: Tensor | None) -> Tensor:
+    def _member_loss(self, net: SessionLSTM, batch: Tensor) -> Tensor:
+        inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
+        history = net.history(inputs) if net.repeat_window > 0 else None  # (B, T - 1, W)
         states = net(inputs)  # (B, T - 1, H)
         if self.hparams.loss == "cross_entropy":
             logits = net.score(states, history)  # (B, T - 1, n_items)

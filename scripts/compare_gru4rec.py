@@ -1,12 +1,13 @@
 """Time our LSTM against the official GRU4Rec, side by side in one run on this machine.
 
     python scripts/compare_gru4rec.py --gru4rec ~/GRU4Rec_PyTorch_Official --python ~/g4r/bin/python \
-        [--runs 1] [--threads 2] [--paramfiles rsc15_xe_shared_100_best ...] [our overrides ...]
+        [--runs 1] [--threads 2] [--paramfiles rsc15_xe_shared_100_best ...] \
+        [--ours "experiment=yoochoose_100k" --ours "experiment=yoochoose_100k model.hidden=100 ..."]
 
 Trains and evaluates each official parameter file on yoochoose-100k train_full -> test, then runs our
-benchmark (default overrides: experiment=yoochoose_100k) with the test set as its validation set, and
-reports how much training time ours needed to reach each official result (Recall@20 and MRR@20 both).
-Writes comparison.json and comparison.md under --out.
+benchmark once per --ours (a string of train overrides; default experiment=yoochoose_100k) with the test
+set as its validation set, and reports how much training time each of ours needed to reach each official
+result (Recall@20 and MRR@20 both). Writes comparison.json and comparison.md under --out.
 """
 
 import argparse
@@ -15,9 +16,18 @@ import sys
 import time
 from pathlib import Path
 
+from lstm_rec.benchmark import time_to_target
 from lstm_rec.gru4rec_official import run_official, run_ours
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def seconds_to(run: dict, recall: float, mrr: float) -> float | None:
+    """Training seconds of our benchmark `run` until its validation Recall@20 and MRR@20 reached both."""
+    curves = run["val_curves"]
+    curve = zip(run["epoch_seconds"], curves["val/recall@20"], curves["val/mrr@20"], strict=True)
+    epochs = [{"train_seconds": s, "val/recall@20": r, "val/mrr@20": m} for s, r, m in curve]
+    return time_to_target(epochs, {"val/recall@20": recall, "val/mrr@20": mrr})
 
 
 def main() -> None:
@@ -31,7 +41,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="compute threads for both")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "yoochoose-100k"))
     parser.add_argument("--out", default=str(ROOT / "outputs" / "compare_gru4rec" / time.strftime("%Y-%m-%d_%H-%M-%S")))
-    parser.add_argument("overrides", nargs="*", default=["experiment=yoochoose_100k"])
+    parser.add_argument("--ours", action="append", help="our train overrides, space-separated (repeatable)")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,36 +61,35 @@ def main() -> None:
         "val/recall@20": max(o["recall@20"] for o in official.values()),
         "val/mrr@20": max(o["mrr@20"] for o in official.values()),
     }
-    overrides = [*args.overrides, f"data.valid={test}"]
-    ours = run_ours(overrides, targets, args.threads, out / "ours")
-    curve = list(zip(ours["epoch_seconds"], ours["val_curve:val/recall@20"], ours["val_curve:val/mrr@20"], strict=True))
-
-    def seconds_to(recall: float, mrr: float) -> float | None:
-        elapsed = 0.0
-        for seconds, r, m in curve:
-            elapsed += seconds
-            if r >= recall and m >= mrr:
-                return elapsed
-        return None
+    ours = {}
+    for number, overrides in enumerate(args.ours or ["experiment=yoochoose_100k"]):
+        run = run_ours([*overrides.split(), f"data.valid={test}"], targets, args.threads, out / f"ours_{number}")
+        ours[overrides] = run
+        print(overrides, json.dumps({k: run[k] for k in ("epoch_seconds", "val_curves")}), flush=True)
 
     lines = [
-        "| method | training s | Recall@20 | MRR@20 | ours: training s to reach it | ours / official time |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | training s | Recall@20 | MRR@20 | "
+        + " | ".join(f"s to reach {paramfile} (× its time)" for paramfile in official)
+        + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(official),
     ]
     for paramfile, o in official.items():
         seconds = sum(o["train_seconds"]) / len(o["train_seconds"])
-        reach = seconds_to(o["recall@20"], o["mrr@20"])
-        o["ours_seconds_to_reach"] = reach
-        ratio = "not reached" if reach is None else f"{reach / seconds:.2f}"
+        o["mean_train_seconds"] = seconds
         lines.append(
-            f"| official GRU4Rec {paramfile} | {seconds:.1f} | {o['recall@20']:.4f} | {o['mrr@20']:.4f} "
-            f"| {'-' if reach is None else f'{reach:.1f}'} | {ratio} |"
+            f"| official GRU4Rec `{paramfile}` | {seconds:.1f} | {o['recall@20']:.4f} | {o['mrr@20']:.4f} |"
+            + " |" * len(official)
         )
-    test_metrics = ours["test"]
-    lines.append(
-        f"| lstm_rec {' '.join(args.overrides)} | {sum(ours['epoch_seconds']):.1f} | "
-        f"{test_metrics['test/recall@20']:.4f} | {test_metrics['test/mrr@20']:.4f} | | |"
-    )
+    for overrides, run in ours.items():
+        cells = []
+        for paramfile, o in official.items():
+            reach = seconds_to(run, o["recall@20"], o["mrr@20"])
+            run.setdefault("seconds_to_reach", {})[paramfile] = reach
+            cells.append("not reached" if reach is None else f"{reach:.1f} ({reach / o['mean_train_seconds']:.2f})")
+        lines.append(
+            f"| lstm_rec `{overrides}` | {sum(run['epoch_seconds']):.1f} | {run['test']['test/recall@20']:.4f} "
+            f"| {run['test']['test/mrr@20']:.4f} | " + " | ".join(cells) + " |"
+        )
     table = "\n".join(lines)
     result = {"threads": args.threads, "official": official, "ours": ours, "table": table}
     (out / "comparison.json").write_text(json.dumps(result, indent=2))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import TINY, compose_config
-from lstm_rec.benchmark import _time_to_target, benchmark
+from lstm_rec.benchmark import benchmark, time_to_target
 
 
 def test_benchmark_reports_its_numbers(tmp_path):
@@ -21,16 +21,16 @@ def test_benchmark_reports_its_numbers(tmp_path):
     assert json.loads((tmp_path / "benchmark.json").read_text())["epochs"] == 3
 
 
-def test_time_to_target_waits_for_every_metric():
+def testtime_to_target_waits_for_every_metric():
     epochs = [
         {"train_seconds": 1.0, "val/recall@20": 0.56, "val/mrr@20": 0.20},
         {"train_seconds": 2.0, "val/recall@20": 0.60, "val/mrr@20": 0.30},
         {"train_seconds": 1.5, "val/recall@20": 0.55, "val/mrr@20": 0.35},
     ]
     # recall is reached after epoch 1 but MRR only after epoch 2: 1.0 + 2.0 seconds
-    assert _time_to_target(epochs, {"val/recall@20": 0.55, "val/mrr@20": 0.30}) == 3.0
-    assert _time_to_target(epochs, {"val/mrr@20": 0.35}) == 4.5
-    assert _time_to_target(epochs, {"val/recall@20": 0.55, "val/mrr@20": 0.36}) is None
+    assert time_to_target(epochs, {"val/recall@20": 0.55, "val/mrr@20": 0.30}) == 3.0
+    assert time_to_target(epochs, {"val/mrr@20": 0.35}) == 4.5
+    assert time_to_target(epochs, {"val/recall@20": 0.55, "val/mrr@20": 0.36}) is None
 
 
 def test_benchmark_target_can_name_several_metrics(tmp_path):
@@ -38,6 +38,8 @@ def test_benchmark_target_can_name_several_metrics(tmp_path):
     target = "target={val/recall@20: 0.05, val/mrr@20: 1.01}"  # an MRR above 1 is never reached
     results = benchmark(compose_config("benchmark", [*overrides, target], tmp_path))
     assert results["seconds_to_val/recall@20>=0.05,val/mrr@20>=1.01"] is None
-    assert len(results["val_curve:val/recall@20"]) == 3 and min(results["val_curve:val/recall@20"]) > 0
+    curves = results["val_curves"]
+    assert list(curves) == ["val/mrr@20", "val/recall@20"] and curves["val/mrr@20"] == results["val_curve"]
+    assert len(curves["val/recall@20"]) == 3 and min(curves["val/recall@20"]) > 0
     with pytest.raises(ValueError, match="target must be a number or a mapping"):
         benchmark(compose_config("benchmark", [*overrides, "target=high"], tmp_path))

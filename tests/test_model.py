@@ -70,9 +70,11 @@ def test_repeat_scores_add_a_bonus_by_recency_to_the_latest_distinct_items(tie_w
     bonus[3, 8], bonus[3, 4], bonus[3, 6] = 1, 2, 3  # after [5, 7, 5, 9]
     bonus[4, 8], bonus[4, 4] = 2, 3  # a padding step: its own click (0) gets nothing
     torch.testing.assert_close(scored[0] - plain[0], bonus)
-    # scoring a subset of columns agrees with scoring them all
+    # scoring a subset of columns agrees with scoring them all, through a dense bonus row per state
+    # (13 item slots <= 3 recent x 5 columns) and through matching recent items to columns (2 columns)
     columns = torch.tensor([4, 6, 8, 0, 4])
     torch.testing.assert_close(net.score_columns(states[0], columns, history[0]), scored[0][:, columns])
+    torch.testing.assert_close(net.score_columns(states[0], columns[:2], history[0]), scored[0][:, columns[:2]])
     with pytest.raises(ValueError, match="history"):
         net.score(states)
 
@@ -110,3 +112,21 @@ def test_ensemble_loss_is_the_sum_of_each_members_own_loss():
     torch.testing.assert_close(loss, solo[0] + solo[1])
     with pytest.raises(ValueError, match=r"model.members\[1\] sets \['hiden'\]"):
         SessionRecModule(index, members=[{}, {"hiden": 3}])
+
+
+def test_each_member_trains_on_its_own_batch_when_the_data_draws_one_per_member():
+    index = ItemIndex.from_items(np.arange(20))
+    batches = (torch.tensor([[1, 2, 3, 4], [5, 6, 5, 0]]), torch.tensor([[7, 8, 9], [9, 7, 0]]))
+    torch.manual_seed(0)
+    module = SessionRecModule(index, embedding_dim=8, hidden=8, members=[{}, {"repeat_window": 2}])
+    module.log = lambda *args, **kwargs: None  # outside a Trainer
+    loss = module.training_step(batches, 0)
+    solo = []
+    for settings, member, batch in zip(({}, {"repeat_window": 2}), module.net.members, batches, strict=True):
+        alone = SessionRecModule(index, embedding_dim=8, hidden=8, **settings)
+        alone.net.load_state_dict(member.state_dict())
+        alone.log = module.log
+        solo.append(alone.training_step(batch, 0))
+    torch.testing.assert_close(loss, solo[0] + solo[1])
+    with pytest.raises(ValueError, match=r"set data\.member_orders to 2"):
+        module.training_step(batches * 2, 0)
