@@ -96,37 +96,38 @@ def test_ensemble_scores_are_the_mean_of_its_members_and_continue_from_a_state()
         SessionEnsemble(12, [{}, {"num_layers": 2}], common)
 
 
-def test_ensemble_loss_is_the_sum_of_each_members_own_loss():
+MEMBERS = ({}, {"repeat_window": 2})
+
+
+def _ensemble_and_solo_losses(batches: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """An ensemble's training loss on `batches` (one tensor: shared by the members), and each member's loss
+    as a single network with the same weights on its own batch."""
     index = ItemIndex.from_items(np.arange(20))
-    batch = torch.tensor([[1, 2, 3, 4], [5, 6, 5, 0]])
     torch.manual_seed(0)
-    module = SessionRecModule(index, embedding_dim=8, hidden=8, members=[{}, {"repeat_window": 2}])
+    module = SessionRecModule(index, embedding_dim=8, hidden=8, members=list(MEMBERS))
     module.log = lambda *args, **kwargs: None  # outside a Trainer
-    loss = module.training_step(batch, 0)
+    loss = module.training_step(batches[0] if len(batches) == 1 else batches, 0)
+    per_member = batches if len(batches) == len(MEMBERS) else batches * len(MEMBERS)
     solo = []
-    for settings, member in zip(({}, {"repeat_window": 2}), module.net.members, strict=True):
+    for settings, member, batch in zip(MEMBERS, module.net.members, per_member, strict=True):
         alone = SessionRecModule(index, embedding_dim=8, hidden=8, **settings)
         alone.net.load_state_dict(member.state_dict())
         alone.log = module.log
         solo.append(alone.training_step(batch, 0))
+    return loss, solo
+
+
+def test_ensemble_loss_is_the_sum_of_each_members_own_loss():
+    loss, solo = _ensemble_and_solo_losses((torch.tensor([[1, 2, 3, 4], [5, 6, 5, 0]]),))
     torch.testing.assert_close(loss, solo[0] + solo[1])
     with pytest.raises(ValueError, match=r"model.members\[1\] sets \['hiden'\]"):
-        SessionRecModule(index, members=[{}, {"hiden": 3}])
+        SessionRecModule(ItemIndex.from_items(np.arange(20)), members=[{}, {"hiden": 3}])
 
 
 def test_each_member_trains_on_its_own_batch_when_the_data_draws_one_per_member():
-    index = ItemIndex.from_items(np.arange(20))
     batches = (torch.tensor([[1, 2, 3, 4], [5, 6, 5, 0]]), torch.tensor([[7, 8, 9], [9, 7, 0]]))
-    torch.manual_seed(0)
-    module = SessionRecModule(index, embedding_dim=8, hidden=8, members=[{}, {"repeat_window": 2}])
-    module.log = lambda *args, **kwargs: None  # outside a Trainer
-    loss = module.training_step(batches, 0)
-    solo = []
-    for settings, member, batch in zip(({}, {"repeat_window": 2}), module.net.members, batches, strict=True):
-        alone = SessionRecModule(index, embedding_dim=8, hidden=8, **settings)
-        alone.net.load_state_dict(member.state_dict())
-        alone.log = module.log
-        solo.append(alone.training_step(batch, 0))
+    loss, solo = _ensemble_and_solo_losses(batches)
     torch.testing.assert_close(loss, solo[0] + solo[1])
+    module = SessionRecModule(ItemIndex.from_items(np.arange(20)), embedding_dim=8, hidden=8, members=list(MEMBERS))
     with pytest.raises(ValueError, match=r"set data\.member_orders to 2"):
         module.training_step(batches * 2, 0)
