@@ -132,7 +132,9 @@ def _needed(history: Tensor | None) -> Tensor:
 
 
 class SessionEnsemble(nn.Module):
-    """Several SessionLSTMs trained side by side on the same batches; an item's score is their mean.
+    """Several SessionLSTMs trained side by side, each on its own loss; an item's score is their mean.
+
+    The members see the same batches, or each its own shuffle with `data.member_orders` (SessionRecModule).
 
     States are the members' LSTM outputs side by side, so anything that runs a SessionLSTM (evaluation,
     the recommender, export) runs an ensemble the same way.
