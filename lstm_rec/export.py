@@ -52,11 +52,7 @@ class ScoringStep(nn.Module):
 
     def initial_state(self, batch_size: int = 1) -> tuple[Tensor, ...]:
         """Zero (h, c), and zero `recent` when the model has repeat scores."""
-        hidden = sum(self.net.sizes) if isinstance(self.net, SessionEnsemble) else self.net.lstm.hidden_size
-        layers = (
-            self.net.members[0].lstm.num_layers if isinstance(self.net, SessionEnsemble) else self.net.lstm.num_layers
-        )
-        shape = (layers, batch_size, hidden)
+        shape = (self.net.num_layers, batch_size, self.net.state_size)
         state = (torch.zeros(shape), torch.zeros(shape))
         if self.window > 0:
             state += (torch.zeros((batch_size, self.window), dtype=torch.long),)

@@ -74,6 +74,15 @@ class SessionLSTM(nn.Module):
         outputs, state = self.lstm(embedded, state)  # (B, T, H)
         return self.output_dropout(outputs), state
 
+    @property
+    def num_layers(self) -> int:
+        return self.lstm.num_layers
+
+    @property
+    def state_size(self) -> int:
+        """The size of the LSTM state (h or c) and of the outputs."""
+        return self.lstm.hidden_size
+
     def history(self, items: Tensor) -> Tensor:
         """(B, T) -> (B, T, W): the last W = repeat_window items of each prefix, most recent first, 0 before it."""
         return recent_items(items, max(self.repeat_window, 1))
@@ -152,7 +161,9 @@ class SessionEnsemble(nn.Module):
         layers = {member.lstm.num_layers for member in self.members}
         if len(layers) > 1:
             raise ValueError(f"ensemble members must share num_layers (their LSTM states are joined), got {layers}")
-        self.sizes = [member.lstm.hidden_size for member in self.members]
+        self.num_layers = layers.pop()
+        self.sizes = [member.state_size for member in self.members]
+        self.state_size = sum(self.sizes)  # the members' states side by side
         self.repeat_window = max(member.repeat_window for member in self.members)
 
     def history(self, items: Tensor) -> Tensor:
