@@ -136,7 +136,6 @@ class SessionRecModule(L.LightningModule):
                 f"set data.member_orders to {len(members)} (or 1)"
             )
         loss = sum(self._member_loss(member, batch) for member, batch in zip(members, batches, strict=True))
-        batch = batches[0]
         if self.hparams.nonfinite_loss == "skip" and not torch.isfinite(loss):
             self.skipped_batches += 1
             message = self._nonfinite_message(batch_idx)
@@ -149,7 +148,7 @@ class SessionRecModule(L.LightningModule):
             on_step=True,
             on_epoch=True,
             prog_bar=True,
-            batch_size=len(batch),
+            batch_size=len(batches[0]),
         )
         return loss
 

@@ -114,9 +114,9 @@ class Recommender:
         if not state.seen:
             return state, self._top(self.popularity, k, [], True, unknown)
         history = None
-        if self.net.repeat_window > 0:
-            recent = state.seen[::-1][: self.net.repeat_window]
-            history = torch.tensor([recent + [0] * (self.net.repeat_window - len(recent))], device=self.device)
+        if self.net.repeat_window > 0:  # the latest clicks, laid out as for the whole prefix
+            latest = torch.tensor([state.seen[-self.net.repeat_window :]], device=self.device)
+            history = self.net.history(latest)[:, -1]  # (1, W)
         scores = self.net.score(state.last_output, history).float()[0]
         return state, self._top(scores, k, state.seen if exclude_seen else [], False, unknown)
 
