@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,49 +25,89 @@ class PopularitySampler(nn.Module):
         return torch.multinomial(self.probabilities, n, replacement=True)  # (n,) score columns
 
 
-def sampled_candidates(targets: Tensor, sampler: PopularitySampler, n_extra: int) -> tuple[Tensor, Tensor]:
-    """Candidate columns shared by the mini-batch: its targets, then `n_extra` popularity^alpha draws.
+class Candidates(NamedTuple):
+    """The score columns a mini-batch shares, each item once, and the proposals behind them.
 
-    Returns:
-        (columns (N + M,), log_q (N + M,)): log_q is the log probability with which each candidate was
-        proposed: targets arrive with their data frequency, extra negatives with the sampler's law.
+    A mini-batch proposes N + M candidates: its N targets, then M sampled negatives. Popular items come
+    up many times, so the scores are computed once per distinct item (`columns`) and each proposal is a
+    copy of one column (`copies`); the losses weigh a column by its copies, which gives exactly the loss
+    over all N + M proposals at a fraction of the cost.
+
+    Attributes:
+        columns: (C,) the distinct score columns, sorted.
+        copies: (N + M,) the position in `columns` of each proposal: the N targets first, then the M draws.
+        log_q: (N + M,) the log probability with which each proposal was made: targets arrive with their
+            data frequency, extra negatives with the sampler's law.
     """
+
+    columns: Tensor
+    copies: Tensor
+    log_q: Tensor
+
+    def positives(self, n_targets: int) -> Tensor:
+        """(N,) the column of each row's own target."""
+        return self.copies[:n_targets]
+
+    def own(self, n_targets: int) -> Tensor:
+        """(N, C) True at each row's own column, the only column holding its item."""
+        mask = torch.zeros(n_targets, len(self.columns), dtype=torch.bool, device=self.columns.device)
+        return mask.scatter_(1, self.positives(n_targets)[:, None], True)
+
+    def log_weights(self, log_copy_weights: Tensor) -> Tensor:
+        """(C,) log of the summed weights (given as logs, one per proposal) of each column's copies."""
+        totals = log_copy_weights.new_zeros(len(self.columns)).index_add_(0, self.copies, log_copy_weights.exp())
+        return totals.log()
+
+
+def shared_candidates(targets: Tensor, extra: Tensor, log_q: Tensor) -> Candidates:
+    """The distinct columns among `targets` (N,) and `extra` (M,) negatives; `log_q` (N + M,) per proposal."""
+    columns, copies = torch.unique(torch.cat([targets, extra]), sorted=True, return_inverse=True)
+    return Candidates(columns, copies, log_q)
+
+
+def sampled_candidates(targets: Tensor, sampler: PopularitySampler, n_extra: int) -> Candidates:
+    """Candidates shared by the mini-batch: its targets, then `n_extra` popularity^alpha draws."""
     extra = sampler(n_extra) if n_extra > 0 else targets.new_zeros(0)
-    columns = torch.cat([targets, extra])
     log_q = torch.cat([sampler.frequency[targets].log(), sampler.probabilities[extra].log()])
-    return columns, log_q
+    return shared_candidates(targets, extra, log_q)
 
 
-def _mask_accidental_hits(scores: Tensor, targets: Tensor, columns: Tensor) -> Tensor:
-    """Candidates that are the row's own target, other than its positive in column `row`, get -inf."""
-    same = columns[None, :] == targets[:, None]  # (N, C)
-    same[torch.arange(len(targets)), torch.arange(len(targets))] = False
-    return scores.masked_fill(same, float("-inf"))
+def sampled_softmax_loss(scores: Tensor, candidates: Candidates, logq: float) -> Tensor:
+    """Cross-entropy over shared candidates: row i's positive is its own target, its negatives every other
+    proposal (other copies of its own item are not negatives).
 
-
-def sampled_softmax_loss(scores: Tensor, targets: Tensor, columns: Tensor, log_q: Tensor, logq: float) -> Tensor:
-    """Cross-entropy over shared candidates; row i's positive is candidate i (its own target).
-
-    logQ correction subtracts logq * log q(candidate) from every score, so items proposed more often
-    are not over-penalised as negatives (Yi et al., RecSys 2019).
+    logQ correction subtracts logq * log q(proposal) from the score of every proposal, so items proposed
+    more often are not over-penalised as negatives (Yi et al., RecSys 2019). A column proposed k times
+    counts as k negatives, each with its own correction.
 
     Args:
-        scores: (N, N + M) scores of each row's state against every candidate.
+        scores: (N, C) scores of each row's state against every distinct column.
     """
-    corrected = _mask_accidental_hits(scores - logq * log_q[None, :], targets, columns)
-    return F.cross_entropy(corrected, torch.arange(len(targets), device=scores.device))
-
-
-def bpr_max_loss(scores: Tensor, targets: Tensor, columns: Tensor, bpreg: float) -> Tensor:
-    """BPR-max (Hidasi & Karatzoglou, CIKM 2018): -log sum_j s_j sigmoid(r_pos - r_j) + bpreg sum_j s_j r_j^2,
-    with s the softmax of the negative scores r_j; the negatives of row i are all candidates but its own
-    item (its positive, candidate i, and any other copy of that item)."""
-    n = len(targets)
+    n = len(scores)
+    positives = candidates.positives(n)
+    logits = scores + candidates.log_weights(-logq * candidates.log_q)[None, :]
+    # Row i's own column holds only its positive (one copy, its own correction), never a negative.
     rows = torch.arange(n, device=scores.device)
-    positive = scores[rows, rows]  # (N,)
-    own = columns[None, :] == targets[:, None]  # (N, C); covers candidate i of row i
-    weights = torch.softmax(scores.masked_fill(own, float("-inf")), dim=1)  # (N, C); exactly 0 where own
-    # Own items have weight 0, so their (finite) terms drop out without masking the scores again.
+    positive = scores[rows, positives] - logq * candidates.log_q[:n]
+    logits = logits.index_put((rows, positives), positive)
+    return F.cross_entropy(logits, positives)
+
+
+def bpr_max_loss(scores: Tensor, candidates: Candidates, bpreg: float) -> Tensor:
+    """BPR-max (Hidasi & Karatzoglou, CIKM 2018): -log sum_j s_j sigmoid(r_pos - r_j) + bpreg sum_j s_j r_j^2,
+    with s the softmax of the negative scores r_j; the negatives of row i are all proposals but its own
+    item, and a column proposed k times counts k times.
+
+    Args:
+        scores: (N, C) scores of each row's state against every distinct column.
+    """
+    n = len(scores)
+    rows = torch.arange(n, device=scores.device)
+    positive = scores[rows, candidates.positives(n)]  # (N,)
+    own = candidates.own(n)
+    log_counts = candidates.log_weights(torch.zeros_like(candidates.log_q))  # (C,) log of the copy counts
+    weights = torch.softmax((scores + log_counts).masked_fill(own, float("-inf")), dim=1)  # (N, C); 0 where own
+    # Own columns have weight 0, so their (finite) terms drop out without masking the scores again.
     ranking = (weights * torch.sigmoid(positive[:, None] - scores)).sum(dim=1)
     regulariser = (weights * scores.square()).sum(dim=1)
     return (-torch.log(ranking + 1e-24) + bpreg * regulariser).mean()

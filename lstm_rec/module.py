@@ -188,11 +188,11 @@ class SessionRecModule(L.LightningModule):
         is_target = targets > 0
         states, targets = states[is_target], targets[is_target] - 1  # (N, H), (N,) score columns
         history = None if history is None else history[is_target]  # (N, W)
-        columns, log_q = sampled_candidates(targets, self.sampler, self.hparams.n_negatives)
-        scores = net.score_columns(states, columns, history)  # (N, N + M)
+        candidates = sampled_candidates(targets, self.sampler, self.hparams.n_negatives)
+        scores = net.score_columns(states, candidates.columns, history)  # (N, C): each distinct candidate once
         if self.hparams.loss == "sampled_softmax":
-            return sampled_softmax_loss(scores, targets, columns, log_q, self.hparams.logq)
-        return bpr_max_loss(scores, targets, columns, self.hparams.bpreg)
+            return sampled_softmax_loss(scores, candidates, self.hparams.logq)
+        return bpr_max_loss(scores, candidates, self.hparams.bpreg)
 
     def _evaluation_step(self, batch: Tensor, metrics: MetricCollection) -> None:
         # Full-precision scores: bf16 would tie many items and push targets down under pessimistic ranks.

@@ -7,12 +7,23 @@ import pytest
 import torch
 
 from lstm_rec.data import ItemIndex
-from lstm_rec.losses import PopularitySampler, bpr_max_loss, sampled_candidates, sampled_softmax_loss
+from lstm_rec.losses import (
+    PopularitySampler,
+    bpr_max_loss,
+    sampled_candidates,
+    sampled_softmax_loss,
+    shared_candidates,
+)
 from lstm_rec.module import SessionRecModule
 
 SCORES = torch.tensor([[2.0, 0.5, 1.0], [0.0, 1.0, 3.0]])  # 2 rows (targets) x 3 candidates
 TARGETS = torch.tensor([4, 7])
-COLUMNS = torch.tensor([4, 7, 9])  # the two targets, then one extra negative
+EXTRA = torch.tensor([9])  # the two targets, then one extra negative: columns 4, 7, 9
+
+
+def candidates(targets: torch.Tensor, extra: torch.Tensor, log_q: torch.Tensor | None = None):
+    log_q = torch.zeros(len(targets) + len(extra)) if log_q is None else log_q
+    return shared_candidates(targets, extra, log_q)
 
 
 def softmax_ce(logits: list[float], positive: int) -> float:
@@ -20,14 +31,14 @@ def softmax_ce(logits: list[float], positive: int) -> float:
 
 
 def test_sampled_softmax_without_correction():
-    loss = sampled_softmax_loss(SCORES, TARGETS, COLUMNS, torch.zeros(3), logq=0.0)
+    loss = sampled_softmax_loss(SCORES, candidates(TARGETS, EXTRA), logq=0.0)
     expected = (softmax_ce([2.0, 0.5, 1.0], 0) + softmax_ce([0.0, 1.0, 3.0], 1)) / 2
     assert loss.item() == pytest.approx(expected)
 
 
 def test_sampled_softmax_with_logq():
     log_q = torch.log(torch.tensor([0.5, 0.25, 0.125]))
-    loss = sampled_softmax_loss(SCORES, TARGETS, COLUMNS, log_q, logq=1.0)
+    loss = sampled_softmax_loss(SCORES, candidates(TARGETS, EXTRA, log_q), logq=1.0)
     corrected = SCORES - log_q  # subtract log q of every candidate
     expected = (softmax_ce(corrected[0].tolist(), 0) + softmax_ce(corrected[1].tolist(), 1)) / 2
     assert loss.item() == pytest.approx(expected)
@@ -40,19 +51,53 @@ def test_logq_correction_changes_the_ranking():
     assert raw.argmax().item() == 0
     assert (raw - log_q).argmax().item() == 1
     # ... and so the loss of the row whose positive is the popular item grows.
-    targets, columns = torch.tensor([3]), torch.tensor([3, 8])
-    plain = sampled_softmax_loss(raw, targets, columns, log_q, logq=0.0)
-    corrected = sampled_softmax_loss(raw, targets, columns, log_q, logq=1.0)
+    shared = candidates(torch.tensor([3]), torch.tensor([8]), log_q)
+    plain = sampled_softmax_loss(raw, shared, logq=0.0)
+    corrected = sampled_softmax_loss(raw, shared, logq=1.0)
     assert corrected.item() == pytest.approx(softmax_ce([2.0 - math.log(0.9), 1.5 - math.log(0.1)], 0))
     assert corrected > plain
 
 
 def test_accidental_hits_are_not_negatives():
-    # Both rows target item 4: for row 0, candidate 1 is item 4 again and must not count as a negative.
-    targets, columns = torch.tensor([4, 4]), torch.tensor([4, 4, 9])
-    loss = sampled_softmax_loss(SCORES, targets, columns, torch.zeros(3), logq=0.0)
-    expected = (softmax_ce([2.0, float("-inf"), 1.0], 0) + softmax_ce([float("-inf"), 1.0, 3.0], 1)) / 2
+    # Both rows target item 4, so they share its column; for neither row is item 4 a negative.
+    scores = torch.tensor([[2.0, 1.0], [1.0, 3.0]])  # columns: item 4, item 9
+    loss = sampled_softmax_loss(scores, candidates(torch.tensor([4, 4]), torch.tensor([9])), logq=0.0)
+    expected = (softmax_ce([2.0, 1.0], 0) + softmax_ce([1.0, 3.0], 0)) / 2
     assert loss.item() == pytest.approx(expected)
+
+
+def copies_by_hand(loss: str, scores: np.ndarray, items: list[int], n: int, log_q: np.ndarray) -> float:
+    """The loss over every proposal as its own candidate: row i's positive is proposal i; other proposals of
+    its item are not negatives; each proposal's score is its item's."""
+    total = 0.0
+    for i in range(n):
+        row = [scores[i, item] for item in items]
+        keep = [j for j in range(len(items)) if j == i or items[j] != items[i]]
+        if loss == "sampled_softmax":
+            total += softmax_ce([row[j] - log_q[j] for j in keep], keep.index(i))
+        else:
+            total += bpr_max_by_hand([row[j] for j in keep], keep.index(i), 0.5)
+    return total / n
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bpr_max"])
+def test_a_candidate_proposed_k_times_counts_k_times(loss):
+    # Targets 2, 0, 2 and draws 3, 3, 0, 5: scores are computed once per distinct item (0, 2, 3, 5), and the
+    # loss equals the one over all seven proposals, each with its own log q.
+    targets, extra = torch.tensor([2, 0, 2]), torch.tensor([3, 3, 0, 5])
+    log_q = torch.log(torch.tensor([0.3, 0.2, 0.3, 0.1, 0.1, 0.25, 0.05]))
+    shared = candidates(targets, extra, log_q)
+    assert shared.columns.tolist() == [0, 2, 3, 5]
+    assert shared.copies.tolist() == [1, 0, 1, 2, 2, 0, 3]
+    by_item = torch.tensor([[1.0, -0.5, 2.0, 0.0, 0.0, 0.3], [0.2, 0.0, 1.5, -1.0, 0.0, 2.5], [0.0, 0.0, 0.7, 1.1, 0.0, -0.4]])
+    scores = by_item[:, shared.columns]
+    items = torch.cat([targets, extra]).tolist()
+    if loss == "sampled_softmax":
+        value = sampled_softmax_loss(scores, shared, logq=1.0)
+    else:
+        value = bpr_max_loss(scores, shared, bpreg=0.5)
+    expected = copies_by_hand(loss, by_item.numpy().astype(float), items, 3, log_q.numpy().astype(float))
+    assert value.item() == pytest.approx(expected, rel=1e-5)
 
 
 def bpr_max_by_hand(row: list[float], positive: int, bpreg: float) -> float:
@@ -64,7 +109,7 @@ def bpr_max_by_hand(row: list[float], positive: int, bpreg: float) -> float:
 
 @pytest.mark.parametrize("bpreg", [0.0, 0.5])
 def test_bpr_max(bpreg):
-    loss = bpr_max_loss(SCORES, TARGETS, COLUMNS, bpreg)
+    loss = bpr_max_loss(SCORES, candidates(TARGETS, EXTRA), bpreg)
     expected = (bpr_max_by_hand([2.0, 0.5, 1.0], 0, bpreg) + bpr_max_by_hand([0.0, 1.0, 3.0], 1, bpreg)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
@@ -77,11 +122,14 @@ def test_sampler_follows_popularity_to_the_alpha():
     expected = np.array([1, 2, 4, 1]) / 8 * 100_000
     chi_square = ((draws - expected) ** 2 / expected).sum()
     assert chi_square < 16.3  # 3 degrees of freedom, p = 0.001
-    columns, log_q = sampled_candidates(torch.tensor([2, 0]), sampler, 3)
-    assert columns[:2].tolist() == [2, 0] and len(columns) == 5
+    shared = sampled_candidates(torch.tensor([2, 0]), sampler, 3)
+    proposals = shared.columns[shared.copies]  # the targets, then the three draws
+    assert proposals[:2].tolist() == [2, 0] and len(proposals) == 5
+    assert shared.columns.tolist() == sorted(set(proposals.tolist()))
     frequency = np.array([1, 4, 16, 1]) / 22
-    np.testing.assert_allclose(log_q[:2].numpy(), np.log(frequency[[2, 0]]), rtol=1e-6)
-    np.testing.assert_allclose(log_q[2:].numpy(), np.log(np.array([1, 2, 4, 1]) / 8)[columns[2:].numpy()], rtol=1e-6)
+    log_q = shared.log_q.numpy()
+    np.testing.assert_allclose(log_q[:2], np.log(frequency[[2, 0]]), rtol=1e-6)
+    np.testing.assert_allclose(log_q[2:], np.log(np.array([1, 2, 4, 1]) / 8)[proposals[2:].numpy()], rtol=1e-6)
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "sampled_softmax", "bpr_max"])
