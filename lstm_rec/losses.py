@@ -29,12 +29,12 @@ class Candidates(NamedTuple):
     """The score columns a mini-batch shares, each item once, and the proposals behind them.
 
     A mini-batch proposes N + M candidates: its N targets, then M sampled negatives. Popular items come
-    up many times, so the scores are computed once per distinct item (`columns`) and each proposal is a
+    up many times, so the scores can be computed once per distinct item (`columns`), each proposal being a
     copy of one column (`copies`); the losses weigh a column by its copies, which gives exactly the loss
-    over all N + M proposals at a fraction of the cost.
+    over all N + M proposals at a fraction of the cost. Columns may also repeat items (one per proposal).
 
     Attributes:
-        columns: (C,) the distinct score columns, sorted.
+        columns: (C,) the score columns: the distinct items, sorted, or one per proposal.
         copies: (N + M,) the position in `columns` of each proposal: the N targets first, then the M draws.
         log_q: (N + M,) the log probability with which each proposal was made: targets arrive with their
             data frequency, extra negatives with the sampler's law.
@@ -49,9 +49,8 @@ class Candidates(NamedTuple):
         return self.copies[:n_targets]
 
     def own(self, n_targets: int) -> Tensor:
-        """(N, C) True at each row's own column, the only column holding its item."""
-        mask = torch.zeros(n_targets, len(self.columns), dtype=torch.bool, device=self.columns.device)
-        return mask.scatter_(1, self.positives(n_targets)[:, None], True)
+        """(N, C) True at every column holding the row's own item."""
+        return self.columns[None, :] == self.columns[self.positives(n_targets)][:, None]
 
     def log_weights(self, log_copy_weights: Tensor) -> Tensor:
         """(C,) log of the summed weights (given as logs, one per proposal) of each column's copies."""
@@ -59,17 +58,26 @@ class Candidates(NamedTuple):
         return totals.log()
 
 
-def shared_candidates(targets: Tensor, extra: Tensor, log_q: Tensor) -> Candidates:
-    """The distinct columns among `targets` (N,) and `extra` (M,) negatives; `log_q` (N + M,) per proposal."""
-    columns, copies = torch.unique(torch.cat([targets, extra]), sorted=True, return_inverse=True)
+def shared_candidates(targets: Tensor, extra: Tensor, log_q: Tensor, distinct: bool = True) -> Candidates:
+    """Candidates from `targets` (N,) and `extra` (M,) negatives, with `log_q` (N + M,) per proposal.
+
+    Args:
+        distinct: one column per distinct item. Otherwise one column per proposal, which gives the same
+            losses: torch.unique makes the host wait for an accelerator (its output size depends on the
+            data), so the training step keeps every proposal there.
+    """
+    proposals = torch.cat([targets, extra])
+    if not distinct:
+        return Candidates(proposals, torch.arange(len(proposals), device=proposals.device), log_q)
+    columns, copies = torch.unique(proposals, sorted=True, return_inverse=True)
     return Candidates(columns, copies, log_q)
 
 
-def sampled_candidates(targets: Tensor, sampler: PopularitySampler, n_extra: int) -> Candidates:
+def sampled_candidates(targets: Tensor, sampler: PopularitySampler, n_extra: int, distinct: bool = True) -> Candidates:
     """Candidates shared by the mini-batch: its targets, then `n_extra` popularity^alpha draws."""
     extra = sampler(n_extra) if n_extra > 0 else targets.new_zeros(0)
     log_q = torch.cat([sampler.frequency[targets].log(), sampler.probabilities[extra].log()])
-    return shared_candidates(targets, extra, log_q)
+    return shared_candidates(targets, extra, log_q, distinct)
 
 
 def sampled_softmax_loss(scores: Tensor, candidates: Candidates, logq: float) -> Tensor:
@@ -81,12 +89,13 @@ def sampled_softmax_loss(scores: Tensor, candidates: Candidates, logq: float) ->
     counts as k negatives, each with its own correction.
 
     Args:
-        scores: (N, C) scores of each row's state against every distinct column.
+        scores: (N, C) scores of each row's state against every column.
     """
     n = len(scores)
     positives = candidates.positives(n)
+    # No column of a row's own item is a negative; its own copy is its positive, with its own correction.
     logits = scores + candidates.log_weights(-logq * candidates.log_q)[None, :]
-    # Row i's own column holds only its positive (one copy, its own correction), never a negative.
+    logits = logits.masked_fill(candidates.own(n), float("-inf"))
     rows = torch.arange(n, device=scores.device)
     positive = scores[rows, positives] - logq * candidates.log_q[:n]
     logits = logits.index_put((rows, positives), positive)
@@ -99,7 +108,7 @@ def bpr_max_loss(scores: Tensor, candidates: Candidates, bpreg: float) -> Tensor
     item, and a column proposed k times counts k times.
 
     Args:
-        scores: (N, C) scores of each row's state against every distinct column.
+        scores: (N, C) scores of each row's state against every column.
     """
     n = len(scores)
     rows = torch.arange(n, device=scores.device)

@@ -96,8 +96,13 @@ class SessionLSTM(nn.Module):
         repeated = ((history[..., :, None] == history[..., None, :]) & earlier).any(-1)
         return values * ((history > 0) & ~repeated)
 
-    def score_columns(self, states: Tensor, columns: Tensor, history: Tensor | None = None) -> Tensor:
-        """Scores of the items in `columns` only: (N, H) states, (C,) distinct columns -> (N, C), as score() gives."""
+    def score_columns(
+        self, states: Tensor, columns: Tensor, history: Tensor | None = None, distinct: bool = False
+    ) -> Tensor:
+        """Scores of the items in `columns` only: (N, H) states, (C,) columns -> (N, C), as score() would give.
+
+        `distinct=True` promises that no column repeats, which places repeat scores more cheaply.
+        """
         if self.tie_weights:
             # A lookup (not weight[1:][columns]) gives a lean backward: no full-size gradient of a slice.
             weight, bias = F.embedding(columns + 1, self.item_embedding.weight), self.output_bias[columns]
@@ -106,11 +111,16 @@ class SessionLSTM(nn.Module):
             scores = F.linear(states, self.output.weight[columns], self.output.bias[columns])
         if self.repeat_window > 0:
             bonus = self._repeat_bonus(states, _needed(history))  # (N, W)
-            # Each recent item's position among the (distinct) columns, -1 when it is not a candidate.
-            position = torch.full((self.n_items + 1,), -1, dtype=torch.long, device=columns.device)
-            position[columns + 1] = torch.arange(len(columns), device=columns.device)
-            where = position[history[:, : self.repeat_window]]  # (N, W)
-            scores = scores.scatter_add(1, where.clamp(min=0), bonus * (where >= 0))
+            history = history[:, : self.repeat_window]
+            if distinct:
+                # Each recent item's position among the columns, -1 when it is not a candidate.
+                position = torch.full((self.n_items + 1,), -1, dtype=torch.long, device=columns.device)
+                position[columns + 1] = torch.arange(len(columns), device=columns.device)
+                where = position[history]  # (N, W)
+                scores = scores.scatter_add(1, where.clamp(min=0), bonus * (where >= 0))
+            else:
+                match = (history[:, :, None] == (columns + 1)[None, None, :]).to(bonus.dtype)  # (N, W, C)
+                scores = scores + torch.einsum("nw,nwc->nc", bonus, match)
         return scores
 
     def score(self, states: Tensor, history: Tensor | None = None) -> Tensor:
@@ -203,7 +213,9 @@ class SessionEnsemble(nn.Module):
         parts = self.split(states)
         return sum(m.score(s, history) for m, s in zip(self.members, parts, strict=True)) / len(self.members)
 
-    def score_columns(self, states: Tensor, columns: Tensor, history: Tensor | None = None) -> Tensor:
+    def score_columns(
+        self, states: Tensor, columns: Tensor, history: Tensor | None = None, distinct: bool = False
+    ) -> Tensor:
         parts = self.split(states)
-        scores = (m.score_columns(s, columns, history) for m, s in zip(self.members, parts, strict=True))
+        scores = (m.score_columns(s, columns, history, distinct) for m, s in zip(self.members, parts, strict=True))
         return sum(scores) / len(self.members)

@@ -188,8 +188,10 @@ class SessionRecModule(L.LightningModule):
         is_target = targets > 0
         states, targets = states[is_target], targets[is_target] - 1  # (N, H), (N,) score columns
         history = None if history is None else history[is_target]  # (N, W)
-        candidates = sampled_candidates(targets, self.sampler, self.hparams.n_negatives)
-        scores = net.score_columns(states, candidates.columns, history)  # (N, C): each distinct candidate once
+        # One column per distinct item on the CPU; per proposal elsewhere (torch.unique would wait for the device).
+        distinct = self.device.type == "cpu"
+        candidates = sampled_candidates(targets, self.sampler, self.hparams.n_negatives, distinct)
+        scores = net.score_columns(states, candidates.columns, history, distinct)  # (N, C)
         if self.hparams.loss == "sampled_softmax":
             return sampled_softmax_loss(scores, candidates, self.hparams.logq)
         return bpr_max_loss(scores, candidates, self.hparams.bpreg)

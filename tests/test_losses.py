@@ -80,16 +80,22 @@ def copies_by_hand(loss: str, scores: np.ndarray, items: list[int], n: int, log_
     return total / n
 
 
+@pytest.mark.parametrize("distinct", [True, False])
 @pytest.mark.parametrize("loss", ["sampled_softmax", "bpr_max"])
-def test_a_candidate_proposed_k_times_counts_k_times(loss):
-    # Targets 2, 0, 2 and draws 3, 3, 0, 5: scores are computed once per distinct item (0, 2, 3, 5), and the
-    # loss equals the one over all seven proposals, each with its own log q.
+def test_a_candidate_proposed_k_times_counts_k_times(loss, distinct):
+    # Targets 2, 0, 2 and draws 3, 3, 0, 5: scores are computed once per distinct item (0, 2, 3, 5), or once
+    # per proposal, and the loss equals the one over all seven proposals, each with its own log q.
     targets, extra = torch.tensor([2, 0, 2]), torch.tensor([3, 3, 0, 5])
     log_q = torch.log(torch.tensor([0.3, 0.2, 0.3, 0.1, 0.1, 0.25, 0.05]))
-    shared = candidates(targets, extra, log_q)
-    assert shared.columns.tolist() == [0, 2, 3, 5]
-    assert shared.copies.tolist() == [1, 0, 1, 2, 2, 0, 3]
-    by_item = torch.tensor([[1.0, -0.5, 2.0, 0.0, 0.0, 0.3], [0.2, 0.0, 1.5, -1.0, 0.0, 2.5], [0.0, 0.0, 0.7, 1.1, 0.0, -0.4]])
+    shared = shared_candidates(targets, extra, log_q, distinct)
+    if distinct:
+        assert shared.columns.tolist() == [0, 2, 3, 5]
+        assert shared.copies.tolist() == [1, 0, 1, 2, 2, 0, 3]
+    else:
+        assert shared.columns.tolist() == [2, 0, 2, 3, 3, 0, 5]
+    by_item = torch.tensor(
+        [[1.0, -0.5, 2.0, 0.0, 0.0, 0.3], [0.2, 0.0, 1.5, -1.0, 0.0, 2.5], [0.0, 0.0, 0.7, 1.1, 0.0, -0.4]]
+    )
     scores = by_item[:, shared.columns]
     items = torch.cat([targets, extra]).tolist()
     if loss == "sampled_softmax":

@@ -86,8 +86,12 @@ def test_repeat_scores_add_a_bonus_by_recency_to_the_latest_distinct_items(tie_w
     bonus[3, 8], bonus[3, 4], bonus[3, 6] = 1, 2, 3  # after [5, 7, 5, 9]
     bonus[4, 8], bonus[4, 4] = 2, 3  # a padding step: its own click (0) gets nothing
     torch.testing.assert_close(scored[0] - plain[0], bonus)
-    # scoring a subset of columns agrees with scoring them all, whether or not the recent items are among them
+    # scoring a subset of columns agrees with scoring them all, whether or not the recent items are among
+    # them, with distinct columns (bonus placed by lookup) and with repeated ones (bonus placed by matching)
     for columns in [torch.tensor([6, 4, 8, 0]), torch.tensor([4, 6]), torch.tensor([1, 2])]:
+        scores = net.score_columns(states[0], columns, history[0], distinct=True)
+        torch.testing.assert_close(scores, scored[0][:, columns])
+    for columns in [torch.tensor([4, 6, 8, 0, 4]), torch.tensor([1, 1])]:
         torch.testing.assert_close(net.score_columns(states[0], columns, history[0]), scored[0][:, columns])
     with pytest.raises(ValueError, match="history"):
         net.score(states)
