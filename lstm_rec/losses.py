@@ -26,7 +26,7 @@ class PopularitySampler(nn.Module):
 
 
 class Candidates(NamedTuple):
-    """The score columns a mini-batch shares, each item once, and the proposals behind them.
+    """The score columns a mini-batch shares, and the proposals behind them.
 
     A mini-batch proposes N + M candidates: its N targets, then M sampled negatives. Popular items come
     up many times, so the scores can be computed once per distinct item (`columns`), each proposal being a
