@@ -120,3 +120,38 @@ def bpr_max_loss(scores: Tensor, candidates: Candidates, bpreg: float) -> Tensor
     ranking = (weights * torch.sigmoid(positive[:, None] - scores)).sum(dim=1)
     regulariser = (weights * scores.square()).sum(dim=1)
     return (-torch.log(ranking + 1e-24) + bpreg * regulariser).mean()
+
+
+def later_items_loss(
+    log_probs: Tensor, target_columns: Tensor, is_target: Tensor, columns: Tensor | None = None
+) -> Tensor:
+    """Cross-entropy of each row against the items its session clicks after its next one: an auxiliary
+    loss that teaches a state what the rest of its session holds, not only the next click.
+
+    Row i's loss is the mean of -log p over the distinct items its session clicks after row i's target
+    (rows with none add 0); the result is the sum over rows divided by the number of rows.
+
+    Args:
+        log_probs: (N, C) log-probabilities of each row over the score columns.
+        target_columns: (N,) the column of each row's target.
+        is_target: (B, T) which positions of the padded batch hold the N rows, in row-major order: the
+            rows of one session are its positions in order.
+        columns: (C,) the item of each column when items may have several columns (one per proposal);
+            all columns of a later item then count, sharing its weight. None: one column per item.
+    """
+    n, c = log_probs.shape
+    steps = is_target.shape[1]
+    row = (is_target.flatten().cumsum(0) - 1).view(is_target.shape)  # (B, T) row of each position
+    after = torch.ones(steps, steps, dtype=torch.bool, device=is_target.device).triu(1)
+    later = is_target[:, :, None] & is_target[:, None, :] & after  # (B, T, T'): position t' is after t
+    later_column = target_columns[row.clamp(min=0)]  # (B, T') column of the target at t'
+    index = torch.where(later, row[:, :, None] * c + later_column[:, None, :], 0).flatten()
+    # amax marks each (row, column) once however often the item comes later; the unmarked pairs add 0.
+    weights = log_probs.new_zeros(n * c).scatter_reduce_(0, index, later.flatten().to(log_probs.dtype), "amax")
+    weights = weights.view(n, c)
+    if columns is not None:  # every copy of a marked item counts, each with an equal share of its weight
+        same = (columns[:, None] == columns[None, :]).to(log_probs.dtype)  # (C, C)
+        weights = (weights @ same).clamp(max=1.0) / same.sum(dim=1)
+    totals = weights.sum(dim=1)
+    per_row = -(weights * log_probs).sum(dim=1) / totals.clamp(min=1e-12)
+    return torch.where(totals > 0, per_row, 0.0).sum() / max(n, 1)

@@ -26,6 +26,9 @@ class SessionLSTM(nn.Module):
             `repeat_window` distinct items of the prefix adds a learned function of the state to its
             score, one per recency (1 = the current click, 2 = the one before...). Scoring then needs the
             prefix's `history` besides its state.
+
+    The buffer `item_prior` (n_items,) is a fixed score per item that score() adds (zero unless set; the
+    training module fills it with the recent-popularity prior). Training scores leave it out.
     """
 
     def __init__(
@@ -56,11 +59,16 @@ class SessionLSTM(nn.Module):
         self.repeat_window = repeat_window
         if repeat_window > 0:
             self.repeat_scores = nn.Linear(hidden, repeat_window)
+        self.register_buffer("item_prior", torch.zeros(n_items))
         # Small item embeddings (Glorot-uniform over the catalog) keep the tied scores in range at the start;
         # PyTorch's default N(0, 1) trains markedly worse here.
         nn.init.xavier_uniform_(self.item_embedding.weight)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        _without_prior_is_zero_prior(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, items: Tensor) -> Tensor:
         """One state per prefix: state t summarises items[:, :t + 1]. Right padding is harmless."""
@@ -99,7 +107,8 @@ class SessionLSTM(nn.Module):
     def score_columns(
         self, states: Tensor, columns: Tensor, history: Tensor | None = None, distinct: bool = False
     ) -> Tensor:
-        """Scores of the items in `columns` only: (N, H) states, (C,) columns -> (N, C), as score() would give.
+        """Scores of the items in `columns` only: (N, H) states, (C,) columns -> (N, C), as score() would give
+        without the prior; for training.
 
         `distinct=True` promises that no column repeats, which places repeat scores more cheaply.
         """
@@ -123,8 +132,8 @@ class SessionLSTM(nn.Module):
                 scores = scores + torch.einsum("nw,nwc->nc", bonus, match)
         return scores
 
-    def score(self, states: Tensor, history: Tensor | None = None) -> Tensor:
-        """Scores of every item for each state: (..., H) -> (..., n_items)."""
+    def score(self, states: Tensor, history: Tensor | None = None, prior: bool = True) -> Tensor:
+        """Scores of every item for each state: (..., H) -> (..., n_items), plus `item_prior` if `prior`."""
         if self.tie_weights:
             scores = F.linear(self.to_embedding(states), self.item_embedding.weight[1:], self.output_bias)
         else:
@@ -133,7 +142,7 @@ class SessionLSTM(nn.Module):
             bonus = self._repeat_bonus(states, _needed(history)).to(scores.dtype)
             padded = F.pad(scores, (1, 0))  # column 0 takes the padding's bonus, which is 0
             scores = padded.scatter_add(-1, history[..., : self.repeat_window], bonus)[..., 1:]
-        return scores
+        return scores + self.item_prior if prior else scores
 
 
 class Dropout(nn.Dropout):
@@ -151,6 +160,11 @@ class Dropout(nn.Dropout):
 def recent_items(items: Tensor, window: int) -> Tensor:
     """(B, T) -> (B, T, window): items t, t - 1, ..., t - window + 1 of each row, 0 before its start."""
     return F.pad(items, (window - 1, 0)).unfold(1, window, 1).flip(-1)
+
+
+def _without_prior_is_zero_prior(net: nn.Module, state_dict: dict, prefix: str) -> None:
+    """Weights saved before the item prior existed load with a zero prior."""
+    state_dict.setdefault(prefix + "item_prior", torch.zeros_like(net.item_prior))
 
 
 def _needed(history: Tensor | None) -> Tensor:
@@ -184,6 +198,11 @@ class SessionEnsemble(nn.Module):
         self.sizes = [member.state_size for member in self.members]
         self.state_size = sum(self.sizes)  # the members' states side by side
         self.repeat_window = max(member.repeat_window for member in self.members)
+        self.register_buffer("item_prior", torch.zeros(n_items))  # as SessionLSTM's; the members' stay 0
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        _without_prior_is_zero_prior(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def history(self, items: Tensor) -> Tensor:
         return recent_items(items, max(self.repeat_window, 1))
@@ -209,9 +228,10 @@ class SessionEnsemble(nn.Module):
         """Joined states (..., sum of hidden sizes) -> each member's (..., hidden)."""
         return states.split(self.sizes, dim=-1)
 
-    def score(self, states: Tensor, history: Tensor | None = None) -> Tensor:
+    def score(self, states: Tensor, history: Tensor | None = None, prior: bool = True) -> Tensor:
         parts = self.split(states)
-        return sum(m.score(s, history) for m, s in zip(self.members, parts, strict=True)) / len(self.members)
+        scores = sum(m.score(s, history, False) for m, s in zip(self.members, parts, strict=True)) / len(self.members)
+        return scores + self.item_prior if prior else scores
 
     def score_columns(
         self, states: Tensor, columns: Tensor, history: Tensor | None = None, distinct: bool = False

@@ -9,15 +9,23 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MetricCollection
 
 from lstm_rec.checkpoint import CHECKPOINT_KEY, item_index_from_checkpoint, item_index_to_checkpoint
-from lstm_rec.data.sessions import ItemIndex
+from lstm_rec.data.sessions import ItemIndex, Sessions, recent_item_counts
 from lstm_rec.evaluation import rank_batch
-from lstm_rec.losses import LOSSES, PopularitySampler, bpr_max_loss, sampled_candidates, sampled_softmax_loss
+from lstm_rec.losses import (
+    LOSSES,
+    PopularitySampler,
+    bpr_max_loss,
+    later_items_loss,
+    sampled_candidates,
+    sampled_softmax_loss,
+)
 from lstm_rec.metrics import ranking_metrics
 from lstm_rec.model import SessionEnsemble, SessionLSTM
 
@@ -54,6 +62,15 @@ class SessionRecModule(L.LightningModule):
         loss: "cross_entropy" (softmax over all items), "sampled_softmax" (over the batch's targets plus
             `n_negatives` items drawn by popularity ** `sample_alpha`, with `logq` times the logQ correction)
             or "bpr_max" (over the same candidates, with score regularisation `bpreg`).
+        later_weight: weight of an auxiliary loss (0: off) that also teaches every position the items its
+            session clicks after its next one, a softmax over the same columns as the main loss (see
+            lstm_rec.losses.later_items_loss).
+        recent_weight, recent_hours: the recent-popularity prior. When fitting, every item's score gets
+            `recent_weight` * log(1 + its clicks in the training sessions that began in the last
+            `recent_hours` hours of the training data), at inference only (0: off). Items in fashion at
+            the end of training are the likelier next clicks after it; the network, trained over the
+            whole period, cannot know which. Kept in the network (`item_prior`), so checkpoints,
+            recommenders and exports score with it.
         nonfinite_loss: what a NaN or infinite training loss does. "stop" raises NonFiniteLossError naming
             the first such step; the check costs no host sync per step (it is read every
             `nonfinite_check_every` steps and before any checkpoint is saved). "skip" drops such batches
@@ -86,6 +103,9 @@ class SessionRecModule(L.LightningModule):
         sample_alpha: float = 0.5,
         logq: float = 1.0,
         bpreg: float = 1.0,
+        later_weight: float = 0.0,
+        recent_weight: float = 0.0,
+        recent_hours: float = 24.0,
         nonfinite_loss: str = "stop",
         nonfinite_check_every: int = 50,
     ) -> None:
@@ -96,6 +116,12 @@ class SessionRecModule(L.LightningModule):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if not later_weight >= 0:
+            raise ValueError(f"later_weight must be a weight >= 0 (0: off), got {later_weight!r}")
+        if not recent_weight >= 0:
+            raise ValueError(f"recent_weight must be a weight >= 0 (0: off), got {recent_weight!r}")
+        if not recent_hours > 0:
+            raise ValueError(f"recent_hours must be a positive number of hours, got {recent_hours!r}")
         if nonfinite_loss not in ("stop", "skip"):
             raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
         self.item_index = item_index
@@ -124,6 +150,26 @@ class SessionRecModule(L.LightningModule):
         # (global step, epoch, batch) of the first non-finite loss, -1 while there is none; on the device.
         self.register_buffer("first_nonfinite", torch.full((3,), -1, dtype=torch.long), persistent=False)
         self.skipped_batches = 0
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.recent_weight > 0:
+            self.set_recent_prior(self.trainer.datamodule.train_sessions)
+
+    def set_recent_prior(self, sessions: Sessions) -> None:
+        """Fill the network's item prior from the clicks of `sessions` in their last `recent_hours` hours."""
+        hours = self.hparams.recent_hours
+        counts, n_sessions = recent_item_counts(sessions, len(self.item_index), hours * 3600.0)
+        prior = self.hparams.recent_weight * np.log1p(counts)
+        self.net.item_prior.copy_(torch.as_tensor(prior, dtype=self.net.item_prior.dtype))
+        log.info(
+            "recent-popularity prior: %d clicks on %d items in the %d training sessions of the last %g hours, "
+            "weight %g",
+            counts.sum(),
+            np.count_nonzero(counts),
+            n_sessions,
+            hours,
+            self.hparams.recent_weight,
+        )
 
     def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
         # An ensemble's members each learn as if alone: the sum of their losses, each with its own gradient,
@@ -179,9 +225,15 @@ class SessionRecModule(L.LightningModule):
         history = net.history(inputs) if net.repeat_window > 0 else None  # (B, T - 1, W)
         states = net(inputs)  # (B, T - 1, H)
         if self.hparams.loss == "cross_entropy":
-            logits = net.score(states, history)  # (B, T - 1, n_items)
+            logits = net.score(states, history, prior=False)  # (B, T - 1, n_items)
             # Score column j is item j + 1, so padding (0) becomes -1 and is ignored.
-            return F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1)
+            if self.hparams.later_weight > 0:
+                is_target = targets > 0
+                log_probs = torch.log_softmax(logits[is_target], dim=1)
+                later = later_items_loss(log_probs, targets[is_target] - 1, is_target)
+                loss = loss + self.hparams.later_weight * later
+            return loss
         return self._sampled_loss(net, states, targets, history)
 
     def _sampled_loss(self, net: SessionLSTM, states: Tensor, targets: Tensor, history: Tensor | None) -> Tensor:
@@ -193,8 +245,16 @@ class SessionRecModule(L.LightningModule):
         candidates = sampled_candidates(targets, self.sampler, self.hparams.n_negatives, distinct)
         scores = net.score_columns(states, candidates.columns, history, distinct)  # (N, C)
         if self.hparams.loss == "sampled_softmax":
-            return sampled_softmax_loss(scores, candidates, self.hparams.logq)
-        return bpr_max_loss(scores, candidates, self.hparams.bpreg)
+            loss = sampled_softmax_loss(scores, candidates, self.hparams.logq)
+        else:
+            loss = bpr_max_loss(scores, candidates, self.hparams.bpreg)
+        if self.hparams.later_weight > 0:
+            log_counts = candidates.log_weights(torch.zeros_like(candidates.log_q))  # 0 without repeats
+            log_probs = torch.log_softmax(scores + log_counts, dim=1)
+            positives = candidates.positives(len(scores))
+            later = later_items_loss(log_probs, positives, is_target, None if distinct else candidates.columns)
+            loss = loss + self.hparams.later_weight * later
+        return loss
 
     def _evaluation_step(self, batch: Tensor, metrics: MetricCollection) -> None:
         # Full-precision scores: bf16 would tie many items and push targets down under pessimistic ranks.

@@ -9,7 +9,7 @@ from conftest import write_events
 from lstm_rec.data import FileDataModule, ItemIndex, SyntheticDataModule
 from lstm_rec.data.batching import LengthGroupedBatchSampler, MemberBatchSampler, SessionBatches, session_windows
 from lstm_rec.data.io import DataFileError, read_events
-from lstm_rec.data.sessions import Sessions, split_by_start_time, to_sessions
+from lstm_rec.data.sessions import Sessions, recent_item_counts, split_by_start_time, to_sessions
 from lstm_rec.data.synthetic import generate_events
 
 # Session 1: a b c; session 2: b c (times out of order in the file); session 3: c (too short).
@@ -223,3 +223,27 @@ def test_datamodule_draws_one_training_batch_per_member():
     assert torch.is_tensor(next(iter(datamodule.val_dataloader())))  # evaluation batches stay single
     with pytest.raises(ValueError, match="member_orders"):
         SyntheticDataModule(member_orders=0)
+
+
+def test_recent_item_counts_take_the_sessions_begun_in_the_last_hours():
+    # Sessions begin at hours 0, 10 and 20; the data ends at hour 21. Items 1..4.
+    hour = 3600.0
+    sessions = Sessions(
+        items=np.array([1, 2, 2, 3, 2, 4, 4]),
+        offsets=np.array([0, 2, 4, 7]),
+        times=np.array([0, 1, 10, 11, 20, 20.5, 21]) * hour,
+    )
+    counts, n = recent_item_counts(sessions, n_items=4, seconds=2 * hour)  # from hour 19: session 3
+    assert (counts.tolist(), n) == ([0, 1, 0, 2], 1)
+    # From hour 10.5: session 2 began before, so it does not count although its 2nd click is later.
+    counts, n = recent_item_counts(sessions, n_items=4, seconds=10.5 * hour)
+    assert (counts.tolist(), n) == ([0, 1, 0, 2], 1)
+    counts, n = recent_item_counts(sessions, n_items=4, seconds=12 * hour)  # from hour 9: sessions 2 and 3
+    assert (counts.tolist(), n) == ([0, 2, 1, 2], 2)
+    counts, n = recent_item_counts(sessions, n_items=5, seconds=1e9)
+    assert (counts.tolist(), n) == ([1, 3, 1, 2, 0], 3)
+
+
+def test_recent_item_counts_need_click_times():
+    with pytest.raises(ValueError, match="needs click times"):
+        recent_item_counts(Sessions(items=np.array([1, 2]), offsets=np.array([0, 2])), n_items=2, seconds=60.0)

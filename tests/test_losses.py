@@ -10,6 +10,7 @@ from lstm_rec.data import ItemIndex
 from lstm_rec.losses import (
     PopularitySampler,
     bpr_max_loss,
+    later_items_loss,
     sampled_candidates,
     sampled_softmax_loss,
     shared_candidates,
@@ -138,6 +139,75 @@ def test_sampler_follows_popularity_to_the_alpha():
     np.testing.assert_allclose(log_q[2:], np.log(np.array([1, 2, 4, 1]) / 8)[proposals[2:].numpy()], rtol=1e-6)
 
 
+def test_later_items_loss_by_hand():
+    # Two sessions, right-padded: targets b, c, b, e (session 1) and c, d (session 2); columns a..e = 0..4.
+    b, c, d, e = 1, 2, 3, 4
+    is_target = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    target_columns = torch.tensor([b, c, b, e, c, d])
+    scores = torch.tensor([[0.3, -1.0, 2.0, 0.1, 0.7]]) * torch.arange(1.0, 7.0)[:, None]  # (6 rows, 5 columns)
+    log_probs = torch.log_softmax(scores, dim=1)
+    lp = log_probs.tolist()
+    # Row 0 is followed by c, b, e (b only once); row 1 by b, e; row 2 by e; row 4 by d; rows 3 and 5 by nothing.
+    expected = (-(lp[0][c] + lp[0][b] + lp[0][e]) / 3 - (lp[1][b] + lp[1][e]) / 2 - lp[2][e] - lp[4][d]) / 6
+    assert later_items_loss(log_probs, target_columns, is_target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_later_items_loss_is_the_same_with_one_column_per_proposal():
+    # Columns repeating items (one per proposal, as off the CPU) give the same gradient as distinct columns:
+    # every copy of a later item counts, with an equal share of its weight.
+    torch.manual_seed(0)
+    targets = torch.randint(1, 12, (6, 7))
+    targets[torch.arange(7)[None, :] >= torch.tensor([7, 5, 1, 0, 3, 6])[:, None]] = 0
+    is_target = targets > 0
+    rows = targets[is_target] - 1
+    extra = torch.randint(0, 11, (9,))
+    embeddings, states = torch.randn(11, 4), torch.randn(len(rows), 4)
+    gradients = []
+    for distinct in (True, False):
+        shared = shared_candidates(rows, extra, torch.zeros(len(rows) + 9), distinct)
+        weights = embeddings.clone().requires_grad_()
+        scores = states @ weights[shared.columns].T
+        log_probs = torch.log_softmax(scores + shared.log_weights(torch.zeros_like(shared.log_q)), dim=1)
+        columns = None if distinct else shared.columns
+        loss = later_items_loss(log_probs, shared.positives(len(rows)), is_target, columns)
+        gradients.append(torch.autograd.grad(loss, weights)[0])
+    assert len(shared.columns) > len(torch.unique(shared.columns))  # the case has repeats to merge
+    torch.testing.assert_close(gradients[0], gradients[1])
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "sampled_softmax", "bpr_max"])
+def test_later_weight_adds_the_later_items_loss(loss):
+    torch.manual_seed(0)
+    index = ItemIndex(ids=np.arange(1, 21), counts=np.arange(1, 21))
+    batch = torch.randint(1, 21, (5, 6))
+    batch[3:, 3:] = 0
+    values = []
+    for weight in (0.0, 0.5):
+        torch.manual_seed(1)
+        module = SessionRecModule(index, embedding_dim=8, hidden=8, loss=loss, n_negatives=10, later_weight=weight)
+        module.log = lambda *args, **kwargs: None  # outside a Trainer
+        torch.manual_seed(2)  # the same negatives for both
+        values.append(module.training_step(batch, 0).item())
+    # The term on its own, from the same scores: over all items, or over the same drawn candidates.
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    is_target = targets > 0
+    rows = targets[is_target] - 1
+    with torch.no_grad():
+        states = module.net(inputs)[is_target]
+        if loss == "cross_entropy":
+            log_probs = torch.log_softmax(module.net.score(states, None), dim=1)
+            columns = rows
+        else:
+            torch.manual_seed(2)
+            shared = sampled_candidates(rows, module.sampler, 10)
+            scores = module.net.score_columns(states, shared.columns, None, distinct=True)
+            log_probs = torch.log_softmax(scores + shared.log_weights(torch.zeros_like(shared.log_q)), dim=1)
+            columns = shared.positives(len(rows))
+    later = later_items_loss(log_probs, columns, is_target).item()
+    assert later > 0
+    assert values[1] - values[0] == pytest.approx(0.5 * later, rel=1e-5)
+
+
 @pytest.mark.parametrize("loss", ["cross_entropy", "sampled_softmax", "bpr_max"])
 def test_each_loss_is_finite_and_decreases(loss):
     torch.manual_seed(0)
@@ -162,3 +232,8 @@ def test_each_loss_is_finite_and_decreases(loss):
 def test_unknown_loss():
     with pytest.raises(ValueError, match="loss must be one of"):
         SessionRecModule(ItemIndex(ids=np.arange(3), counts=np.ones(3, dtype=np.int64)), loss="hinge")
+
+
+def test_negative_later_weight():
+    with pytest.raises(ValueError, match="later_weight must be a weight >= 0"):
+        SessionRecModule(ItemIndex(ids=np.arange(3), counts=np.ones(3, dtype=np.int64)), later_weight=-0.1)

@@ -149,3 +149,24 @@ def test_each_member_trains_on_its_own_batch_when_the_data_draws_one_per_member(
     module = SessionRecModule(ItemIndex.from_items(np.arange(20)), embedding_dim=8, hidden=8, members=list(MEMBERS))
     with pytest.raises(ValueError, match=r"set data\.member_orders to 2"):
         module.training_step(batches * 2, 0)
+
+
+def test_the_item_prior_adds_to_inference_scores_only():
+    torch.manual_seed(0)
+    prior = torch.linspace(-1.0, 2.0, 12)
+    single = SessionLSTM(n_items=12, embedding_dim=8, hidden=8, tie_weights=True)
+    ensemble = SessionEnsemble(12, [{}, {"repeat_window": 2}], {"embedding_dim": 8, "hidden": 8})
+    items = torch.randint(1, 13, (3, 5))
+    for net in (single, ensemble):
+        states = net(items)
+        history = net.history(items) if net.repeat_window else None
+        plain = net.score(states, history)
+        net.item_prior.copy_(prior)
+        torch.testing.assert_close(net.score(states, history), plain + prior)
+        torch.testing.assert_close(net.score(states, history, prior=False), plain)
+        # Training scores leave it out.
+        columns = torch.tensor([0, 4, 7])
+        flat = states.flatten(0, 1), None if history is None else history.flatten(0, 1)
+        torch.testing.assert_close(net.score_columns(flat[0], columns, flat[1]), plain.flatten(0, 1)[:, columns])
+    # The ensemble adds its own prior once, not each member's.
+    assert all(member.item_prior.eq(0).all() for member in ensemble.members)

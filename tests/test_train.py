@@ -3,14 +3,18 @@
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, compose_config, write_events
 from lstm_rec.checkpoint import CheckpointError, load_module
+from lstm_rec.data import FileDataModule
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.evaluate import evaluate_checkpoint
+from lstm_rec.evaluation import evaluate
 from lstm_rec.train import train
 
 
@@ -160,6 +164,45 @@ def test_resume_from_a_checkpoint(file_run, tmp_path):
     ]
     resumed = train(compose_config("train", overrides, tmp_path / "resumed"))
     assert resumed["epochs"] == trained["epochs"] + 1
+
+
+def test_recent_popularity_prior_from_the_last_hours_of_training(file_run, tmp_path):
+    data, _, _ = file_run
+    overrides = [o for o in TINY if not o.startswith(("data.", "trainer.max_epochs"))] + [
+        "data=files",
+        f"data.train={data / 'train.tsv'}",
+        f"data.test={data / 'test.csv'}",
+        f"data.valid={data / 'test.csv'}",  # all of train.tsv trains
+        "trainer.max_epochs=1",
+        "model.recent_weight=0.5",
+        "model.recent_hours=2",
+    ]
+    trained = train(compose_config("train", overrides, tmp_path / "prior"))
+    module = load_module(trained["checkpoint"])
+    events = pd.read_csv(data / "train.tsv", sep="\t")
+    starts = events.groupby("SessionId")["Time"].transform("min")
+    recent = events[starts >= events["Time"].max() - 2 * 3600]
+    counts = recent["ItemId"].value_counts().reindex(module.item_index.ids, fill_value=0).to_numpy()
+    assert 0 < (counts > 0).sum() < len(counts)  # the window holds some items, not all
+    expected = torch.tensor(0.5 * np.log1p(counts), dtype=torch.float32)
+    torch.testing.assert_close(module.net.item_prior, expected)
+    # Its recommendations score with it: the test metrics come from the scores that include it.
+    module.net.item_prior.zero_()
+    datamodule = FileDataModule(test=str(data / "test.csv"))
+    datamodule.item_index = module.item_index
+    datamodule.setup("test")
+    without = evaluate(module.net, datamodule.full_dataloader("test"), [20], "test/")
+    assert without["test/recall@20"] != trained["test/recall@20"]
+
+
+def test_checkpoints_from_before_the_item_prior_still_load(file_run, tmp_path):
+    _, _, trained = file_run
+    checkpoint = torch.load(trained["checkpoint"], weights_only=False)
+    for name in [name for name in checkpoint["state_dict"] if name.endswith("item_prior")]:
+        del checkpoint["state_dict"][name]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    module = load_module(tmp_path / "old.ckpt")
+    assert module.net.item_prior.eq(0).all()
 
 
 def test_foreign_and_broken_checkpoints_are_refused(tmp_path):

@@ -169,3 +169,13 @@ def _session_starts(sessions: np.ndarray) -> np.ndarray:
     if len(sessions) == 0:
         return np.zeros(0, dtype=np.int64)
     return np.flatnonzero(np.concatenate([[True], sessions[1:] != sessions[:-1]]))
+
+
+def recent_item_counts(sessions: Sessions, n_items: int, seconds: float) -> tuple[np.ndarray, int]:
+    """Clicks of each item (n_items,) in the sessions that began in the last `seconds` of the data (up to
+    its latest click), and how many sessions those are."""
+    if sessions.times is None:
+        raise ValueError("the recent-popularity prior needs click times; these sessions carry none")
+    recent = sessions.times[sessions.offsets[:-1]] >= sessions.times.max() - seconds  # (n_sessions,)
+    items = sessions.items[np.repeat(recent, sessions.lengths)]
+    return np.bincount(items, minlength=n_items + 1)[1:], int(recent.sum())
