@@ -89,17 +89,17 @@ def sampled_softmax_loss(scores: Tensor, candidates: Candidates, logq: float) ->
     counts as k negatives, each with its own correction.
 
     Args:
-        scores: (N, C) scores of each row's state against every column.
+        scores: (N, C) scores of each row's state against every column, or (M, N, C) for M scorers of the
+            same rows (ensemble members); the loss is the mean over all M * N rows.
     """
-    n = len(scores)
-    positives = candidates.positives(n)
+    n = scores.shape[-2]
+    positives = _row_positives(scores, candidates)  # (..., N, 1)
     # No column of a row's own item is a negative; its own copy is its positive, with its own correction.
-    logits = scores + candidates.log_weights(-logq * candidates.log_q)[None, :]
+    logits = scores + candidates.log_weights(-logq * candidates.log_q)
     logits = logits.masked_fill(candidates.own(n), float("-inf"))
-    rows = torch.arange(n, device=scores.device)
-    positive = scores[rows, positives] - logq * candidates.log_q[:n]
-    logits = logits.index_put((rows, positives), positive)
-    return F.cross_entropy(logits, positives)
+    positive = scores.gather(-1, positives) - logq * candidates.log_q[:n, None]
+    logits = logits.scatter(-1, positives, positive)
+    return F.cross_entropy(logits.flatten(0, -2), positives.flatten())
 
 
 def bpr_max_loss(scores: Tensor, candidates: Candidates, bpreg: float) -> Tensor:
@@ -108,18 +108,22 @@ def bpr_max_loss(scores: Tensor, candidates: Candidates, bpreg: float) -> Tensor
     item, and a column proposed k times counts k times.
 
     Args:
-        scores: (N, C) scores of each row's state against every column.
+        scores: (N, C) scores of each row's state against every column, or (M, N, C) for M scorers of the
+            same rows (ensemble members); the loss is the mean over all M * N rows.
     """
-    n = len(scores)
-    rows = torch.arange(n, device=scores.device)
-    positive = scores[rows, candidates.positives(n)]  # (N,)
-    own = candidates.own(n)
+    positive = scores.gather(-1, _row_positives(scores, candidates))  # (..., N, 1)
+    own = candidates.own(scores.shape[-2])
     log_counts = candidates.log_weights(torch.zeros_like(candidates.log_q))  # (C,) log of the copy counts
-    weights = torch.softmax((scores + log_counts).masked_fill(own, float("-inf")), dim=1)  # (N, C); 0 where own
+    weights = torch.softmax((scores + log_counts).masked_fill(own, float("-inf")), dim=-1)  # (..., N, C); 0 if own
     # Own columns have weight 0, so their (finite) terms drop out without masking the scores again.
-    ranking = (weights * torch.sigmoid(positive[:, None] - scores)).sum(dim=1)
-    regulariser = (weights * scores.square()).sum(dim=1)
+    ranking = (weights * torch.sigmoid(positive - scores)).sum(dim=-1)
+    regulariser = (weights * scores.square()).sum(dim=-1)
     return (-torch.log(ranking + 1e-24) + bpreg * regulariser).mean()
+
+
+def _row_positives(scores: Tensor, candidates: Candidates) -> Tensor:
+    """(..., N, 1) the column of each row's own target, for gathering from `scores` (..., N, C)."""
+    return candidates.positives(scores.shape[-2]).expand(scores.shape[:-1]).unsqueeze(-1)
 
 
 def later_items_loss(
@@ -132,14 +136,15 @@ def later_items_loss(
     (rows with none add 0); the result is the sum over rows divided by the number of rows.
 
     Args:
-        log_probs: (N, C) log-probabilities of each row over the score columns.
+        log_probs: (N, C) log-probabilities of each row over the score columns, or (M, N, C) for M
+            scorers of the same rows (the mean is then over all M * N rows).
         target_columns: (N,) the column of each row's target.
         is_target: (B, T) which positions of the padded batch hold the N rows, in row-major order: the
             rows of one session are its positions in order.
         columns: (C,) the item of each column when items may have several columns (one per proposal);
             all columns of a later item then count, sharing its weight. None: one column per item.
     """
-    n, c = log_probs.shape
+    n, c = log_probs.shape[-2:]
     steps = is_target.shape[1]
     row = (is_target.flatten().cumsum(0) - 1).view(is_target.shape)  # (B, T) row of each position
     after = torch.ones(steps, steps, dtype=torch.bool, device=is_target.device).triu(1)
@@ -153,5 +158,5 @@ def later_items_loss(
         same = (columns[:, None] == columns[None, :]).to(log_probs.dtype)  # (C, C)
         weights = (weights @ same).clamp(max=1.0) / same.sum(dim=1)
     totals = weights.sum(dim=1)
-    per_row = -(weights * log_probs).sum(dim=1) / totals.clamp(min=1e-12)
-    return torch.where(totals > 0, per_row, 0.0).sum() / max(n, 1)
+    per_row = -(weights * log_probs).sum(dim=-1) / totals.clamp(min=1e-12)  # (..., N)
+    return torch.where(totals > 0, per_row, 0.0).sum() / max(per_row.numel(), 1)

@@ -20,6 +20,7 @@ from lstm_rec.data.sessions import ItemIndex, Sessions, recent_item_counts
 from lstm_rec.evaluation import rank_batch
 from lstm_rec.losses import (
     LOSSES,
+    Candidates,
     PopularitySampler,
     bpr_max_loss,
     later_items_loss,
@@ -27,7 +28,7 @@ from lstm_rec.losses import (
     sampled_softmax_loss,
 )
 from lstm_rec.metrics import ranking_metrics
-from lstm_rec.model import SessionEnsemble, SessionLSTM
+from lstm_rec.model import SessionEnsemble, SessionLSTM, recent_items
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class SessionRecModule(L.LightningModule):
         later_weight: weight of an auxiliary loss (0: off) that also teaches every position the items its
             session clicks after its next one, a softmax over the same columns as the main loss (see
             lstm_rec.losses.later_items_loss).
+        shared_negatives: an ensemble's members score the same sampled candidates (one draw per step) and
+            their losses are computed in one pass, which is cheaper than a draw and a loss per member; it
+            applies when the members share their batches (data.member_orders=1) and the loss is sampled.
         recent_weight, recent_hours: the recent-popularity prior. When fitting, every item's score gets
             `recent_weight` * log(1 + its clicks in the training sessions that began in the last
             `recent_hours` hours of the training data), at inference only (0: off). Items in fashion at
@@ -104,6 +108,7 @@ class SessionRecModule(L.LightningModule):
         logq: float = 1.0,
         bpreg: float = 1.0,
         later_weight: float = 0.0,
+        shared_negatives: bool = False,
         recent_weight: float = 0.0,
         recent_hours: float = 24.0,
         nonfinite_loss: str = "stop",
@@ -181,7 +186,11 @@ class SessionRecModule(L.LightningModule):
                 f"the data module drew {len(batches)} batches per step for {len(members)} model members; "
                 f"set data.member_orders to {len(members)} (or 1)"
             )
-        loss = sum(self._member_loss(member, batch) for member, batch in zip(members, batches, strict=True))
+        shared = self.hparams.shared_negatives and self.hparams.loss != "cross_entropy"
+        if shared and len(members) > 1 and not isinstance(batch, (tuple, list)):
+            loss = len(members) * self._shared_sampled_loss(members, batch)
+        else:
+            loss = sum(self._member_loss(member, batch) for member, batch in zip(members, batches, strict=True))
         if self.hparams.nonfinite_loss == "skip" and not torch.isfinite(loss):
             self.skipped_batches += 1
             message = self._nonfinite_message(batch_idx)
@@ -234,25 +243,47 @@ class SessionRecModule(L.LightningModule):
                 later = later_items_loss(log_probs, targets[is_target] - 1, is_target)
                 loss = loss + self.hparams.later_weight * later
             return loss
-        return self._sampled_loss(net, states, targets, history)
-
-    def _sampled_loss(self, net: SessionLSTM, states: Tensor, targets: Tensor, history: Tensor | None) -> Tensor:
         is_target = targets > 0
-        states, targets = states[is_target], targets[is_target] - 1  # (N, H), (N,) score columns
         history = None if history is None else history[is_target]  # (N, W)
+        candidates = self._candidates(targets[is_target] - 1)
+        scores = net.score_columns(states[is_target], candidates.columns, history, self._distinct)  # (N, C)
+        return self._sampled_loss(scores, candidates, is_target)
+
+    def _shared_sampled_loss(self, members: Sequence[SessionLSTM], batch: Tensor) -> Tensor:
+        """The members' mean sampled loss on one batch, all scoring the same candidates: one draw and one
+        loss computation for all of them."""
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        is_target = targets > 0
+        window = max(member.repeat_window for member in members)
+        history = recent_items(inputs, window)[is_target] if window > 0 else None  # (N, W)
+        candidates = self._candidates(targets[is_target] - 1)
+        scores = torch.stack(
+            [m.score_columns(m(inputs)[is_target], candidates.columns, history, self._distinct) for m in members]
+        )  # (M, N, C)
+        return self._sampled_loss(scores, candidates, is_target)
+
+    @property
+    def _distinct(self) -> bool:
         # One column per distinct item on the CPU; per proposal elsewhere (torch.unique would wait for the device).
-        distinct = self.device.type == "cpu"
-        candidates = sampled_candidates(targets, self.sampler, self.hparams.n_negatives, distinct)
-        scores = net.score_columns(states, candidates.columns, history, distinct)  # (N, C)
+        return self.device.type == "cpu"
+
+    def _candidates(self, targets: Tensor) -> Candidates:
+        """The batch's (N,) target columns plus n_negatives popularity draws."""
+        return sampled_candidates(targets, self.sampler, self.hparams.n_negatives, self._distinct)
+
+    def _sampled_loss(self, scores: Tensor, candidates: Candidates, is_target: Tensor) -> Tensor:
+        """The configured sampled loss of `scores` (N, C) or (M, N, C) over `candidates`, plus the later-items
+        loss when it is on; rows are the True positions of `is_target` (B, T)."""
         if self.hparams.loss == "sampled_softmax":
             loss = sampled_softmax_loss(scores, candidates, self.hparams.logq)
         else:
             loss = bpr_max_loss(scores, candidates, self.hparams.bpreg)
         if self.hparams.later_weight > 0:
             log_counts = candidates.log_weights(torch.zeros_like(candidates.log_q))  # 0 without repeats
-            log_probs = torch.log_softmax(scores + log_counts, dim=1)
-            positives = candidates.positives(len(scores))
-            later = later_items_loss(log_probs, positives, is_target, None if distinct else candidates.columns)
+            log_probs = torch.log_softmax(scores + log_counts, dim=-1)
+            positives = candidates.positives(scores.shape[-2])
+            columns = None if self._distinct else candidates.columns
+            later = later_items_loss(log_probs, positives, is_target, columns)
             loss = loss + self.hparams.later_weight * later
         return loss
 

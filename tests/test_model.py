@@ -142,6 +142,31 @@ def test_ensemble_loss_is_the_sum_of_each_members_own_loss():
         SessionRecModule(ItemIndex.from_items(np.arange(20)), members=[{}, {"hiden": 3}])
 
 
+@pytest.mark.parametrize("later_weight", [0.0, 0.3])
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bpr_max"])
+def test_members_sharing_negatives_lose_what_each_would_alone_on_the_same_draw(loss, later_weight):
+    # One draw and one loss pass for all members equals each member's own loss on that same draw.
+    index = ItemIndex.from_items(np.arange(20))
+    settings = {"embedding_dim": 8, "hidden": 8, "loss": loss, "n_negatives": 6, "later_weight": later_weight}
+    batch = torch.tensor([[1, 2, 3, 4, 2], [5, 6, 5, 0, 0], [7, 1, 9, 8, 0]])
+    torch.manual_seed(0)
+    module = SessionRecModule(index, members=list(MEMBERS), shared_negatives=True, **settings)
+    module.log = lambda *args, **kwargs: None  # outside a Trainer
+    torch.manual_seed(5)
+    shared = module.training_step(batch, 0)
+    solo = []
+    for member_settings, member in zip(MEMBERS, module.net.members, strict=True):
+        alone = SessionRecModule(index, **settings, **member_settings)
+        alone.net.load_state_dict(member.state_dict())
+        alone.log = module.log
+        torch.manual_seed(5)  # the same draw of negatives
+        solo.append(alone.training_step(batch, 0))
+    torch.testing.assert_close(shared, solo[0] + solo[1])
+    torch.manual_seed(5)
+    module.hparams.shared_negatives = False  # a draw per member: the second member's draw differs
+    assert module.training_step(batch, 0).item() != pytest.approx(shared.item())
+
+
 def test_each_member_trains_on_its_own_batch_when_the_data_draws_one_per_member():
     batches = (torch.tensor([[1, 2, 3, 4], [5, 6, 5, 0]]), torch.tensor([[7, 8, 9], [9, 7, 0]]))
     loss, solo = _ensemble_and_solo_losses(batches)
