@@ -11,10 +11,16 @@ from lstm_rec import Recommender
 from lstm_rec.export import ScoringStep, export
 from lstm_rec.train import train
 
-# A plain tied LSTM, and an ensemble whose members differ in size and in repeat scores (which carry `recent`).
+# A plain tied LSTM, and an ensemble whose members differ in size and in repeat scores (which carry `recent`), with
+# a recent-popularity prior.
 MODELS = {
     "lstm": ["model.num_layers=2", "model.tie_weights=true"],
-    "ensemble": ["model.num_layers=2", "model.tie_weights=true", "model.members=[{},{hidden:24,repeat_window:3}]"],
+    "ensemble": [
+        "model.num_layers=2",
+        "model.tie_weights=true",
+        "model.members=[{},{hidden:24,repeat_window:3}]",
+        "model.recent_weight=0.5",  # the exported step must add the recent-popularity prior too
+    ],
 }
 
 

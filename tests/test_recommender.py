@@ -22,14 +22,22 @@ from lstm_rec.train import train
 @pytest.fixture(scope="module", params=["lstm", "ensemble"])
 def checkpoint(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("rec") / "run"
-    # The ensemble has a member with repeat scores, which need the session's latest clicks besides the state.
-    members = ["model.members=[{},{repeat_window:4}]"] if request.param == "ensemble" else []
+    # The ensemble has a member with repeat scores, which need the session's latest clicks besides the state,
+    # and a recent-popularity prior, which every way of scoring must add.
+    members = ["model.members=[{},{repeat_window:4}]", "model.recent_weight=0.5"] if request.param == "ensemble" else []
     return train(compose_config("train", [*TINY, "model.num_layers=2", *members], out))["checkpoint"]
 
 
 @pytest.fixture(scope="module")
 def rec(checkpoint):
     return Recommender.from_checkpoint(checkpoint, device="cpu")
+
+
+def test_the_prior_travels_in_the_checkpoint(rec, request):
+    if "ensemble" in request.node.callspec.id:
+        assert rec.net.item_prior.std() > 0  # a prior that differs between items
+    else:
+        assert rec.net.item_prior.eq(0).all()
 
 
 @pytest.fixture(scope="module")
