@@ -158,7 +158,13 @@ class SessionRecModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.recent_weight > 0:
-            self.set_recent_prior(self.trainer.datamodule.train_sessions)
+            sessions = getattr(self.trainer.datamodule, "train_sessions", None)
+            if sessions is None or sessions.times is None:
+                raise ValueError(
+                    "model.recent_weight > 0 (the recent-popularity prior) needs the training sessions with their "
+                    "click times, from one of lstm_rec's data modules; set model.recent_weight=0 otherwise"
+                )
+            self.set_recent_prior(sessions)
 
     def set_recent_prior(self, sessions: Sessions) -> None:
         """Fill the network's item prior from the clicks of `sessions` in their last `recent_hours` hours."""

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -11,10 +12,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import TINY, compose_config, write_events
 from lstm_rec.checkpoint import CheckpointError, load_module
-from lstm_rec.data import FileDataModule
+from lstm_rec.data import FileDataModule, ItemIndex, Sessions
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.evaluate import evaluate_checkpoint
 from lstm_rec.evaluation import evaluate
+from lstm_rec.module import SessionRecModule
 from lstm_rec.train import train
 
 
@@ -66,6 +68,13 @@ def test_same_seed_same_metrics(synthetic_run, tmp_path):
         assert second[key] == first[key]
 
 
+def file_overrides(data: Path, *extra: str) -> list[str]:
+    """TINY on the TSV files of `file_run`, then `extra`; TINY's keys that `extra` sets again are left out."""
+    replaced = tuple(o.split("=")[0] + "=" for o in extra)
+    tiny = [o for o in TINY if not o.startswith(("data.", *replaced))]
+    return [*tiny, "data=files", f"data.train={data / 'train.tsv'}", f"data.test={data / 'test.csv'}", *extra]
+
+
 @pytest.fixture(scope="module")
 def file_run(tmp_path_factory):
     """Train on TSV files, the way users run their own data."""
@@ -77,11 +86,7 @@ def file_run(tmp_path_factory):
     test = events[events["SessionId"] > cut]
     test.to_csv(data / "test.csv", index=False)
     out = data / "run"
-    overrides = [o for o in TINY if not o.startswith("data.")] + [
-        "data=files",
-        f"data.train={data / 'train.tsv'}",
-        f"data.test={data / 'test.csv'}",
-    ]
+    overrides = file_overrides(data)
     return data, out, train(compose_config("train", overrides, out))
 
 
@@ -154,29 +159,25 @@ def test_checkpoint_carries_the_item_index(file_run):
 
 def test_resume_from_a_checkpoint(file_run, tmp_path):
     data, out, trained = file_run
-    overrides = [o for o in TINY if not o.startswith(("data.", "trainer.max_epochs"))] + [
-        "data=files",
-        f"data.train={data / 'train.tsv'}",
-        f"data.test={data / 'test.csv'}",
+    overrides = file_overrides(
+        data,
         f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
         f"trainer.max_epochs={trained['epochs'] + 1}",
         "callbacks.early_stopping=null",
-    ]
+    )
     resumed = train(compose_config("train", overrides, tmp_path / "resumed"))
     assert resumed["epochs"] == trained["epochs"] + 1
 
 
 def test_recent_popularity_prior_from_the_last_hours_of_training(file_run, tmp_path):
     data, _, _ = file_run
-    overrides = [o for o in TINY if not o.startswith(("data.", "trainer.max_epochs"))] + [
-        "data=files",
-        f"data.train={data / 'train.tsv'}",
-        f"data.test={data / 'test.csv'}",
+    overrides = file_overrides(
+        data,
         f"data.valid={data / 'test.csv'}",  # all of train.tsv trains
         "trainer.max_epochs=1",
         "model.recent_weight=0.5",
         "model.recent_hours=2",
-    ]
+    )
     trained = train(compose_config("train", overrides, tmp_path / "prior"))
     module = load_module(trained["checkpoint"])
     events = pd.read_csv(data / "train.tsv", sep="\t")
@@ -232,3 +233,12 @@ def test_missing_file(tmp_path):
 
 def test_tiny_overrides_are_known_keys():
     assert all(Path(__file__).parent.joinpath("conftest.py").read_text().count(o) for o in TINY)
+
+
+def test_recent_prior_without_click_times_fails_clearly():
+    module = SessionRecModule(ItemIndex(ids=np.arange(3), counts=np.ones(3, dtype=np.int64)), recent_weight=0.1)
+    untimed = Sessions(items=np.array([1, 2, 3]), offsets=np.array([0, 3]))
+    for datamodule in (None, SimpleNamespace(train_sessions=untimed)):
+        module._trainer = SimpleNamespace(datamodule=datamodule)
+        with pytest.raises(ValueError, match=r"model.recent_weight > 0 .* needs the training sessions"):
+            module.setup("fit")
