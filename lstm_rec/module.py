@@ -28,7 +28,7 @@ from lstm_rec.losses import (
     sampled_softmax_loss,
 )
 from lstm_rec.metrics import ranking_metrics
-from lstm_rec.model import SessionEnsemble, SessionLSTM, recent_items
+from lstm_rec.model import SessionEnsemble, SessionLSTM
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +260,7 @@ class SessionRecModule(L.LightningModule):
         loss computation for all of them."""
         inputs, targets = batch[:, :-1], batch[:, 1:]
         is_target = targets > 0
-        window = max(member.repeat_window for member in members)
-        history = recent_items(inputs, window)[is_target] if window > 0 else None  # (N, W)
+        history = self.net.history(inputs)[is_target] if self.net.repeat_window > 0 else None  # (N, W)
         candidates = self._candidates(targets[is_target] - 1)
         scores = torch.stack(
             [m.score_columns(m(inputs)[is_target], candidates.columns, history, self._distinct) for m in members]
