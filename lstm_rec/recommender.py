@@ -42,21 +42,47 @@ class SessionState:
 
 
 class Recommender:
-    """Recommends next items with a trained SessionLSTM (or ensemble) and the item index of its checkpoint."""
+    """Recommends next items with a trained SessionLSTM (or ensemble) and the item index of its checkpoint.
+
+    `recent_weight` is the weight of the recent-popularity prior the model was trained with
+    (model.recent_weight), the default for set_recent_clicks.
+    """
 
     def __init__(
-        self, net: SessionLSTM | SessionEnsemble, item_index: ItemIndex, device: str | torch.device = "cpu"
+        self,
+        net: SessionLSTM | SessionEnsemble,
+        item_index: ItemIndex,
+        device: str | torch.device = "cpu",
+        recent_weight: float = 0.0,
     ) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.item_index = item_index
         self.popularity = torch.as_tensor(item_index.counts, dtype=torch.float32, device=self.device)
+        self.recent_weight = recent_weight
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Recommender:
         """Load a checkpoint written by scripts/train.py (weights only: no code runs from the file)."""
         module = load_module(path)
-        return cls(module.net, module.item_index, device)
+        return cls(module.net, module.item_index, device, module.hparams.get("recent_weight", 0.0))
+
+    def set_recent_clicks(self, items: Sequence[Hashable], weight: float | None = None) -> list[Hashable]:
+        """Refresh the recent-popularity prior from live traffic: from now on every item's score gets
+        `weight` * log(1 + its clicks among `items`), e.g. all clicks of the last model.recent_hours hours.
+
+        The prior otherwise stays as training left it (the clicks of its last hours). `weight` defaults to
+        the model's own (`recent_weight`); 0 switches the prior off. Returns the ids the model does not
+        know, which cannot count (logged as a warning).
+        """
+        weight = self.recent_weight if weight is None else weight
+        if not weight >= 0:
+            raise ValueError(f"weight must be >= 0 (0: no prior), got {weight!r}")
+        indices, unknown = self._indices(items)
+        counts = np.bincount(np.asarray(indices, dtype=np.int64), minlength=self.n_items + 1)[1:]
+        prior = torch.as_tensor(weight * np.log1p(counts), dtype=self.net.item_prior.dtype)
+        self.net.item_prior.copy_(prior.to(self.device))
+        return unknown
 
     @property
     def n_items(self) -> int:

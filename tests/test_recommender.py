@@ -40,6 +40,33 @@ def test_the_prior_travels_in_the_checkpoint(rec, request):
         assert rec.net.item_prior.eq(0).all()
 
 
+def test_recent_clicks_refresh_the_prior(checkpoint, caplog, request):
+    rec = Recommender.from_checkpoint(checkpoint)  # its own copy: the module's recommender stays as trained
+    ids = rec.item_index.ids
+    session = [ids[0], ids[1]]
+    before = dict(rec.recommend(session, k=rec.n_items))
+    trained_prior = rec.net.item_prior.clone()
+    with caplog.at_level(logging.WARNING):
+        unknown = rec.set_recent_clicks([ids[5], ids[5], ids[7], "no-such-item"], weight=0.5)
+    assert unknown == ["no-such-item"] and "no-such-item" in caplog.text
+    expected = torch.zeros(rec.n_items)
+    expected[5], expected[7] = 0.5 * np.log(3.0), 0.5 * np.log(2.0)
+    torch.testing.assert_close(rec.net.item_prior, expected)
+    # Every score moves by the change of its item's prior.
+    after = dict(rec.recommend(session, k=rec.n_items))
+    for position in (0, 5, 7, 9):
+        change = float(expected[position] - trained_prior[position])
+        assert after[ids[position]] - before[ids[position]] == pytest.approx(change, abs=1e-4)
+    # By default the model's own weight; 0 switches the prior off.
+    assert rec.recent_weight == (0.5 if "ensemble" in request.node.callspec.id else 0.0)  # as trained
+    rec.set_recent_clicks([ids[5]])
+    assert rec.net.item_prior[5].item() == pytest.approx(rec.recent_weight * np.log(2.0))
+    rec.set_recent_clicks([ids[5]], weight=0.0)
+    assert rec.net.item_prior.eq(0).all()
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        rec.set_recent_clicks([ids[5]], weight=-1.0)
+
+
 @pytest.fixture(scope="module")
 def test_sessions(rec):
     datamodule = SyntheticDataModule(n_sessions=3000, n_items=200, seed=42)
