@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class SessionLSTM(nn.Module):
+class ItemPrior(nn.Module):
+    """A fixed score per item, the buffer `item_prior` (n_items,), that score() adds and training scores
+    leave out; zero unless set (the recent-popularity prior). Weights saved before it existed load with a
+    zero prior."""
+
+    def __init__(self, n_items: int) -> None:
+        super().__init__()
+        self.register_buffer("item_prior", torch.zeros(n_items))
+
+    def set_recent_prior(self, counts: np.ndarray, weight: float) -> None:
+        """The recent-popularity prior: `weight` * log(1 + counts), counts (n_items,) of recent clicks."""
+        prior = torch.as_tensor(weight * np.log1p(counts), dtype=self.item_prior.dtype)
+        self.item_prior.copy_(prior.to(self.item_prior.device))
+
+    def _with_prior(self, scores: Tensor, prior: bool) -> Tensor:
+        return scores + self.item_prior if prior else scores
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        state_dict.setdefault(prefix + "item_prior", torch.zeros_like(self.item_prior))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class SessionLSTM(ItemPrior):
     """Next-item scorer over click sessions.
 
     Item indices run 1..n_items with 0 as padding. Scores have one column per real item:
@@ -27,8 +50,7 @@ class SessionLSTM(nn.Module):
             score, one per recency (1 = the current click, 2 = the one before...). Scoring then needs the
             prefix's `history` besides its state.
 
-    The buffer `item_prior` (n_items,) is a fixed score per item that score() adds (zero unless set; the
-    training module fills it with the recent-popularity prior). Training scores leave it out.
+    Its item prior (see ItemPrior; zero unless set) is added by score(), not by score_columns().
     """
 
     def __init__(
@@ -42,7 +64,7 @@ class SessionLSTM(nn.Module):
         tie_weights: bool = False,
         repeat_window: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(n_items)
         self.n_items = n_items
         self.item_embedding = nn.Embedding(n_items + 1, embedding_dim, padding_idx=0)
         self.embedding_dropout = Dropout(embedding_dropout)
@@ -59,16 +81,11 @@ class SessionLSTM(nn.Module):
         self.repeat_window = repeat_window
         if repeat_window > 0:
             self.repeat_scores = nn.Linear(hidden, repeat_window)
-        self.register_buffer("item_prior", torch.zeros(n_items))
         # Small item embeddings (Glorot-uniform over the catalog) keep the tied scores in range at the start;
         # PyTorch's default N(0, 1) trains markedly worse here.
         nn.init.xavier_uniform_(self.item_embedding.weight)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        _without_prior_is_zero_prior(self, state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, items: Tensor) -> Tensor:
         """One state per prefix: state t summarises items[:, :t + 1]. Right padding is harmless."""
@@ -142,7 +159,7 @@ class SessionLSTM(nn.Module):
             bonus = self._repeat_bonus(states, _needed(history)).to(scores.dtype)
             padded = F.pad(scores, (1, 0))  # column 0 takes the padding's bonus, which is 0
             scores = padded.scatter_add(-1, history[..., : self.repeat_window], bonus)[..., 1:]
-        return scores + self.item_prior if prior else scores
+        return self._with_prior(scores, prior)
 
 
 class Dropout(nn.Dropout):
@@ -162,18 +179,13 @@ def recent_items(items: Tensor, window: int) -> Tensor:
     return F.pad(items, (window - 1, 0)).unfold(1, window, 1).flip(-1)
 
 
-def _without_prior_is_zero_prior(net: nn.Module, state_dict: dict, prefix: str) -> None:
-    """Weights saved before the item prior existed load with a zero prior."""
-    state_dict.setdefault(prefix + "item_prior", torch.zeros_like(net.item_prior))
-
-
 def _needed(history: Tensor | None) -> Tensor:
     if history is None:
         raise ValueError("this model has repeat scores (repeat_window > 0): score it with the prefix's history too")
     return history
 
 
-class SessionEnsemble(nn.Module):
+class SessionEnsemble(ItemPrior):
     """Several SessionLSTMs trained side by side, each on its own loss; an item's score is their mean.
 
     The members see the same batches, or each its own shuffle with `data.member_orders` (SessionRecModule).
@@ -188,7 +200,7 @@ class SessionEnsemble(nn.Module):
     """
 
     def __init__(self, n_items: int, members: list[dict], common: dict) -> None:
-        super().__init__()
+        super().__init__(n_items)  # its own prior; the members' stay 0
         self.n_items = n_items
         self.members = nn.ModuleList(SessionLSTM(n_items, **(common | dict(member))) for member in members)
         layers = {member.lstm.num_layers for member in self.members}
@@ -198,11 +210,6 @@ class SessionEnsemble(nn.Module):
         self.sizes = [member.state_size for member in self.members]
         self.state_size = sum(self.sizes)  # the members' states side by side
         self.repeat_window = max(member.repeat_window for member in self.members)
-        self.register_buffer("item_prior", torch.zeros(n_items))  # as SessionLSTM's; the members' stay 0
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        _without_prior_is_zero_prior(self, state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def history(self, items: Tensor) -> Tensor:
         return recent_items(items, max(self.repeat_window, 1))
@@ -231,7 +238,7 @@ class SessionEnsemble(nn.Module):
     def score(self, states: Tensor, history: Tensor | None = None, prior: bool = True) -> Tensor:
         parts = self.split(states)
         scores = sum(m.score(s, history, False) for m, s in zip(self.members, parts, strict=True)) / len(self.members)
-        return scores + self.item_prior if prior else scores
+        return self._with_prior(scores, prior)
 
     def score_columns(
         self, states: Tensor, columns: Tensor, history: Tensor | None = None, distinct: bool = False

@@ -170,8 +170,7 @@ class SessionRecModule(L.LightningModule):
         """Fill the network's item prior from the clicks of `sessions` in their last `recent_hours` hours."""
         hours = self.hparams.recent_hours
         counts, n_sessions = recent_item_counts(sessions, len(self.item_index), hours * 3600.0)
-        prior = self.hparams.recent_weight * np.log1p(counts)
-        self.net.item_prior.copy_(torch.as_tensor(prior, dtype=self.net.item_prior.dtype))
+        self.net.set_recent_prior(counts, self.hparams.recent_weight)
         log.info(
             "recent-popularity prior: %d clicks on %d items in the %d training sessions of the last %g hours, "
             "weight %g",

@@ -80,8 +80,7 @@ class Recommender:
             raise ValueError(f"weight must be >= 0 (0: no prior), got {weight!r}")
         indices, unknown = self._indices(items)
         counts = np.bincount(np.asarray(indices, dtype=np.int64), minlength=self.n_items + 1)[1:]
-        prior = torch.as_tensor(weight * np.log1p(counts), dtype=self.net.item_prior.dtype)
-        self.net.item_prior.copy_(prior.to(self.device))
+        self.net.set_recent_prior(counts, weight)
         return unknown
 
     @property
