@@ -238,42 +238,55 @@ class SessionRecModule(L.LightningModule):
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
         history = net.history(inputs) if net.repeat_window > 0 else None  # (B, T - 1, W)
         states = net(inputs)  # (B, T - 1, H)
+        is_target = targets > 0
         if self.hparams.loss == "cross_entropy":
             logits = net.score(states, history, prior=False)  # (B, T - 1, n_items)
             # Score column j is item j + 1, so padding (0) becomes -1 and is ignored.
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1)
             if self.hparams.later_weight > 0:
-                is_target = targets > 0
-                log_probs = torch.log_softmax(logits[is_target], dim=1)
-                later = later_items_loss(log_probs, targets[is_target] - 1, is_target)
+                log_probs = torch.log_softmax(self._rows(logits, is_target), dim=-1)
+                later = later_items_loss(log_probs, self._rows(targets, is_target) - 1, is_target, dense=self._dense)
                 loss = loss + self.hparams.later_weight * later
             return loss
-        is_target = targets > 0
-        history = None if history is None else history[is_target]  # (N, W)
-        candidates = self._candidates(targets[is_target] - 1)
-        scores = net.score_columns(states[is_target], candidates.columns, history, self._distinct)  # (N, C)
-        return self._sampled_loss(scores, candidates, is_target)
+        history = None if history is None else self._rows(history, is_target)  # (N, W)
+        candidates = self._candidates(targets, is_target)
+        scores = net.score_columns(self._rows(states, is_target), candidates.columns, history, not self._dense)
+        return self._sampled_loss(scores, candidates, is_target)  # scores (N, C)
 
     def _shared_sampled_loss(self, members: Sequence[SessionLSTM], batch: Tensor) -> Tensor:
         """The members' mean sampled loss on one batch, all scoring the same candidates: one draw and one
         loss computation for all of them."""
         inputs, targets = batch[:, :-1], batch[:, 1:]
         is_target = targets > 0
-        history = self.net.history(inputs)[is_target] if self.net.repeat_window > 0 else None  # (N, W)
-        candidates = self._candidates(targets[is_target] - 1)
+        history = self._rows(self.net.history(inputs), is_target) if self.net.repeat_window > 0 else None  # (N, W)
+        candidates = self._candidates(targets, is_target)
         scores = torch.stack(
-            [m.score_columns(m(inputs)[is_target], candidates.columns, history, self._distinct) for m in members]
+            [
+                m.score_columns(self._rows(m(inputs), is_target), candidates.columns, history, not self._dense)
+                for m in members
+            ]
         )  # (M, N, C)
         return self._sampled_loss(scores, candidates, is_target)
 
     @property
-    def _distinct(self) -> bool:
-        # One column per distinct item on the CPU; per proposal elsewhere (torch.unique would wait for the device).
-        return self.device.type == "cpu"
+    def _dense(self) -> bool:
+        """Whether the sampled losses take every position of the padded batch as a row, padding masked out.
 
-    def _candidates(self, targets: Tensor) -> Candidates:
-        """The batch's (N,) target columns plus n_negatives popularity draws."""
-        return sampled_candidates(targets, self.sampler, self.hparams.n_negatives, self._distinct)
+        On the CPU they take only the true targets, and one column per distinct item. Elsewhere both would
+        make the host wait for the device every step (boolean indexing and torch.unique have data-dependent
+        sizes), so every position is a row and every proposal a column, which gives the same loss.
+        """
+        return self.device.type != "cpu"
+
+    def _rows(self, values: Tensor, is_target: Tensor) -> Tensor:
+        """The loss rows of (B, T, ...) `values`: (N, ...), the true targets (is_target), or all B * T if dense."""
+        return values.flatten(0, 1) if self._dense else values[is_target]
+
+    def _candidates(self, targets: Tensor, is_target: Tensor) -> Candidates:
+        """The loss rows' target columns plus n_negatives popularity draws, from (B, T) targets."""
+        columns = self._rows(targets, is_target) - 1  # padding rows (dense only) get -1
+        real = is_target.flatten() if self._dense else None
+        return sampled_candidates(columns, self.sampler, self.hparams.n_negatives, not self._dense, real)
 
     def _sampled_loss(self, scores: Tensor, candidates: Candidates, is_target: Tensor) -> Tensor:
         """The configured sampled loss of `scores` (N, C) or (M, N, C) over `candidates`, plus the later-items
@@ -286,8 +299,8 @@ class SessionRecModule(L.LightningModule):
             log_counts = candidates.log_weights(torch.zeros_like(candidates.log_q))  # 0 without repeats
             log_probs = torch.log_softmax(scores + log_counts, dim=-1)
             positives = candidates.positives(scores.shape[-2])
-            columns = None if self._distinct else candidates.columns
-            later = later_items_loss(log_probs, positives, is_target, columns)
+            columns = candidates.columns if self._dense else None
+            later = later_items_loss(log_probs, positives, is_target, columns, self._dense)
             loss = loss + self.hparams.later_weight * later
         return loss
 

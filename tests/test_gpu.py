@@ -1,10 +1,15 @@
-"""GPU training and evaluation (skipped without CUDA): bf16-mixed trains well; GPU and CPU evaluation agree."""
+"""GPU training and evaluation (skipped without CUDA): bf16-mixed trains well; GPU and CPU evaluation agree;
+the training step never waits for the device."""
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
 
 from conftest import TINY, compose_config
+from lstm_rec.data import ItemIndex, SyntheticDataModule
 from lstm_rec.evaluate import evaluate_checkpoint
+from lstm_rec.module import SessionRecModule
 from lstm_rec.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -45,3 +50,44 @@ def test_recommender_on_the_gpu_matches_the_cpu(tmp_path):
     for item in sessions[0]:
         state, live = on_gpu.step(state, item, k=10)
     assert [i for i, _ in live] == [i for i, _ in on_cpu.recommend(sessions[0], k=10)]
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "sampled_softmax", "bpr_max"])
+@pytest.mark.parametrize("members", [None, [{}, {"repeat_window": 3}]])
+def test_a_training_step_never_makes_the_host_wait_for_the_gpu(loss, members):
+    # The step, its backward pass, clipping and the fused update under CUDA's sync check: any operation that
+    # waits for the device (.item(), boolean indexing, torch.unique...) raises.
+    torch.manual_seed(0)
+    index = ItemIndex(ids=np.arange(1, 501), counts=np.arange(1, 501))
+    settings = {"embedding_dim": 16, "hidden": 32, "loss": loss, "n_negatives": 64, "dropout": 0.3}
+    module = SessionRecModule(index, members=members, later_weight=0.2, shared_negatives=True, **settings).cuda()
+    module.log = lambda *args, **kwargs: None  # outside a Trainer
+    optimizer = torch.optim.Adagrad(module.parameters(), lr=0.1, fused=True)
+    batch = torch.randint(1, 501, (64, 12))
+    batch[32:, 6:] = 0
+    batch = batch.cuda()
+    losses = []
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(3):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                value = module.training_step(batch, step)
+            optimizer.zero_grad()
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+            optimizer.step()
+            losses.append(value.detach())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(v) for v in losses)
+
+
+def test_batches_for_a_gpu_trainer_are_pinned():
+    # Pinned host memory lets the batch's copy to the GPU run without making the host wait.
+    datamodule = SyntheticDataModule(n_sessions=500, n_items=50, batch_size=16)
+    datamodule.setup("fit")
+    assert not next(iter(datamodule.train_dataloader())).is_pinned()  # no trainer: nothing to pin for
+    datamodule.trainer = L.Trainer(accelerator="gpu", devices=1, logger=False)
+    assert next(iter(datamodule.train_dataloader())).is_pinned()
+    assert next(iter(datamodule.val_dataloader())).is_pinned()

@@ -153,8 +153,8 @@ def test_later_items_loss_by_hand():
 
 
 def test_later_items_loss_is_the_same_with_one_column_per_proposal():
-    # Columns repeating items (one per proposal, as off the CPU) give the same gradient as distinct columns:
-    # every copy of a later item counts, with an equal share of its weight.
+    # Columns repeating items (one per proposal, as off the CPU) give the same loss and gradient as distinct
+    # columns: every copy of a later item counts, with an equal share of its weight.
     torch.manual_seed(0)
     targets = torch.randint(1, 12, (6, 7))
     targets[torch.arange(7)[None, :] >= torch.tensor([7, 5, 1, 0, 3, 6])[:, None]] = 0
@@ -162,7 +162,7 @@ def test_later_items_loss_is_the_same_with_one_column_per_proposal():
     rows = targets[is_target] - 1
     extra = torch.randint(0, 11, (9,))
     embeddings, states = torch.randn(11, 4), torch.randn(len(rows), 4)
-    gradients = []
+    values, gradients = [], []
     for distinct in (True, False):
         shared = shared_candidates(rows, extra, torch.zeros(len(rows) + 9), distinct)
         weights = embeddings.clone().requires_grad_()
@@ -170,8 +170,10 @@ def test_later_items_loss_is_the_same_with_one_column_per_proposal():
         log_probs = torch.log_softmax(scores + shared.log_weights(torch.zeros_like(shared.log_q)), dim=1)
         columns = None if distinct else shared.columns
         loss = later_items_loss(log_probs, shared.positives(len(rows)), is_target, columns)
+        values.append(loss.detach())
         gradients.append(torch.autograd.grad(loss, weights)[0])
     assert len(shared.columns) > len(torch.unique(shared.columns))  # the case has repeats to merge
+    torch.testing.assert_close(values[0], values[1])
     torch.testing.assert_close(gradients[0], gradients[1])
 
 
@@ -237,3 +239,51 @@ def test_unknown_loss():
 def test_negative_later_weight():
     with pytest.raises(ValueError, match="later_weight must be a weight >= 0"):
         SessionRecModule(ItemIndex(ids=np.arange(3), counts=np.ones(3, dtype=np.int64)), later_weight=-0.1)
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bpr_max", "cross_entropy"])
+@pytest.mark.parametrize("setting", ["one network", "later items", "ensemble", "shared negatives"])
+def test_every_position_as_a_row_gives_the_loss_of_the_true_rows(loss, setting, monkeypatch):
+    # Off the CPU the step scores every position of the padded batch, padding masked out, and one column per
+    # proposal (no data-dependent sizes, so no host sync). It must give the CPU path's loss and gradients.
+    index = ItemIndex(ids=np.arange(1, 31), counts=np.arange(1, 31))
+    settings = {"embedding_dim": 8, "hidden": 8, "loss": loss, "n_negatives": 12, "dropout": 0.3}
+    if setting == "later items":
+        settings["later_weight"] = 0.5
+    if setting in ("ensemble", "shared negatives"):
+        settings["members"] = [{}, {"repeat_window": 3}]
+        settings["shared_negatives"] = setting == "shared negatives"
+        settings["later_weight"] = 0.3
+    batch = torch.tensor([[1, 2, 3, 4, 2, 5], [5, 6, 5, 0, 0, 0], [7, 1, 9, 8, 0, 0], [3, 3, 0, 0, 0, 0]])
+    torch.manual_seed(0)
+    module = SessionRecModule(index, **settings)
+    module.log = lambda *args, **kwargs: None  # outside a Trainer
+    results = []
+    for dense in (False, True):
+        monkeypatch.setattr(SessionRecModule, "_dense", property(lambda self, dense=dense: dense))
+        module.zero_grad()
+        torch.manual_seed(7)  # the same dropout and the same negatives
+        value = module.training_step(batch, 0)
+        value.backward()
+        results.append((value.detach(), {name: p.grad.clone() for name, p in module.named_parameters()}))
+    (sparse_loss, sparse_grads), (dense_loss, dense_grads) = results
+    assert torch.isfinite(dense_loss)
+    torch.testing.assert_close(dense_loss, sparse_loss)
+    for name, grad in sparse_grads.items():
+        torch.testing.assert_close(dense_grads[name], grad, msg=name)
+
+
+def test_padding_rows_propose_nothing_and_add_nothing():
+    # Rows 1 and 3 are padding: their targets are not negatives for the others, and they add no loss.
+    scores = torch.tensor([[2.0, 0.5, 1.0, 0.3, -1.0], [9.0, 9.0, 9.0, 9.0, 9.0], [0.0, 1.0, 3.0, 0.7, 0.2]])
+    scores = torch.cat([scores, scores[1:2]])  # (4 rows, 4 targets + 1 extra negative)
+    targets, real = torch.tensor([4, -1, 7, -1]), torch.tensor([True, False, True, False])
+    log_q = torch.tensor([-1.0, 0.0, -2.0, 0.0, -0.5])
+    padded = shared_candidates(targets, torch.tensor([9]), log_q, distinct=False, real=real)
+    true_rows = shared_candidates(torch.tensor([4, 7]), torch.tensor([9]), log_q[[0, 2, 4]], distinct=False)
+    columns = [0, 2, 4]
+    for loss, argument in ((sampled_softmax_loss, 1.0), (bpr_max_loss, 0.5)):
+        expected = loss(scores[[0, 2]][:, columns], true_rows, argument)
+        torch.testing.assert_close(loss(scores, padded, argument), expected)
+    with pytest.raises(ValueError, match="need one column per proposal"):
+        shared_candidates(targets, torch.tensor([9]), log_q, distinct=True, real=real)

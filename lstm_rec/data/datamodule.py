@@ -110,7 +110,13 @@ class SessionDataModule(L.LightningDataModule):
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self._on_cuda(),
         )
+
+    def _on_cuda(self) -> bool:
+        """Whether the trainer runs on a CUDA GPU: batches are then pinned, so that their copies to the GPU
+        run without making the host wait (a copy from pageable memory may wait for the device)."""
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_sessions, "train", train=True)
