@@ -217,7 +217,10 @@ class SessionRecModule(L.LightningModule):
 
     def _watch_loss(self, loss: Tensor, batch_idx: int) -> None:
         """Record the first non-finite loss on the device, without waiting for it."""
-        here = torch.tensor([self.global_step, self.current_epoch, batch_idx]).to(self.device, non_blocking=True)
+        here = torch.tensor([self.global_step, self.current_epoch, batch_idx])
+        if self.device.type == "cuda":
+            here = here.pin_memory()  # a copy from pageable memory may wait for the device
+        here = here.to(self.device, non_blocking=True)
         first = (~torch.isfinite(loss)) & (self.first_nonfinite[0] < 0)
         self.first_nonfinite = torch.where(first, here, self.first_nonfinite)
 
