@@ -20,7 +20,11 @@ class ItemPrior(nn.Module):
     def set_recent_prior(self, counts: np.ndarray, weight: float) -> None:
         """The recent-popularity prior: `weight` * log(1 + counts), counts (n_items,) of recent clicks."""
         prior = torch.as_tensor(weight * np.log1p(counts), dtype=self.item_prior.dtype)
-        self.item_prior.copy_(prior.to(self.item_prior.device))
+        if prior.shape != self.item_prior.shape:
+            raise ValueError(f"the prior needs one count per item ({len(self.item_prior)}), got {tuple(prior.shape)}")
+        # A new tensor in place of the old one, not a copy into it: scoring that runs meanwhile in another
+        # thread (a service) reads either the whole old prior or the whole new one.
+        self.item_prior = prior.to(self.item_prior.device)
 
     def _with_prior(self, scores: Tensor, prior: bool) -> Tensor:
         return scores + self.item_prior if prior else scores

@@ -1,4 +1,5 @@
-"""HTTP service: POST /recommend answers the top k for a session, GET /health says the model is up."""
+"""HTTP service: POST /recommend answers the top k for a session, GET /health says the model is up, and
+POST /recent_clicks (when switched on) refreshes the recent-popularity prior from live clicks."""
 
 # No `from __future__ import annotations`: FastAPI reads the request model of the endpoint, a class
 # local to create_app, from the annotation at run time.
@@ -8,7 +9,7 @@ import time
 from typing import Annotated
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from lstm_rec.recommender import Recommender
 
@@ -22,8 +23,26 @@ class RecommendResponse(BaseModel):
     unknown: list[ItemId] = Field(description="item ids of the request that the model does not know (skipped)")
 
 
-def create_app(rec: Recommender, max_items: int = 200, max_k: int = 100) -> FastAPI:
-    """The service for one Recommender; requests with more than `max_items` clicks or k outside 1..max_k get 422."""
+class RecentClicksResponse(BaseModel):
+    clicks: int = Field(description="clicks that counted: those on items the model knows")
+    items: int = Field(description="distinct known items among them")
+    weight: float = Field(description="the prior's weight now in use")
+    unknown: list[ItemId] = Field(description="item ids of the request that the model does not know (not counted)")
+
+
+def create_app(
+    rec: Recommender,
+    max_items: int = 200,
+    max_k: int = 100,
+    recent_clicks: bool = False,
+    max_recent_clicks: int = 10_000_000,
+) -> FastAPI:
+    """The service for one Recommender; requests with more than `max_items` clicks or k outside 1..max_k get 422.
+
+    With `recent_clicks`, POST /recent_clicks {"items": [...], "weight": w} replaces the recent-popularity prior
+    (Recommender.set_recent_clicks) with one from those clicks, at most `max_recent_clicks` of them; it changes
+    every later answer, so it is off unless asked for.
+    """
 
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -31,11 +50,27 @@ def create_app(rec: Recommender, max_items: int = 200, max_k: int = 100) -> Fast
         k: Annotated[StrictInt, Field(ge=1, le=min(max_k, rec.n_items))] = 20
         exclude_seen: StrictBool = False
 
+    class RecentClicksRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: Annotated[
+            list[ItemId],
+            Field(max_length=max_recent_clicks, description="recent clicks of all sessions, e.g. the last hours'"),
+        ]
+        weight: Annotated[
+            StrictFloat | StrictInt | None, Field(ge=0, description="the prior's weight; null: the model's own")
+        ] = None
+
     app = FastAPI(title="lstm_rec", description="Next-item recommendations from a trained session LSTM")
 
     @app.get("/health")
     def health() -> dict[str, object]:
-        return {"status": "ok", "n_items": rec.n_items, "max_items": max_items, "max_k": min(max_k, rec.n_items)}
+        return {
+            "status": "ok",
+            "n_items": rec.n_items,
+            "max_items": max_items,
+            "max_k": min(max_k, rec.n_items),
+            "recent_clicks": recent_clicks,
+        }
 
     @app.post("/recommend")
     def recommend(request: RecommendRequest) -> RecommendResponse:
@@ -47,7 +82,24 @@ def create_app(rec: Recommender, max_items: int = 200, max_k: int = 100) -> Fast
             unknown=top.unknown,
         )
 
+    if recent_clicks:
+
+        @app.post("/recent_clicks")
+        def set_recent_clicks(request: RecentClicksRequest) -> RecentClicksResponse:
+            unknown = rec.set_recent_clicks(request.items, request.weight)
+            strange = set(map(_key, unknown))
+            known = [item for item in request.items if _key(item) not in strange]
+            weight = rec.recent_weight if request.weight is None else float(request.weight)
+            return RecentClicksResponse(
+                clicks=len(known), items=len(set(map(_key, known))), weight=weight, unknown=unknown
+            )
+
     return app
+
+
+def _key(item: int | str) -> tuple[type, int | str]:
+    """An id that keeps 1 and "1" apart."""
+    return type(item), item
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     rec = Recommender.from_checkpoint(cfg.ckpt_path, device=cfg.device)
-    app = create_app(rec, cfg.max_items, cfg.max_k)
+    app = create_app(rec, cfg.max_items, cfg.max_k, cfg.recent_clicks, cfg.max_recent_clicks)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
 
 

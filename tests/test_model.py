@@ -195,3 +195,15 @@ def test_the_item_prior_adds_to_inference_scores_only():
         torch.testing.assert_close(net.score_columns(flat[0], columns, flat[1]), plain.flatten(0, 1)[:, columns])
     # The ensemble adds its own prior once, not each member's.
     assert all(member.item_prior.eq(0).all() for member in ensemble.members)
+
+
+def test_setting_the_prior_swaps_in_a_new_tensor():
+    # A service may score in one thread while another sets the prior: scoring holds the old tensor, whole.
+    net = SessionLSTM(n_items=5, embedding_dim=4, hidden=4)
+    old = net.item_prior
+    net.set_recent_prior(np.array([0, 1, 0, 3, 0]), 0.5)
+    assert old.eq(0).all()
+    torch.testing.assert_close(net.item_prior, 0.5 * torch.log1p(torch.tensor([0.0, 1.0, 0.0, 3.0, 0.0])))
+    assert "item_prior" in dict(net.named_buffers())
+    with pytest.raises(ValueError, match=r"one count per item \(5\), got \(4,\)"):
+        net.set_recent_prior(np.ones(4), 0.5)

@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 import httpx
+import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from conftest import ROOT, TINY, compose_config
@@ -41,7 +43,43 @@ def test_round_trip_matches_the_python_api(client, rec):
 
 
 def test_health(client, rec):
-    assert client.get("/health").json() == {"status": "ok", "n_items": rec.n_items, "max_items": 50, "max_k": 30}
+    expected = {"status": "ok", "n_items": rec.n_items, "max_items": 50, "max_k": 30, "recent_clicks": False}
+    assert client.get("/health").json() == expected
+
+
+def test_recent_clicks_refresh_the_prior_when_switched_on(checkpoint, client):
+    # Off by default: the endpoint does not exist.
+    assert client.post("/recent_clicks", json={"items": [1]}).status_code == 404
+    rec, twin = Recommender.from_checkpoint(checkpoint), Recommender.from_checkpoint(checkpoint)
+    live = TestClient(create_app(rec, max_items=50, max_k=30, recent_clicks=True, max_recent_clicks=8))
+    assert live.get("/health").json()["recent_clicks"] is True
+    ids = rec.item_index.ids.tolist()
+    session = [ids[3], ids[7]]
+    clicks = [ids[5], ids[5], ids[9], str(ids[9]), "nope", ids[5]]  # str(id) is another (unknown) id
+    answer = live.post("/recent_clicks", json={"items": clicks, "weight": 0.5})
+    assert answer.status_code == 200
+    assert answer.json() == {"clicks": 4, "items": 2, "weight": 0.5, "unknown": [str(ids[9]), "nope"]}
+    expected = torch.zeros(rec.n_items)
+    expected[5], expected[9] = 0.5 * np.log(4.0), 0.5 * np.log(2.0)
+    torch.testing.assert_close(rec.net.item_prior, expected)
+    # Answers now carry the new prior: as the Python API gives them after the same refresh.
+    twin.set_recent_clicks(clicks, weight=0.5)
+    got = live.post("/recommend", json={"items": session, "k": 10}).json()
+    assert got["items"] == [item for item, _ in twin.recommend(session, k=10)]
+    assert got["scores"] == pytest.approx([score for _, score in twin.recommend(session, k=10)], abs=1e-5)
+    # No weight: the model's own (as trained, 0 here).
+    assert live.post("/recent_clicks", json={"items": [ids[5]]}).json()["weight"] == rec.recent_weight
+    # Bad requests get 422 and change nothing.
+    before = rec.net.item_prior.clone()
+    for body, problem in (
+        ({"items": [ids[5]], "weight": -1}, "greater_than_equal"),
+        ({"items": [ids[5]] * 9}, "too_long"),
+        ({"items": [ids[5]], "weight": "0.5"}, "float_type"),
+        ({"items": [ids[5]], "hours": 8}, "extra_forbidden"),
+    ):
+        answer = live.post("/recent_clicks", json=body)
+        assert answer.status_code == 422 and problem in {error["type"] for error in answer.json()["detail"]}
+    torch.testing.assert_close(rec.net.item_prior, before)
 
 
 def test_unknown_and_empty_sessions(client):
