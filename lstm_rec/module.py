@@ -331,6 +331,26 @@ class SessionRecModule(L.LightningModule):
         interval = "step" if per_step else self.hparams.scheduler_interval
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for a fused optimizer (model/optimizer/adagrad.yaml),
+        # since one that unscales a float16 loss scaler's gradients itself would see them clipped while scaled.
+        # Under bf16 there is no scaler, so the gradients are clipped here as they are.
+        plugin = self.trainer.precision_plugin
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if gradient_clip_val and fused and getattr(plugin, "precision", None) == "bf16-mixed":
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_train_epoch_start(self) -> None:
         self._epoch_start: float | None = time.perf_counter()
 

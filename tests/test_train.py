@@ -242,3 +242,26 @@ def test_recent_prior_without_click_times_fails_clearly():
         module._trainer = SimpleNamespace(datamodule=datamodule)
         with pytest.raises(ValueError, match=r"model.recent_weight > 0 .* needs the training sessions"):
             module.setup("fit")
+
+
+def test_bf16_training_with_the_fused_adagrad_clips_and_learns(tmp_path):
+    # Lightning's mixed-precision plugin refuses to clip for any fused optimizer; under bf16 (no loss
+    # scaler) the module clips itself. The presets' fused Adagrad with clipping must train under bf16.
+    overrides = [*TINY, "model/optimizer=adagrad", "model.optimizer.lr=0.1", "trainer.precision=bf16-mixed"]
+    metrics = train(compose_config("train", [*overrides, "trainer.gradient_clip_val=1.0"], tmp_path))
+    assert metrics["test/recall@20"] > 2 * metrics["pop/test/recall@20"]
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_the_module_clips_a_fused_optimizers_gradients_under_bf16(algorithm):
+    module = SessionRecModule(ItemIndex(ids=np.arange(1, 11), counts=np.ones(10, dtype=np.int64)), hidden=4)
+    optimizer = torch.optim.Adagrad(module.parameters(), lr=0.1, fused=True)
+    for parameter in module.parameters():
+        parameter.grad = torch.full_like(parameter, 3.0)
+    module.trainer = SimpleNamespace(precision_plugin=SimpleNamespace(precision="bf16-mixed", scaler=None))
+    module.configure_gradient_clipping(optimizer, 0.5, algorithm)
+    grads = [p.grad for p in module.parameters()]
+    if algorithm == "norm":
+        assert torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item() == pytest.approx(0.5, rel=1e-4)
+    else:
+        assert all(g.eq(0.5).all() for g in grads)
