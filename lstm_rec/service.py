@@ -86,13 +86,11 @@ def create_app(
 
         @app.post("/recent_clicks")
         def set_recent_clicks(request: RecentClicksRequest) -> RecentClicksResponse:
-            unknown = rec.set_recent_clicks(request.items, request.weight)
-            strange = set(map(_key, unknown))
-            known = [item for item in request.items if _key(item) not in strange]
+            unknown = rec.set_recent_clicks(request.items, request.weight)  # every unknown click, in order
+            known_items = set(map(_key, request.items)) - set(map(_key, unknown))
             weight = rec.recent_weight if request.weight is None else float(request.weight)
-            return RecentClicksResponse(
-                clicks=len(known), items=len(set(map(_key, known))), weight=weight, unknown=unknown
-            )
+            clicks = len(request.items) - len(unknown)
+            return RecentClicksResponse(clicks=clicks, items=len(known_items), weight=weight, unknown=unknown)
 
     return app
 
