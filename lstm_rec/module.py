@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from lstm_rec.checkpoint import CHECKPOINT_KEY, item_index_from_checkpoint, item_index_to_checkpoint
@@ -193,7 +193,7 @@ class SessionRecModule(L.LightningModule):
             )
         shared = self.hparams.shared_negatives and self.hparams.loss != "cross_entropy"
         if shared and len(members) > 1 and not isinstance(batch, (tuple, list)):
-            loss = len(members) * self._shared_sampled_loss(members, batch)
+            loss = len(members) * self._sampled_members_loss(members, self.net, batch)
         else:
             loss = sum(self._member_loss(member, batch) for member, batch in zip(members, batches, strict=True))
         if self.hparams.nonfinite_loss == "skip" and not torch.isfinite(loss):
@@ -238,37 +238,31 @@ class SessionRecModule(L.LightningModule):
             self._stop_if_nonfinite()
 
     def _member_loss(self, net: SessionLSTM, batch: Tensor) -> Tensor:
+        if self.hparams.loss != "cross_entropy":
+            return self._sampled_members_loss([net], net, batch)
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
         history = net.history(inputs) if net.repeat_window > 0 else None  # (B, T - 1, W)
-        states = net(inputs)  # (B, T - 1, H)
-        is_target = targets > 0
-        if self.hparams.loss == "cross_entropy":
-            logits = net.score(states, history, prior=False)  # (B, T - 1, n_items)
-            # Score column j is item j + 1, so padding (0) becomes -1 and is ignored.
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1)
-            if self.hparams.later_weight > 0:
-                log_probs = torch.log_softmax(self._rows(logits, is_target), dim=-1)
-                later = later_items_loss(log_probs, self._rows(targets, is_target) - 1, is_target, dense=self._dense)
-                loss = loss + self.hparams.later_weight * later
-            return loss
-        history = None if history is None else self._rows(history, is_target)  # (N, W)
-        candidates = self._candidates(targets, is_target)
-        scores = net.score_columns(self._rows(states, is_target), candidates.columns, history, not self._dense)
-        return self._sampled_loss(scores, candidates, is_target)  # scores (N, C)
+        logits = net.score(net(inputs), history, prior=False)  # (B, T - 1, n_items)
+        # Score column j is item j + 1, so padding (0) becomes -1 and is ignored.
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1)
+        if self.hparams.later_weight > 0:
+            is_target = targets > 0
+            log_probs = torch.log_softmax(self._rows(logits, is_target), dim=-1)
+            later = later_items_loss(log_probs, self._rows(targets, is_target) - 1, is_target, dense=self._dense)
+            loss = loss + self.hparams.later_weight * later
+        return loss
 
-    def _shared_sampled_loss(self, members: Sequence[SessionLSTM], batch: Tensor) -> Tensor:
-        """The members' mean sampled loss on one batch, all scoring the same candidates: one draw and one
-        loss computation for all of them."""
+    def _sampled_members_loss(self, members: Sequence[SessionLSTM], source: nn.Module, batch: Tensor) -> Tensor:
+        """The mean sampled loss of `members` on one batch, all scoring the same candidates (one draw, one loss
+        computation); `source` (the member itself, or the ensemble) gives the prefixes' history."""
         inputs, targets = batch[:, :-1], batch[:, 1:]
         is_target = targets > 0
-        history = self._rows(self.net.history(inputs), is_target) if self.net.repeat_window > 0 else None  # (N, W)
+        states = [self._rows(m(inputs), is_target) for m in members]  # each (N, H)
+        history = self._rows(source.history(inputs), is_target) if source.repeat_window > 0 else None  # (N, W)
         candidates = self._candidates(targets, is_target)
-        scores = torch.stack(
-            [
-                m.score_columns(self._rows(m(inputs), is_target), candidates.columns, history, not self._dense)
-                for m in members
-            ]
-        )  # (M, N, C)
+        distinct = not self._dense
+        pairs = zip(members, states, strict=True)
+        scores = torch.stack([m.score_columns(s, candidates.columns, history, distinct) for m, s in pairs])  # (M, N, C)
         return self._sampled_loss(scores, candidates, is_target)
 
     @property
