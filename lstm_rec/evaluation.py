@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -15,15 +15,19 @@ from lstm_rec.metrics import ranking_metrics, target_ranks
 
 
 class SessionScorer(Protocol):
-    """Anything that scores all items after each prefix of a session: the LSTM, a baseline."""
+    """Anything that scores all items after each prefix of a session: the network, a baseline, either with a prior.
+
+    States are whatever the scorer needs per prefix (the network's PrefixStates, a baseline's prefix array),
+    indexed like the prefixes: a boolean (B, T) mask picks N of them, a slice a run of those.
+    """
 
     n_items: int
 
-    def forward(self, items: Tensor) -> Tensor:
-        """(B, T) padded item indices -> (B, T, D): one state per prefix items[:, :t + 1]."""
+    def encode(self, items: Tensor) -> Any:
+        """(B, T) right-padded item indices -> the states of every prefix items[:, :t + 1]."""
 
-    def score(self, states: Tensor) -> Tensor:
-        """(N, D) states -> (N, n_items) scores; column j is item index j + 1."""
+    def score(self, states: Any) -> Tensor:
+        """N states -> (N, n_items) scores; column j is item index j + 1."""
 
 
 @dataclass
@@ -52,16 +56,12 @@ def rank_batch(
     """
     inputs, targets = batch[:, :-1], batch[:, 1:]
     is_target = targets > 0  # (B, T - 1)
-    states = scorer.forward(inputs)[is_target]  # (N, D)
-    history = scorer.history(inputs)[is_target] if getattr(scorer, "repeat_window", 0) > 0 else None
+    states = scorer.encode(inputs)[is_target]  # N states
     targets = targets[is_target] - 1  # (N,) score columns
     rows = max(1, max_scores // scorer.n_items)
     ranks, tops = [], []
     for begin in range(0, len(targets), rows):
-        if history is None:
-            scores = scorer.score(states[begin : begin + rows])  # (rows, n_items)
-        else:
-            scores = scorer.score(states[begin : begin + rows], history[begin : begin + rows])
+        scores = scorer.score(states[begin : begin + rows])  # (rows, n_items)
         ranks.append(target_ranks(scores, targets[begin : begin + rows], ties))
         tops.append(scores.topk(min(k_max, scorer.n_items), dim=1).indices)
     row, column = is_target.nonzero(as_tuple=True)

@@ -1,206 +1,268 @@
-"""Training losses over next-item targets: full softmax, sampled softmax with logQ correction, BPR-max."""
+"""Training losses, one object each (the model/loss config group): full softmax, and sampled softmax with logQ
+correction or BPR-max over candidates the mini-batch shares."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-LOSSES = ("cross_entropy", "sampled_softmax", "bpr_max")
+from lstm_rec.model import PrefixStates, SessionLSTM
+
+LAYOUTS = ("auto", "compact", "padded")
+
+
+class CrossEntropy(nn.Module):
+    """Softmax over every item. Every position of the padded batch is a row and padding is ignored, so there is no
+    host sync; scores the whole catalog, so for large catalogs prefer a sampled loss."""
+
+    def set_item_counts(self, counts: np.ndarray) -> None:
+        """Nothing to learn from the training click counts."""
+
+    def forward(self, net: SessionLSTM, states: PrefixStates, targets: Tensor) -> Tensor:
+        """The sum over members of each member's mean loss; states (M, B, T, H), targets (B, T), 0 = padding."""
+        logits = net.score_members(states.flat())  # (M, B * T, n_items)
+        columns = (targets.flatten() - 1).repeat(len(logits))  # score column j is item j + 1; padding -> -1
+        return len(logits) * F.cross_entropy(logits.flatten(0, 1), columns, ignore_index=-1)
+
+
+class SampledLoss(nn.Module):
+    """A loss over the batch's own targets plus `n_negatives` items drawn per member with probability
+    proportional to popularity ** `sample_alpha` (alpha 0: uniform); never scores the whole catalog.
+
+    `layout` says how the scores are laid out: "compact" takes the true targets as rows and scores each
+    distinct candidate once, counted as often as it was proposed; "padded" takes every position of the padded
+    batch as a row (padding masked out) and every proposal as a column. Both give the same loss and gradients.
+    "auto" is resolved by `resolve_layout` when fitting starts (see there for why).
+    """
+
+    def __init__(self, n_negatives: int = 2048, sample_alpha: float = 0.5, layout: str = "auto") -> None:
+        super().__init__()
+        if n_negatives < 1:
+            raise ValueError(f"model.loss.n_negatives must be a positive number of sampled items, got {n_negatives}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"model.loss.layout must be one of {LAYOUTS}, got {layout!r}")
+        self.n_negatives, self.sample_alpha, self.layout = n_negatives, sample_alpha, layout
+        self.sampler: PopularitySampler | None = None
+
+    def set_item_counts(self, counts: np.ndarray) -> None:
+        self.sampler = PopularitySampler(torch.as_tensor(counts), self.sample_alpha)
+
+    def resolve_layout(self, device: torch.device) -> None:
+        """Pick the layout for `device` when it is "auto": compact on the CPU, padded on accelerators.
+
+        Compact scores fewer columns (on yoochoose-100k a batch's 188 targets plus 2,048 draws hold about 1,370
+        distinct items) and skips padding rows, but picking the true rows and the distinct items
+        (boolean indexing, torch.unique) makes the host wait for an accelerator at every step; on the CPU
+        there is nothing to wait for. See docs/model.md for the measured step times.
+        """
+        if self.layout == "auto":
+            self.layout = "compact" if device.type == "cpu" else "padded"
+
+    def forward(self, net: SessionLSTM, states: PrefixStates, targets: Tensor) -> Tensor:
+        """The sum over members of each member's mean loss; states (M, B, T, H), targets (B, T), 0 = padding."""
+        if self.sampler is None or self.layout == "auto":
+            raise RuntimeError("call set_item_counts and resolve_layout before the sampled loss is computed")
+        members = states.hidden.shape[0]
+        if self.layout == "compact":
+            is_target = targets > 0
+            rows, columns, real = states[is_target], targets[is_target] - 1, None  # (M, N, H), (N,)
+        else:
+            rows, columns, real = states.flat(), targets.flatten() - 1, targets.flatten() > 0
+        candidates = self._candidates(columns, members, real, net.n_items)
+        scores = net.score_columns(rows, candidates.columns, distinct=self.layout == "compact")  # (M, N, C)
+        return members * self.value(scores, candidates)
+
+    def _candidates(self, targets: Tensor, members: int, real: Tensor | None, n_items: int) -> Candidates:
+        extra = self.sampler(members * self.n_negatives).view(members, -1)  # (M, n_negatives)
+        target_log_q = self.sampler.log_frequency[targets.clamp(min=0)].expand(members, -1)
+        log_q = torch.cat([target_log_q, self.sampler.log_probability[extra]], dim=1)  # (M, P)
+        proposals = torch.cat([targets.expand(members, -1), extra], dim=1)
+        if self.layout == "compact":
+            return distinct_candidates(proposals, log_q, n_items)
+        real = torch.cat([real, real.new_ones(self.n_negatives)])
+        copies = torch.arange(proposals.shape[1], device=proposals.device).expand(members, -1)
+        return Candidates(proposals, copies, log_q, real)
+
+    def value(self, scores: Tensor, candidates: Candidates) -> Tensor:
+        raise NotImplementedError
+
+
+class SampledSoftmax(SampledLoss):
+    """Cross-entropy over the shared candidates: row i's positive is its own target, its negatives every other
+    proposal (other copies of its own item are not negatives).
+
+    The logQ correction subtracts `logq_weight` * log q(proposal) from the score of every proposal, so that items
+    proposed more often are not over-penalised as negatives (Yi et al., RecSys 2019); a column proposed k times
+    counts as k negatives, each with its own correction.
+    """
+
+    def __init__(self, logq_weight: float = 1.0, **sampling) -> None:
+        super().__init__(**sampling)
+        self.logq_weight = logq_weight
+
+    def value(self, scores: Tensor, candidates: Candidates) -> Tensor:
+        return sampled_softmax_loss(scores, candidates, self.logq_weight)
+
+
+class BPRMax(SampledLoss):
+    """BPR-max (Hidasi & Karatzoglou, CIKM 2018) over the shared candidates, with score regularisation
+    `score_regularization` (GRU4Rec's bpreg)."""
+
+    def __init__(self, score_regularization: float = 1.0, **sampling) -> None:
+        super().__init__(**sampling)
+        self.score_regularization = score_regularization
+
+    def value(self, scores: Tensor, candidates: Candidates) -> Tensor:
+        return bpr_max_loss(scores, candidates, self.score_regularization)
 
 
 class PopularitySampler(nn.Module):
-    """Draws extra negatives with probability proportional to popularity ** alpha (alpha 0: uniform)."""
+    """Draws items with probability proportional to popularity ** alpha (alpha 0: uniform); unseen items count 1."""
 
     def __init__(self, counts: Tensor, alpha: float) -> None:
         super().__init__()
         weights = counts.double().clamp(min=1.0) ** alpha
-        self.register_buffer("probabilities", (weights / weights.sum()).float(), persistent=False)
         frequency = counts.double().clamp(min=1.0)
-        self.register_buffer("frequency", (frequency / frequency.sum()).float(), persistent=False)
+        self.register_buffer("probability", (weights / weights.sum()).float(), persistent=False)
+        self.register_buffer("log_probability", (weights / weights.sum()).log().float(), persistent=False)
+        self.register_buffer("log_frequency", (frequency / frequency.sum()).log().float(), persistent=False)
 
     def forward(self, n: int) -> Tensor:
-        return torch.multinomial(self.probabilities, n, replacement=True)  # (n,) score columns
+        return torch.multinomial(self.probability, n, replacement=True)  # (n,) score columns
 
 
 class Candidates(NamedTuple):
-    """The score columns a mini-batch shares, and the proposals behind them.
+    """The score columns of each member, and the proposals behind them.
 
-    A mini-batch proposes N + M candidates: its N targets, then M sampled negatives. Popular items come
-    up many times, so the scores can be computed once per distinct item (`columns`), each proposal being a
-    copy of one column (`copies`); the losses weigh a column by its copies, which gives exactly the loss
-    over all N + M proposals at a fraction of the cost. Columns may also repeat items (one per proposal).
+    A member's proposals are the N rows' targets, then its own draws. Popular items come up many times, so
+    the scores can be computed once per distinct item, each proposal being a copy of one column (`copies`);
+    the losses weigh a column by its copies, which gives exactly the loss over all proposals. A column of -1
+    is a placeholder (no proposal): it weighs nothing.
 
-    The N rows may also be every position of a padded batch (`real` marks the true targets), which spares
-    an accelerator the host sync that picking the true rows out would cost: padding proposals then weigh
-    nothing as negatives and padding rows add nothing to the losses.
+    The rows may also be every position of a padded batch (`real` marks the true targets): padding proposals
+    then weigh nothing as negatives and padding rows add nothing to the losses.
 
     Attributes:
-        columns: (C,) the score columns: the distinct items, sorted, or one per proposal.
-        copies: (N + M,) the position in `columns` of each proposal: the N targets first, then the M draws.
-        log_q: (N + M,) the log probability with which each proposal was made: targets arrive with their
-            data frequency, extra negatives with the sampler's law.
-        real: None when every row is a true target; else (N + M,) False at the padding rows' proposals.
+        columns: (M, C) each member's score columns: its distinct items, sorted, then placeholders; or one
+            per proposal.
+        copies: (M, P) the position in `columns` of each proposal: the N targets first, then the draws.
+        log_q: (M, P) the log probability with which each proposal was made: targets arrive with their data
+            frequency, draws with the sampler's law.
+        real: None when every row is a true target; else (P,) False at the padding rows' proposals.
+        distinct: no member's columns repeat an item, so a row's own item is in its positive column only.
     """
 
     columns: Tensor
     copies: Tensor
     log_q: Tensor
     real: Tensor | None = None
+    distinct: bool = False
 
-    def positives(self, n_targets: int) -> Tensor:
-        """(N,) the column of each row's own target."""
-        return self.copies[:n_targets]
+    def positives(self, n_rows: int) -> Tensor:
+        """(M, N) the column of each row's own target."""
+        return self.copies[:, :n_rows]
 
-    def own(self, n_targets: int) -> Tensor:
-        """(N, C) True at every column holding the row's own item."""
-        return self.columns[None, :] == self.columns[self.positives(n_targets)][:, None]
+    def own(self, n_rows: int) -> Tensor:
+        """(M, N, C) True at every column holding the row's own item."""
+        own_items = self.columns.gather(1, self.positives(n_rows))  # (M, N)
+        return self.columns[:, None, :] == own_items[:, :, None]
+
+    def mask_own(self, values: Tensor, fill: float) -> Tensor:
+        """`values` (M, N, C) with `fill` in place at every column of the row's own item."""
+        if self.distinct:  # one column per item: the positive one
+            return values.scatter_(2, self.positives(values.shape[1])[..., None], fill)
+        return values.masked_fill_(self.own(values.shape[1]), fill)
 
     def log_weights(self, log_copy_weights: Tensor) -> Tensor:
-        """(C,) log of the summed weights (given as logs, one per proposal) of each column's copies; padding
-        proposals weigh 0, so a column of padding only gets -inf."""
+        """(M, C) log of the summed weights (given as logs, (M, P), one per proposal) of each column's copies;
+        padding proposals weigh 0, so placeholder columns get -inf."""
         weights = log_copy_weights.exp()
         if self.real is not None:
             weights = torch.where(self.real, weights, 0.0)
-        totals = log_copy_weights.new_zeros(len(self.columns)).index_add_(0, self.copies, weights)
-        return totals.log()
+        return torch.zeros_like(self.columns, dtype=weights.dtype).scatter_add_(1, self.copies, weights).log()
 
     def row_mean(self, values: Tensor) -> Tensor:
-        """The mean of per-row `values` (..., N) over the true rows (all rows when `real` is None)."""
+        """The mean of per-row `values` (M, N) over the members and the true rows."""
         if self.real is None:
             return values.mean()
         real = self.real[: values.shape[-1]]
-        total = torch.where(real, values, 0.0).sum()
-        return total / (real.sum() * (values.numel() // values.shape[-1])).clamp(min=1)
+        return torch.where(real, values, 0.0).sum() / (real.sum() * len(values)).clamp(min=1)
 
 
-def shared_candidates(
-    targets: Tensor, extra: Tensor, log_q: Tensor, distinct: bool = True, real: Tensor | None = None
-) -> Candidates:
-    """Candidates from `targets` (N,) and `extra` (M,) negatives, with `log_q` (N + M,) per proposal.
-
-    Args:
-        distinct: one column per distinct item. Otherwise one column per proposal, which gives the same
-            losses: torch.unique makes the host wait for an accelerator (its output size depends on the
-            data), so the training step keeps every proposal there.
-        real: None, or (N,) False at rows that are padding (their `targets` are then ignored); needs
-            distinct=False.
-    """
-    proposals = torch.cat([targets, extra])
-    if real is not None:
-        if distinct:
-            raise ValueError("padding rows (real=...) need one column per proposal (distinct=False)")
-        real = torch.cat([real, real.new_ones(len(extra))])
-    if not distinct:
-        return Candidates(proposals, torch.arange(len(proposals), device=proposals.device), log_q, real)
-    columns, copies = torch.unique(proposals, sorted=True, return_inverse=True)
-    return Candidates(columns, copies, log_q)
+def distinct_candidates(proposals: Tensor, log_q: Tensor, n_items: int) -> Candidates:
+    """Candidates with one column per distinct item of each member's `proposals` (M, P), placeholders after."""
+    members = len(proposals)
+    stride = n_items + 1
+    keys = proposals + 1 + torch.arange(members, device=proposals.device)[:, None] * stride  # distinct per member
+    unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    member = unique // stride
+    counts = torch.bincount(member, minlength=members)
+    starts = counts.cumsum(0) - counts
+    columns = proposals.new_full((members, int(counts.max())), -1)
+    columns[member, torch.arange(len(unique), device=unique.device) - starts[member]] = unique % stride - 1
+    return Candidates(columns, inverse - starts[:, None], log_q, distinct=True)
 
 
-def sampled_candidates(
-    targets: Tensor, sampler: PopularitySampler, n_extra: int, distinct: bool = True, real: Tensor | None = None
-) -> Candidates:
-    """Candidates shared by the mini-batch: its targets, then `n_extra` popularity^alpha draws; rows that are
-    padding (False in `real`, see shared_candidates) propose nothing."""
-    extra = sampler(n_extra) if n_extra > 0 else targets.new_zeros(0)
-    target_log_q = sampler.frequency[targets if real is None else targets.clamp(min=0)].log()
-    log_q = torch.cat([target_log_q, sampler.probabilities[extra].log()])
-    return shared_candidates(targets, extra, log_q, distinct, real)
-
-
-def sampled_softmax_loss(scores: Tensor, candidates: Candidates, logq: float) -> Tensor:
-    """Cross-entropy over shared candidates: row i's positive is its own target, its negatives every other
-    proposal (other copies of its own item are not negatives).
-
-    logQ correction subtracts logq * log q(proposal) from the score of every proposal, so items proposed
-    more often are not over-penalised as negatives (Yi et al., RecSys 2019). A column proposed k times
-    counts as k negatives, each with its own correction.
-
-    Args:
-        scores: (N, C) scores of each row's state against every column, or (M, N, C) for M scorers of the
-            same rows (ensemble members); the loss is the mean over all M * N rows.
-    """
-    n = scores.shape[-2]
-    positives = _row_positives(scores, candidates)  # (..., N, 1)
+def sampled_softmax_loss(scores: Tensor, candidates: Candidates, logq_weight: float) -> Tensor:
+    """Mean cross-entropy of scores (M, N, C) over the candidates, logQ-corrected (see SampledSoftmax)."""
+    n_rows = scores.shape[1]
+    positives = candidates.positives(n_rows)[..., None]  # (M, N, 1)
     # No column of a row's own item is a negative; its own copy is its positive, with its own correction.
-    logits = scores + candidates.log_weights(-logq * candidates.log_q)
-    logits = logits.masked_fill(candidates.own(n), float("-inf"))
-    positive = scores.gather(-1, positives) - logq * candidates.log_q[:n, None]
-    logits = logits.scatter(-1, positives, positive)
-    if candidates.real is None:
-        return F.cross_entropy(logits.flatten(0, -2), positives.flatten())
-    per_row = F.cross_entropy(logits.flatten(0, -2), positives.flatten(), reduction="none")
-    return candidates.row_mean(per_row.view(scores.shape[:-1]))
+    logits = candidates.mask_own(scores + candidates.log_weights(-logq_weight * candidates.log_q)[:, None, :], float("-inf"))
+    positive = scores.gather(2, positives) - logq_weight * candidates.log_q[:, :n_rows, None]
+    logits = logits.scatter(2, positives, positive)
+    per_row = F.cross_entropy(logits.flatten(0, 1), positives.flatten(), reduction="none")
+    return candidates.row_mean(per_row.view(scores.shape[:2]))
 
 
-def bpr_max_loss(scores: Tensor, candidates: Candidates, bpreg: float) -> Tensor:
-    """BPR-max (Hidasi & Karatzoglou, CIKM 2018): -log sum_j s_j sigmoid(r_pos - r_j) + bpreg sum_j s_j r_j^2,
-    with s the softmax of the negative scores r_j; the negatives of row i are all proposals but its own
-    item, and a column proposed k times counts k times.
+def bpr_max_loss(scores: Tensor, candidates: Candidates, score_regularization: float) -> Tensor:
+    """Mean BPR-max of scores (M, N, C): -log sum_j s_j sigmoid(r_pos - r_j) + reg * sum_j s_j r_j^2, with s the
+    softmax of the negative scores r_j; a row's negatives are all proposals but its own item, a column proposed
+    k times counting k times."""
+    n_rows = scores.shape[1]
+    log_counts = candidates.log_weights(torch.zeros_like(candidates.log_q))  # (M, C) log of the copy counts
+    per_row = _BPRMax.apply(scores, candidates, log_counts, score_regularization)
+    return candidates.row_mean(per_row)
 
-    Args:
-        scores: (N, C) scores of each row's state against every column, or (M, N, C) for M scorers of the
-            same rows (ensemble members); the loss is the mean over all M * N rows.
+
+class _BPRMax(torch.autograd.Function):
+    """BPR-max per row, (M, N), with a hand-written backward pass: autograd's would make about twice as many
+    passes over the (M, N, C) scores, which are most of a step's memory traffic.
+
+    With w the softmax weights of the negatives, s_j = sigmoid(r_pos - r_j), R = sum w s and Q = sum w r^2, a row
+    loses L = -log R + reg * Q; then dL/dr_j = w_j (dR s_j^2 + dQ r_j (r_j + 2) - dR R - dQ Q) with dR = -1 / R
+    and dQ = reg, and dL/dr_pos = dR (R - sum_j w_j s_j^2). Own columns have w = 0.
     """
-    positive = scores.gather(-1, _row_positives(scores, candidates))  # (..., N, 1)
-    own = candidates.own(scores.shape[-2])
-    log_counts = candidates.log_weights(torch.zeros_like(candidates.log_q))  # (C,) log of the copy counts
-    weights = torch.softmax((scores + log_counts).masked_fill(own, float("-inf")), dim=-1)  # (..., N, C); 0 if own
-    # Own columns have weight 0, so their (finite) terms drop out without masking the scores again.
-    ranking = (weights * torch.sigmoid(positive - scores)).sum(dim=-1)
-    regulariser = (weights * scores.square()).sum(dim=-1)
-    return candidates.row_mean(-torch.log(ranking + 1e-24) + bpreg * regulariser)
 
+    @staticmethod
+    def forward(ctx, scores: Tensor, candidates: Candidates, log_counts: Tensor, reg: float) -> Tensor:
+        dtype = scores.dtype
+        scores = scores.to(torch.promote_types(dtype, torch.float32))
+        positives = candidates.positives(scores.shape[1])
+        # The softmax weights of the negatives, computed in place: passes over (M, N, C) are most of the cost.
+        weights = candidates.mask_own(scores + log_counts[:, None, :], float("-inf"))
+        weights.sub_(weights.amax(dim=-1, keepdim=True).clamp_(min=-1e30)).exp_()
+        weights.div_(weights.sum(dim=-1, keepdim=True).clamp_(min=1e-30))
+        sigmoid = (scores.gather(2, positives[..., None]) - scores).sigmoid_()
+        scratch = weights * sigmoid
+        ranking = scratch.sum(dim=-1) + 1e-24
+        regulariser = torch.mul(weights, scores, out=scratch).mul_(scores).sum(dim=-1)
+        ctx.save_for_backward(scores, positives, weights, sigmoid, ranking, regulariser)
+        ctx.reg, ctx.dtype = reg, dtype
+        return -ranking.log() + reg * regulariser
 
-def _row_positives(scores: Tensor, candidates: Candidates) -> Tensor:
-    """(..., N, 1) the column of each row's own target, for gathering from `scores` (..., N, C)."""
-    return candidates.positives(scores.shape[-2]).expand(scores.shape[:-1]).unsqueeze(-1)
-
-
-def later_items_loss(
-    log_probs: Tensor, target_columns: Tensor, is_target: Tensor, columns: Tensor | None = None, dense: bool = False
-) -> Tensor:
-    """Cross-entropy of each row against the items its session clicks after its next one: an auxiliary
-    loss that teaches a state what the rest of its session holds, not only the next click.
-
-    Row i's loss is the mean of -log p over the distinct items its session clicks after row i's target
-    (rows with none add 0); the result is the sum over rows divided by the number of rows.
-
-    Args:
-        log_probs: (N, C) log-probabilities of each row over the score columns, or (M, N, C) for M
-            scorers of the same rows (the mean is then over all M * N rows).
-        target_columns: (N,) the column of each row's target.
-        is_target: (B, T) which positions of the padded batch hold the N rows, in row-major order: the
-            rows of one session are its positions in order.
-        columns: (C,) the item of each column when items may have several columns (one per proposal);
-            all columns of a later item then count, sharing its weight. None: one column per item.
-        dense: the rows are all B * T positions, padding included (it adds 0 and is not counted), rather
-            than only the true ones; no host sync on an accelerator.
-    """
-    n, c = log_probs.shape[-2:]
-    steps = is_target.shape[1]
-    if dense:  # (B, T) row of each position
-        row = torch.arange(is_target.numel(), device=is_target.device).view(is_target.shape)
-    else:
-        row = (is_target.flatten().cumsum(0) - 1).view(is_target.shape)
-    after = torch.ones(steps, steps, dtype=torch.bool, device=is_target.device).triu(1)
-    later = is_target[:, :, None] & is_target[:, None, :] & after  # (B, T, T'): position t' is after t
-    later_column = target_columns[row.clamp(min=0)]  # (B, T') column of the target at t'
-    index = torch.where(later, row[:, :, None] * c + later_column[:, None, :], 0).flatten()
-    # amax marks each (row, column) once however often the item comes later; the unmarked pairs add 0.
-    weights = log_probs.new_zeros(n * c).scatter_reduce_(0, index, later.flatten().to(log_probs.dtype), "amax")
-    weights = weights.view(n, c)
-    if columns is not None:  # every copy of a marked item counts, each with an equal share of its weight
-        same = (columns[:, None] == columns[None, :]).to(log_probs.dtype)  # (C, C)
-        copies = same.sum(dim=1)
-        weights = (weights @ same).clamp(max=1.0) / copies
-        # A copy's probability times the item's copies is the item's: the loss of one column per item.
-        log_probs = log_probs + copies.log()
-    totals = weights.sum(dim=1)
-    # Columns that are padding score -inf; they have weight 0, so they must add 0, not NaN.
-    terms = torch.where(weights > 0, weights * log_probs, 0.0)
-    per_row = -terms.sum(dim=-1) / totals.clamp(min=1e-12)  # (..., N)
-    n_rows = (is_target.sum() * (per_row.numel() // n)).clamp(min=1) if dense else max(per_row.numel(), 1)
-    return torch.where(totals > 0, per_row, 0.0).sum() / n_rows
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        scores, positives, weights, sigmoid, ranking, regulariser = ctx.saved_tensors
+        d_ranking, d_reg = -grad / ranking, grad * ctx.reg  # (M, N)
+        result = sigmoid.square_().mul_(weights)  # w s^2, in the buffer of s (not needed any more)
+        d_positive = d_ranking * (ranking - result.sum(dim=-1))
+        result.mul_(d_ranking[..., None])
+        result.add_((scores + 2.0).mul_(scores).mul_(weights).mul_(d_reg[..., None]))
+        result.addcmul_(weights, -(d_ranking * ranking + d_reg * regulariser)[..., None])
+        result.scatter_add_(2, positives[..., None], d_positive[..., None])
+        return result.to(ctx.dtype), None, None, None

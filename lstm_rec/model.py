@@ -1,60 +1,80 @@
-"""The network: item embedding -> LSTM -> a score for every item. Plain PyTorch."""
+"""The network: item embedding -> LSTM -> a score for every item, for one network or an ensemble. Plain PyTorch."""
 
 from __future__ import annotations
 
-import numpy as np
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class ItemPrior(nn.Module):
-    """A fixed score per item, the buffer `item_prior` (n_items,), that score() adds and training scores
-    leave out; zero unless set (the recent-popularity prior). Weights saved before it existed load with a
-    zero prior."""
-
-    def __init__(self, n_items: int) -> None:
-        super().__init__()
-        self.register_buffer("item_prior", torch.zeros(n_items))
-
-    def set_recent_prior(self, counts: np.ndarray, weight: float) -> None:
-        """The recent-popularity prior: `weight` * log(1 + counts), counts (n_items,) of recent clicks."""
-        prior = torch.as_tensor(weight * np.log1p(counts), dtype=self.item_prior.dtype)
-        if prior.shape != self.item_prior.shape:
-            raise ValueError(f"the prior needs one count per item ({len(self.item_prior)}), got {tuple(prior.shape)}")
-        # A new tensor in place of the old one, not a copy into it: scoring that runs meanwhile in another
-        # thread (a service) reads either the whole old prior or the whole new one.
-        self.item_prior = prior.to(self.item_prior.device)
-
-    def _with_prior(self, scores: Tensor, prior: bool) -> Tensor:
-        return scores + self.item_prior if prior else scores
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        state_dict.setdefault(prefix + "item_prior", torch.zeros_like(self.item_prior))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+# What an ensemble member may set for itself; every other setting is shared, so the members run as one batched
+# computation (same shapes).
+MEMBER_SETTINGS = ("dropout", "embedding_dropout", "repeat_window")
 
 
-class SessionLSTM(ItemPrior):
-    """Next-item scorer over click sessions.
+@dataclass
+class PrefixStates:
+    """What scoring needs after each prefix of a session, indexed like the prefixes.
 
-    Item indices run 1..n_items with 0 as padding. Scores have one column per real item:
-    column j scores item index j + 1.
+    Attributes:
+        hidden: (M, *prefixes, H) each member's LSTM output.
+        recent: (*prefixes, W) the latest W clicks of the prefix, most recent first, 0 before the session
+            starts; None when no member has repeat scores.
+    """
+
+    hidden: Tensor
+    recent: Tensor | None = None
+
+    def __getitem__(self, index: Any) -> PrefixStates:
+        index = index if isinstance(index, tuple) else (index,)
+        recent = None if self.recent is None else self.recent[index]
+        return PrefixStates(self.hidden[(slice(None), *index)], recent)
+
+    def __len__(self) -> int:
+        return self.hidden.shape[1]
+
+    def flat(self) -> PrefixStates:
+        """The prefixes in one dimension: hidden (M, N, H), recent (N, W)."""
+        recent = None if self.recent is None else self.recent.reshape(-1, self.recent.shape[-1])
+        return PrefixStates(self.hidden.reshape(len(self.hidden), -1, self.hidden.shape[-1]), recent)
+
+
+@dataclass
+class Carry:
+    """A live session between clicks: the members' LSTM states side by side, and its latest clicks.
+
+    Attributes:
+        h, c: (num_layers, B, M * H); zeros for a new session.
+        recent: (B, W) the latest clicks, most recent first, 0 where there are none; None without repeat scores.
+    """
+
+    h: Tensor
+    c: Tensor
+    recent: Tensor | None = None
+
+
+class SessionLSTM(nn.Module):
+    """Next-item scorer over click sessions: M >= 1 member networks of one shape, run as one batched computation.
+
+    Item indices run 1..n_items with 0 as padding; score column j is item index j + 1. An ensemble scores an
+    item by its members' mean score; each member trains on its own loss (see lstm_rec.losses).
 
     Args:
         n_items: catalog size, padding excluded.
-        embedding_dim: size of the item embeddings.
-        hidden: LSTM hidden size.
-        num_layers: stacked LSTM layers.
+        embedding_dim, hidden, num_layers: sizes, shared by all members.
         dropout: on the LSTM output and between stacked layers.
         embedding_dropout: on the input embeddings.
-        tie_weights: score items with their input embeddings (a linear map takes the LSTM output
-            to the embedding size when the two differ), which saves n_items * hidden parameters.
+        tie_weights: score items with their input embeddings (a linear map takes the LSTM output to the
+            embedding size), which saves n_items * hidden parameters per member.
         repeat_window: 0, or how many of the latest clicks get a repeat score: each of the last
-            `repeat_window` distinct items of the prefix adds a learned function of the state to its
-            score, one per recency (1 = the current click, 2 = the one before...). Scoring then needs the
-            prefix's `history` besides its state.
-
-    Its item prior (see ItemPrior; zero unless set) is added by score(), not by score_columns().
+            `repeat_window` distinct items of the prefix adds a learned function of the state to its score,
+            one per recency (the current click, the one before...).
+        members: None for one network, or one mapping per member of the settings in MEMBER_SETTINGS in which
+            it differs from the arguments above ({} for a member like them).
     """
 
     def __init__(
@@ -67,186 +87,228 @@ class SessionLSTM(ItemPrior):
         embedding_dropout: float = 0.0,
         tie_weights: bool = False,
         repeat_window: int = 0,
+        members: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
-        super().__init__(n_items)
-        self.n_items = n_items
-        self.item_embedding = nn.Embedding(n_items + 1, embedding_dim, padding_idx=0)
-        self.embedding_dropout = Dropout(embedding_dropout)
-        self.lstm = nn.LSTM(
-            embedding_dim, hidden, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
-        )
-        self.output_dropout = Dropout(dropout)
+        super().__init__()
+        common = {"dropout": dropout, "embedding_dropout": embedding_dropout, "repeat_window": repeat_window}
+        settings = member_settings(members, common)
+        self.n_items, self.n_members, self.hidden_size = n_items, len(settings), hidden
         self.tie_weights = tie_weights
+        self.item_embedding = nn.Parameter(torch.empty(self.n_members, n_items + 1, embedding_dim))
+        self.embedding_dropout = MemberDropout([s["embedding_dropout"] for s in settings])
+        self.lstms = nn.ModuleList(
+            nn.LSTM(embedding_dim, hidden, num_layers, batch_first=True, dropout=s["dropout"] if num_layers > 1 else 0)
+            for s in settings
+        )
+        self.output_dropout = MemberDropout([s["dropout"] for s in settings])
         if tie_weights:
-            self.to_embedding = nn.Linear(hidden, embedding_dim) if hidden != embedding_dim else nn.Identity()
-            self.output_bias = nn.Parameter(torch.zeros(n_items))
+            # A linear map takes the LSTM output to the embedding size when the two differ.
+            self.to_embedding = MemberLinear(self.n_members, hidden, embedding_dim) if hidden != embedding_dim else None
+            self.output_bias = nn.Parameter(torch.zeros(self.n_members, n_items))
         else:
-            self.output = nn.Linear(hidden, n_items)
-        self.repeat_window = repeat_window
-        if repeat_window > 0:
-            self.repeat_scores = nn.Linear(hidden, repeat_window)
-        # Small item embeddings (Glorot-uniform over the catalog) keep the tied scores in range at the start;
-        # PyTorch's default N(0, 1) trains markedly worse here.
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+            self.output = MemberLinear(self.n_members, hidden, n_items)
+        windows = torch.tensor([s["repeat_window"] for s in settings])
+        self.repeat_window = int(windows.max())
+        if self.repeat_window > 0:
+            self.repeat_scores = MemberLinear(self.n_members, hidden, self.repeat_window)
+            # (M, 1, W): which recencies count for each member (its own window)
+            mask = (torch.arange(self.repeat_window) < windows[:, None])[:, None].float()
+            self.register_buffer("window_mask", mask, persistent=False)
+        # Small item embeddings (Glorot-uniform over the catalog) keep tied scores in range at the start;
+        # PyTorch's default N(0, 1) trains markedly worse here. The padding row stays 0.
+        for weight in self.item_embedding:
+            nn.init.xavier_uniform_(weight)
         with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
-
-    def forward(self, items: Tensor) -> Tensor:
-        """One state per prefix: state t summarises items[:, :t + 1]. Right padding is harmless."""
-        return self.forward_with_state(items)[0]
-
-    def forward_with_state(
-        self, items: Tensor, state: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Like forward, continuing from an LSTM state (h, c), each (num_layers, B, H); returns the new state."""
-        embedded = self.embedding_dropout(self.item_embedding(items))  # (B, T, E)
-        outputs, state = self.lstm(embedded, state)  # (B, T, H)
-        return self.output_dropout(outputs), state
+            self.item_embedding[:, 0].zero_()
 
     @property
     def num_layers(self) -> int:
-        return self.lstm.num_layers
+        return self.lstms[0].num_layers
 
     @property
     def state_size(self) -> int:
-        """The size of the LSTM state (h or c) and of the outputs."""
-        return self.lstm.hidden_size
+        """The size of a carried h or c: the members' states side by side."""
+        return self.n_members * self.hidden_size
 
-    def history(self, items: Tensor) -> Tensor:
-        """(B, T) -> (B, T, W): the last W = repeat_window items of each prefix, most recent first, 0 before it."""
-        return recent_items(items, max(self.repeat_window, 1))
+    def initial_carry(self, batch_size: int, device: torch.device | str = "cpu") -> Carry:
+        """The carry of new sessions: zero states, no recent clicks."""
+        shape = (self.num_layers, batch_size, self.state_size)
+        recent = torch.zeros((batch_size, self.repeat_window), dtype=torch.long, device=device)
+        return Carry(torch.zeros(shape, device=device), torch.zeros(shape, device=device), recent if self.repeat_window else None)
 
-    def _repeat_bonus(self, states: Tensor, history: Tensor) -> Tensor:
-        """(..., H), (..., W) -> (..., W): each recent item's score bonus; repeats and padding get 0."""
-        window = self.repeat_window
-        history = history[..., :window]
-        values = self.repeat_scores(states)
-        earlier = torch.ones(window, window, dtype=torch.bool, device=history.device).tril(-1)  # j < w
-        repeated = ((history[..., :, None] == history[..., None, :]) & earlier).any(-1)
-        return values * ((history > 0) & ~repeated)
+    def encode(self, items: Tensor) -> PrefixStates:
+        """(B, T) right-padded item indices -> states (M, B, T, H) of every prefix items[:, :t + 1]."""
+        return self(items)[0]
 
-    def score_columns(
-        self, states: Tensor, columns: Tensor, history: Tensor | None = None, distinct: bool = False
-    ) -> Tensor:
-        """Scores of the items in `columns` only: (N, H) states, (C,) columns -> (N, C), as score() would give
-        without the prior; for training.
-
-        `distinct=True` promises that no column repeats, which places repeat scores more cheaply.
-        """
-        if self.tie_weights:
-            # A lookup (not weight[1:][columns]) gives a lean backward: no full-size gradient of a slice.
-            weight, bias = F.embedding(columns + 1, self.item_embedding.weight), self.output_bias[columns]
-            scores = F.linear(self.to_embedding(states), weight, bias)
-        else:
-            scores = F.linear(states, self.output.weight[columns], self.output.bias[columns])
+    def forward(self, items: Tensor, carry: Carry | None = None) -> tuple[PrefixStates, Carry]:
+        """Like encode, continuing from `carry` (None: new sessions); also returns the carry after the last step."""
+        offsets = torch.arange(self.n_members, device=items.device).view(-1, 1, 1) * (self.n_items + 1)
+        table = self.item_embedding.view(-1, self.item_embedding.shape[-1])
+        embedded = self.embedding_dropout(F.embedding(items + offsets, table))  # (M, B, T, E)
+        states = [None] * self.n_members if carry is None else _split(carry, self.n_members)
+        outputs, finals = zip(*(lstm(x, s) for lstm, x, s in zip(self.lstms, embedded, states, strict=True)))
+        hidden = self.output_dropout(torch.stack(outputs))  # (M, B, T, H)
+        recent = None
         if self.repeat_window > 0:
-            bonus = self._repeat_bonus(states, _needed(history))  # (N, W)
-            history = history[:, : self.repeat_window]
-            if distinct:
-                # Each recent item's position among the columns, -1 when it is not a candidate.
-                position = torch.full((self.n_items + 1,), -1, dtype=torch.long, device=columns.device)
-                position[columns + 1] = torch.arange(len(columns), device=columns.device)
-                where = position[history]  # (N, W)
-                scores = scores.scatter_add(1, where.clamp(min=0), bonus * (where >= 0))
-            else:
-                match = (history[:, :, None] == (columns + 1)[None, None, :]).to(bonus.dtype)  # (N, W, C)
-                scores = scores + torch.einsum("nw,nwc->nc", bonus, match)
+            recent = recent_items(items, self.repeat_window, None if carry is None else carry.recent)  # (B, T, W)
+        h, c = (torch.cat([final[i] for final in finals], dim=-1) for i in (0, 1))  # (layers, B, M * H)
+        return PrefixStates(hidden, recent), Carry(h, c, None if recent is None else recent[:, -1])
+
+    def score(self, states: PrefixStates) -> Tensor:
+        """Scores of every item: states (M, *prefixes, H) -> (*prefixes, n_items), the members' mean.
+
+        The mean of the members' products is one product of their side-by-side queries with their side-by-side
+        output weights, so an ensemble scores the catalog in one pass."""
+        flat = states.flat()
+        members = self.n_members
+        queries = self._query(flat.hidden) if self.tie_weights else flat.hidden  # (M, N, D)
+        weight = self.item_embedding[:, 1:] if self.tie_weights else self.output.weight  # (M, n_items, D)
+        bias = self.output_bias if self.tie_weights else self.output.bias  # (M, n_items)
+        joined = queries.permute(1, 0, 2).reshape(queries.shape[1], -1)  # (N, M * D)
+        scores = torch.addmm(bias.mean(0), joined, weight.permute(0, 2, 1).reshape(-1, self.n_items), alpha=1 / members)
+        if self.repeat_window > 0:
+            bonus = self._repeat_bonus(flat).to(scores.dtype).sum(0) / members  # (N, W); 0 at padding clicks
+            scores.scatter_add_(1, (flat.recent - 1).clamp(min=0), bonus)
+        return scores.view(*states.hidden.shape[1:-1], self.n_items)
+
+    def score_members(self, states: PrefixStates) -> Tensor:
+        """Each member's scores of every item: states (M, N, H) -> (M, N, n_items)."""
+        if self.tie_weights:
+            weight, bias = self.item_embedding[:, 1:], self.output_bias  # (M, n_items, E), (M, n_items)
+            scores = torch.baddbmm(bias[:, None], self._query(states.hidden), weight.transpose(1, 2))
+        else:
+            scores = self.output(states.hidden)
+        if self.repeat_window > 0:
+            bonus = self._repeat_bonus(states).to(scores.dtype)  # (M, N, W); 0 at padding clicks
+            index = (states.recent - 1).clamp(min=0).expand(self.n_members, -1, -1)
+            scores = scores.scatter_add(-1, index, bonus)
         return scores
 
-    def score(self, states: Tensor, history: Tensor | None = None, prior: bool = True) -> Tensor:
-        """Scores of every item for each state: (..., H) -> (..., n_items), plus `item_prior` if `prior`."""
+    def score_columns(self, states: PrefixStates, columns: Tensor, distinct: bool = False) -> Tensor:
+        """Each member's scores of its own candidate columns, for training: states (M, N, H), columns (M, C) ->
+        (M, N, C). A column of -1 is a placeholder whose score means nothing.
+
+        `distinct=True` promises that no member's columns repeat an item, which places repeat scores cheaply.
+        """
         if self.tie_weights:
-            scores = F.linear(self.to_embedding(states), self.item_embedding.weight[1:], self.output_bias)
+            # A lookup (not a slice of the table) gives a lean backward: no full-size gradient of a slice.
+            offsets = torch.arange(self.n_members, device=columns.device)[:, None] * (self.n_items + 1)
+            weight = F.embedding(columns + 1 + offsets, self.item_embedding.view(-1, self.item_embedding.shape[-1]))
+            bias = self.output_bias.gather(1, columns.clamp(min=0))  # (M, C)
+            scores = torch.baddbmm(bias[:, None], self._query(states.hidden), weight.transpose(1, 2))
         else:
-            scores = self.output(states)
+            scores = self.output.columns(states.hidden, columns.clamp(min=0))
         if self.repeat_window > 0:
-            bonus = self._repeat_bonus(states, _needed(history)).to(scores.dtype)
-            padded = F.pad(scores, (1, 0))  # column 0 takes the padding's bonus, which is 0
-            scores = padded.scatter_add(-1, history[..., : self.repeat_window], bonus)[..., 1:]
-        return self._with_prior(scores, prior)
+            scores = scores + self._placed_bonus(states, columns, distinct)
+        return scores
+
+    def _query(self, hidden: Tensor) -> Tensor:
+        """(M, N, H) -> (M, N, E): what tied scores multiply with the item embeddings."""
+        return hidden if self.to_embedding is None else self.to_embedding(hidden)
+
+    def _placed_bonus(self, states: PrefixStates, columns: Tensor, distinct: bool) -> Tensor:
+        """(M, N, C) the repeat bonus of each candidate column."""
+        bonus = self._repeat_bonus(states)  # (M, N, W)
+        recent = states.recent  # (N, W)
+        if not distinct:
+            match = recent[None, :, :, None] == (columns + 1)[:, None, None, :]  # (M, N, W, C)
+            return torch.einsum("mnw,mnwc->mnc", bonus, match.to(bonus.dtype))
+        # Each recent item's position among a member's columns, -1 when it is not a candidate.
+        members, width = columns.shape
+        position = columns.new_full((members, self.n_items + 1), -1)
+        position.scatter_(1, columns + 1, torch.arange(width, device=columns.device).expand(members, -1))
+        position[:, 0] = -1  # placeholders (-1 + 1 = 0) and padding clicks are never candidates
+        where = position[:, recent]  # (M, N, W)
+        placed = torch.zeros(members, len(recent), width, dtype=bonus.dtype, device=bonus.device)
+        return placed.scatter_add(2, where.clamp(min=0), bonus * (where >= 0))
+
+    def _repeat_bonus(self, states: PrefixStates) -> Tensor:
+        """(M, N, W) each recent item's bonus; repeats of a more recent click, padding and recencies beyond a
+        member's window get 0."""
+        recent = states.recent
+        window = recent.shape[-1]
+        earlier = torch.ones(window, window, dtype=torch.bool, device=recent.device).tril(-1)  # j < w
+        repeated = ((recent[..., :, None] == recent[..., None, :]) & earlier).any(-1)
+        counts = ((recent > 0) & ~repeated).to(states.hidden.dtype)  # (N, W)
+        return self.repeat_scores(states.hidden) * self.window_mask * counts
 
 
-class Dropout(nn.Dropout):
-    """nn.Dropout, with a cheaper mask on the CPU: there, drawing uniforms and comparing them is 2-3x faster
-    (forward and backward) than the Bernoulli draw nn.Dropout makes. Other devices keep the fused kernel."""
+class MemberLinear(nn.Module):
+    """One linear map per member, applied to that member's inputs: (M, N, in) -> (M, N, out), one batched
+    product. Initialised like nn.Linear."""
+
+    def __init__(self, members: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(members, out_features))
+        bound = in_features**-0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu":
-            return super().forward(x)
-        if self.p == 1.0:
-            return x * 0.0
-        return x * ((torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p)))
+        return torch.baddbmm(self.bias[:, None], x, self.weight.transpose(1, 2))
+
+    def columns(self, x: Tensor, columns: Tensor) -> Tensor:
+        """Only the outputs in `columns` (M, C): (M, N, in) -> (M, N, C)."""
+        members, out_features, in_features = self.weight.shape
+        offsets = torch.arange(members, device=columns.device)[:, None] * out_features
+        weight = F.embedding(columns + offsets, self.weight.view(-1, in_features))  # (M, C, in)
+        return torch.baddbmm(self.bias.gather(1, columns)[:, None], x, weight.transpose(1, 2))
 
 
-def recent_items(items: Tensor, window: int) -> Tensor:
-    """(B, T) -> (B, T, window): items t, t - 1, ..., t - window + 1 of each row, 0 before its start."""
-    return F.pad(items, (window - 1, 0)).unfold(1, window, 1).flip(-1)
+class MemberDropout(nn.Module):
+    """Dropout over (M, ...) tensors at each member's own rate. The mask compares uniforms with the rate: on the
+    CPU that is 2-3x faster (forward and backward) than the Bernoulli draw of nn.Dropout."""
+
+    def __init__(self, rates: list[float]) -> None:
+        super().__init__()
+        if not all(0.0 <= rate < 1.0 for rate in rates):
+            raise ValueError(f"dropout rates must be in [0, 1), got {rates}")
+        self.register_buffer("rates", torch.tensor(rates), persistent=False)
+        self.active = any(rate > 0 for rate in rates)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and self.active):
+            return x
+        rates = self.rates.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
+        return x * ((torch.rand_like(x) >= rates) / (1.0 - rates))
 
 
-def _needed(history: Tensor | None) -> Tensor:
-    if history is None:
-        raise ValueError("this model has repeat scores (repeat_window > 0): score it with the prefix's history too")
-    return history
+def build_network(n_items: int, settings: Mapping[str, Any]) -> SessionLSTM:
+    """The network of `settings` (SessionLSTM's arguments but n_items), with a clear error for unknown ones."""
+    known = set(inspect.signature(SessionLSTM).parameters) - {"n_items"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"unknown network settings {unknown}; expected some of {sorted(known)}")
+    return SessionLSTM(n_items, **settings)
 
 
-class SessionEnsemble(ItemPrior):
-    """Several SessionLSTMs trained side by side, each on its own loss; an item's score is their mean.
+def member_settings(members: Sequence[Mapping[str, Any]] | None, common: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every member's settings: `common`, updated with what its entry of `members` sets (None: one network)."""
+    if members is None or len(members) == 0:
+        return [dict(common)]
+    settings = []
+    for position, member in enumerate(members):
+        member = {} if member is None else member
+        if not isinstance(member, Mapping):
+            raise ValueError(f"model.members[{position}] must be a mapping of settings (or {{}}), got {member!r}")
+        unknown = sorted(set(member) - set(MEMBER_SETTINGS))
+        if unknown:
+            raise ValueError(
+                f"model.members[{position}] sets {unknown}; a member can set only {list(MEMBER_SETTINGS)} (the "
+                "members share every other setting, so that they train as one batched computation)"
+            )
+        settings.append(common | {str(key): value for key, value in member.items()})
+    return settings
 
-    The members see the same batches, or each its own shuffle with `data.member_orders` (SessionRecModule).
 
-    States are the members' LSTM outputs side by side, so anything that runs a SessionLSTM (evaluation,
-    the recommender, export) runs an ensemble the same way.
+def recent_items(items: Tensor, window: int, before: Tensor | None = None) -> Tensor:
+    """(B, T) -> (B, T, window): clicks t, t - 1, ..., t - window + 1 of each row, continuing `before` (B, window),
+    the latest clicks before items[:, 0], most recent first (None: the session starts with items[:, 0])."""
+    earlier = items.new_zeros(len(items), window - 1) if before is None else before[:, : window - 1].flip(-1)
+    return torch.cat([earlier, items], dim=1).unfold(1, window, 1).flip(-1)
 
-    Args:
-        n_items: catalog size, padding excluded.
-        members: one dict per member of SessionLSTM arguments that differ from `common`.
-        common: the SessionLSTM arguments every member shares.
-    """
 
-    def __init__(self, n_items: int, members: list[dict], common: dict) -> None:
-        super().__init__(n_items)  # its own prior; the members' stay 0
-        self.n_items = n_items
-        self.members = nn.ModuleList(SessionLSTM(n_items, **(common | dict(member))) for member in members)
-        layers = {member.lstm.num_layers for member in self.members}
-        if len(layers) > 1:
-            raise ValueError(f"ensemble members must share num_layers (their LSTM states are joined), got {layers}")
-        self.num_layers = layers.pop()
-        self.sizes = [member.state_size for member in self.members]
-        self.state_size = sum(self.sizes)  # the members' states side by side
-        self.repeat_window = max(member.repeat_window for member in self.members)
-
-    def history(self, items: Tensor) -> Tensor:
-        return recent_items(items, max(self.repeat_window, 1))
-
-    def forward(self, items: Tensor) -> Tensor:
-        return self.forward_with_state(items)[0]
-
-    def forward_with_state(
-        self, items: Tensor, state: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Like SessionLSTM's; the members' outputs and (h, c) are joined along the hidden dimension."""
-        hs = cs = [None] * len(self.members)
-        if state is not None:
-            hs, cs = state[0].split(self.sizes, dim=-1), state[1].split(self.sizes, dim=-1)
-        results = [
-            member.forward_with_state(items, None if h is None else (h, c))
-            for member, h, c in zip(self.members, hs, cs, strict=True)
-        ]
-        outputs = torch.cat([output for output, _ in results], dim=-1)
-        return outputs, (torch.cat([h for _, (h, _) in results], -1), torch.cat([c for _, (_, c) in results], -1))
-
-    def split(self, states: Tensor) -> tuple[Tensor, ...]:
-        """Joined states (..., sum of hidden sizes) -> each member's (..., hidden)."""
-        return states.split(self.sizes, dim=-1)
-
-    def score(self, states: Tensor, history: Tensor | None = None, prior: bool = True) -> Tensor:
-        parts = self.split(states)
-        scores = sum(m.score(s, history, False) for m, s in zip(self.members, parts, strict=True)) / len(self.members)
-        return self._with_prior(scores, prior)
-
-    def score_columns(
-        self, states: Tensor, columns: Tensor, history: Tensor | None = None, distinct: bool = False
-    ) -> Tensor:
-        parts = self.split(states)
-        scores = (m.score_columns(s, columns, history, distinct) for m, s in zip(self.members, parts, strict=True))
-        return sum(scores) / len(self.members)
+def _split(carry: Carry, members: int) -> list[tuple[Tensor, Tensor]]:
+    hs, cs = carry.h.chunk(members, dim=-1), carry.c.chunk(members, dim=-1)
+    return [(h.contiguous(), c.contiguous()) for h, c in zip(hs, cs, strict=True)]

@@ -5,7 +5,7 @@ import json
 import hydra
 from omegaconf import DictConfig
 
-from lstm_rec.benchmark import benchmark
+from lstm_rec.jobs.benchmark import benchmark
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")

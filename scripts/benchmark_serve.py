@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from lstm_rec.checkpoint import load_module
-from lstm_rec.service import free_port, wait_until_up
+from lstm_rec.checkpoint import load_network
+from lstm_rec.serving.http import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--output", help="also write the numbers to this JSON file")
     args = parser.parse_args()
 
-    ids = load_module(args.ckpt).item_index.ids
+    ids = load_network(args.ckpt).item_index.ids
     rng = np.random.default_rng(0)
     bodies = [{"items": rng.choice(ids, args.session_length).tolist(), "k": args.k} for _ in range(args.requests)]
     port = free_port()

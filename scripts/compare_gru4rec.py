@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from lstm_rec.benchmark import time_to_target
-from lstm_rec.gru4rec_official import run_official, run_ours
+from lstm_rec.jobs.benchmark import time_to_target
+from lstm_rec.jobs.gru4rec_official import run_official, run_ours
 
 ROOT = Path(__file__).resolve().parents[1]
 

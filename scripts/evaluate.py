@@ -4,13 +4,13 @@ data.test=PATH [data.train=PATH models=[pop,sr,sknn,vsknn]]; see conf/eval.yaml.
 import hydra
 from omegaconf import DictConfig
 
-from lstm_rec.evaluate import evaluate_checkpoint
-from lstm_rec.report import comparison_table
+from lstm_rec.jobs.compare import compare
+from lstm_rec.jobs.report import comparison_table
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    results = evaluate_checkpoint(cfg)
+    results = compare(cfg)
     print(comparison_table(results, cfg.ks))
     print(f"outputs: {cfg.paths.output_dir}")
 

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from lstm_rec.export import export
+from lstm_rec.serving.export import export
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from lstm_rec.recommend import recommend_job
-from lstm_rec.report import frame_to_markdown
+from lstm_rec.jobs.predict import recommend_job
+from lstm_rec.jobs.report import frame_to_markdown
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="recommend")

@@ -6,7 +6,7 @@ import uvicorn
 from omegaconf import DictConfig
 
 from lstm_rec import Recommender
-from lstm_rec.service import create_app
+from lstm_rec.serving.http import create_app
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")

@@ -5,8 +5,8 @@ Writes summary.md, summary.csv, objective_vs_<parameter>.png and learning_curves
 
 import argparse
 
-from lstm_rec.report import frame_to_markdown
-from lstm_rec.sweep import summarize_sweep, summary_columns
+from lstm_rec.jobs.report import frame_to_markdown
+from lstm_rec.jobs.sweep import summarize_sweep, summary_columns
 
 
 def main() -> None:

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from lstm_rec.report import metrics_table
-from lstm_rec.train import train
+from lstm_rec.jobs.report import metrics_table
+from lstm_rec.jobs.train import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

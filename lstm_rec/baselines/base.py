@@ -22,7 +22,7 @@ class Baseline:
     def fit(self, sessions: Sessions, n_items: int) -> Baseline:
         raise NotImplementedError
 
-    def forward(self, items: Tensor) -> Tensor:
+    def encode(self, items: Tensor) -> Tensor:
         """(B, T) -> (B, T, T): state t holds items[:, :t + 1], padded with 0."""
         steps = torch.arange(items.shape[1], device=items.device)
         in_prefix = steps[None, :] <= steps[:, None]  # (T, T): prefix t covers steps 0..t

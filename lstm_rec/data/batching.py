@@ -49,9 +49,7 @@ class SessionBatches(Dataset):
     def __len__(self) -> int:
         return len(self.starts)
 
-    def __getitem__(self, windows: np.ndarray | tuple[np.ndarray, ...]) -> Tensor | tuple[Tensor, ...]:
-        if isinstance(windows, tuple):  # one batch per ensemble member (MemberBatchSampler)
-            return tuple(self[member] for member in windows)
+    def __getitem__(self, windows: np.ndarray) -> Tensor:
         windows = torch.as_tensor(windows)
         lengths = self.lengths[windows]
         steps = torch.arange(int(lengths.max()))
@@ -81,7 +79,6 @@ class LengthGroupedBatchSampler(Sampler[np.ndarray]):
         pool_batches: int = 50,
         num_replicas: int = 1,
         rank: int = 0,
-        stream: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
@@ -99,7 +96,6 @@ class LengthGroupedBatchSampler(Sampler[np.ndarray]):
         self.pool_batches = pool_batches
         self.num_replicas = num_replicas
         self.rank = rank
-        self.stream = stream
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -121,10 +117,7 @@ class LengthGroupedBatchSampler(Sampler[np.ndarray]):
         if not self.shuffle:
             order = np.argsort(self.lengths, kind="stable")
             return np.array_split(order, self._n_batches())
-        # Stream k > 0 is another shuffle of the same windows (ensemble member k's own order).
-        rng = np.random.default_rng(
-            (self.seed, self.epoch) if self.stream == 0 else (self.seed, self.epoch, self.stream)
-        )
+        rng = np.random.default_rng((self.seed, self.epoch))
         order = rng.permutation(len(self.lengths))
         pool = self.batch_size * self.pool_batches
         batches = []
@@ -133,27 +126,6 @@ class LengthGroupedBatchSampler(Sampler[np.ndarray]):
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         return [batches[b] for b in rng.permutation(len(batches))]
-
-
-class MemberBatchSampler(Sampler[tuple[np.ndarray, ...]]):
-    """A tuple of batches at every step, one per ensemble member, each member with its own shuffle.
-
-    Member k draws from stream k of LengthGroupedBatchSampler, so over an epoch every member sees every
-    window once, in its own order, as if it were trained alone with another seed.
-    """
-
-    def __init__(self, samplers: list[LengthGroupedBatchSampler]) -> None:
-        self.samplers = samplers
-
-    def set_epoch(self, epoch: int) -> None:
-        for sampler in self.samplers:
-            sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.samplers[0])
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
-        yield from zip(*self.samplers, strict=True)
 
 
 def split_to_multiple(batches: list[np.ndarray], multiple: int) -> list[np.ndarray]:

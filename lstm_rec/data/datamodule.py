@@ -9,7 +9,7 @@ import lightning as L
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from lstm_rec.data.batching import LengthGroupedBatchSampler, MemberBatchSampler, SessionBatches
+from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, ItemIndex, Sessions, split_by_start_time, to_sessions
 from lstm_rec.data.synthetic import generate_events
@@ -24,9 +24,6 @@ class SessionDataModule(L.LightningDataModule):
     items are dropped. Without a validation frame, the sessions of train that start last
     (`valid_fraction` of them; 0 for none) become validation. A caller that already has an item index (a
     checkpoint's) sets ``item_index`` before ``setup`` and then needs no training data.
-
-    With ``member_orders`` N > 1, every training step yields a tuple of N batches, one per ensemble
-    member, from N independent shuffles of the training windows.
     """
 
     def __init__(
@@ -37,12 +34,8 @@ class SessionDataModule(L.LightningDataModule):
         valid_fraction: float = 0.1,
         num_workers: int = 0,
         seed: int = 0,
-        member_orders: int = 1,
     ) -> None:
         super().__init__()
-        if member_orders < 1:
-            raise ValueError(f"data.member_orders must be a positive number of batch orders, got {member_orders}")
-        self.member_orders = member_orders
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.max_len = max_len
@@ -91,19 +84,14 @@ class SessionDataModule(L.LightningDataModule):
         dataset = SessionBatches(sessions, self.max_len if train else None)
         # Under a distributed trainer each process loads its own share; evaluation metrics sum over processes.
         distributed = shard and self.trainer is not None and self.trainer.world_size > 1
-        samplers = [
-            LengthGroupedBatchSampler(
-                dataset.lengths,
-                self.batch_size if train else self.eval_batch_size,
-                shuffle=train,
-                seed=self.seed,
-                num_replicas=self.trainer.world_size if distributed else 1,
-                rank=self.trainer.global_rank if distributed else 0,
-                stream=stream,
-            )
-            for stream in range(self.member_orders if train else 1)
-        ]
-        sampler = samplers[0] if len(samplers) == 1 else MemberBatchSampler(samplers)
+        sampler = LengthGroupedBatchSampler(
+            dataset.lengths,
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            seed=self.seed,
+            num_replicas=self.trainer.world_size if distributed else 1,
+            rank=self.trainer.global_rank if distributed else 0,
+        )
         return DataLoader(
             dataset,
             sampler=sampler,

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lstm_rec.checkpoint import load_module
+from lstm_rec.checkpoint import TrainedModel, load_network
 from lstm_rec.data.sessions import ItemIndex
-from lstm_rec.model import SessionEnsemble, SessionLSTM
+from lstm_rec.model import Carry, PrefixStates
+from lstm_rec.prior import ItemPrior, PriorScorer
 
 log = logging.getLogger(__name__)
 
@@ -34,58 +35,48 @@ class Recommendations(list):
 
 @dataclass
 class SessionState:
-    """A live session: the LSTM state after its known clicks, and those clicks' indices."""
+    """A live session: the network's carry after its known clicks, those clicks' indices, and its latest states."""
 
-    lstm: tuple[Tensor, Tensor] | None = None  # (h, c), each (num_layers, 1, H)
+    carry: Carry | None = None
     seen: list[int] = field(default_factory=list)
-    last_output: Tensor | None = None  # (1, H) the network's output after the last known click
+    states: PrefixStates | None = None  # after the last known click, one prefix
 
 
 class Recommender:
-    """Recommends next items with a trained SessionLSTM (or ensemble) and the item index of its checkpoint.
+    """Recommends next items with a trained network and the item index (and item prior) of its checkpoint."""
 
-    `recent_weight` is the weight of the recent-popularity prior the model was trained with
-    (model.recent_weight), the default for set_recent_clicks.
-    """
-
-    def __init__(
-        self,
-        net: SessionLSTM | SessionEnsemble,
-        item_index: ItemIndex,
-        device: str | torch.device = "cpu",
-        recent_weight: float = 0.0,
-    ) -> None:
+    def __init__(self, model: TrainedModel, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
-        self.item_index = item_index
-        self.popularity = torch.as_tensor(item_index.counts, dtype=torch.float32, device=self.device)
-        self.recent_weight = recent_weight
+        self.scorer = PriorScorer(model.network, model.prior).to(self.device).eval()
+        self.item_index: ItemIndex = model.item_index
+        self.popularity = torch.as_tensor(model.item_index.counts, dtype=torch.float32, device=self.device)
+        self.recent_weight = 0.0 if model.prior is None else model.prior.weight
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Recommender:
         """Load a checkpoint written by scripts/train.py (weights only: no code runs from the file)."""
-        module = load_module(path)
-        return cls(module.net, module.item_index, device, module.hparams.get("recent_weight", 0.0))
-
-    def set_recent_clicks(self, items: Sequence[Hashable], weight: float | None = None) -> list[Hashable]:
-        """Refresh the recent-popularity prior from live traffic: from now on every item's score gets
-        `weight` * log(1 + its clicks among `items`), e.g. all clicks of the last model.recent_hours hours.
-
-        The prior otherwise stays as training left it (the clicks of its last hours). `weight` defaults to
-        the model's own (`recent_weight`); 0 switches the prior off. Returns the ids the model does not
-        know, which cannot count (logged as a warning).
-        """
-        weight = self.recent_weight if weight is None else weight
-        if not weight >= 0:
-            raise ValueError(f"weight must be >= 0 (0: no prior), got {weight!r}")
-        indices, unknown = self._indices(items)
-        counts = np.bincount(np.asarray(indices, dtype=np.int64), minlength=self.n_items + 1)[1:]
-        self.net.set_recent_prior(counts, weight)
-        return unknown
+        return cls(load_network(path), device)
 
     @property
     def n_items(self) -> int:
         return len(self.item_index)
+
+    @property
+    def prior(self) -> ItemPrior | None:
+        return self.scorer.prior
+
+    def set_recent_clicks(self, items: Sequence[Hashable], weight: float | None = None) -> list[Hashable]:
+        """Refresh the recent-popularity prior from live traffic: from now on every item's score gets
+        `weight` * log(1 + its clicks among `items`), e.g. all clicks of the last prior.hours hours.
+
+        `weight` defaults to the model's own (`recent_weight`: the one it was trained with, else 0); 0 switches
+        the prior off. Returns the ids the model does not know, which cannot count (logged as a warning).
+        """
+        weight = self.recent_weight if weight is None else weight
+        indices, unknown = self._indices(items)
+        counts = np.bincount(np.asarray(indices, dtype=np.int64), minlength=self.n_items + 1)[1:]
+        self.scorer.set_prior(ItemPrior.from_counts(counts, weight))
+        return unknown
 
     def _indices(self, items: Sequence[Hashable]) -> tuple[list[int], list[Hashable]]:
         """Known items' indices in order, and the unknown ids (logged as a warning)."""
@@ -112,10 +103,9 @@ class Recommender:
             batch[row, : len(indices)] = torch.tensor(indices, dtype=torch.long)
         batch = batch.to(self.device)
         lengths = (batch > 0).sum(dim=1)
-        rows, last = torch.arange(len(batch)), (lengths - 1).clamp(min=0)
-        states = self.net(batch)[rows, last]  # (B, H)
-        history = self.net.history(batch)[rows, last] if self.net.repeat_window > 0 else None  # (B, W)
-        scores = self.net.score(states, history).float()  # (B, n_items)
+        last = (lengths - 1).clamp(min=0)
+        states = self.scorer.encode(batch)[torch.arange(len(batch), device=self.device), last]  # B prefixes
+        scores = self.scorer.score(states).float()  # (B, n_items)
         scores = torch.where((lengths > 0)[:, None], scores, self.popularity)
         return [
             self._top(scores[row], k, indices if exclude_seen else [], not indices, unknown)
@@ -134,15 +124,11 @@ class Recommender:
         indices, unknown = self._indices([item])
         if indices:
             click = torch.tensor([indices], dtype=torch.long, device=self.device)  # (1, 1)
-            outputs, lstm = self.net.forward_with_state(click, state.lstm)  # (1, 1, H)
-            state = SessionState(lstm=lstm, seen=[*state.seen, indices[0]], last_output=outputs[:, -1])
+            states, carry = self.scorer(click, state.carry)
+            state = SessionState(carry, [*state.seen, indices[0]], states[:, -1])
         if not state.seen:
             return state, self._top(self.popularity, k, [], True, unknown)
-        history = None
-        if self.net.repeat_window > 0:  # the latest clicks, laid out as for the whole prefix
-            latest = torch.tensor([state.seen[-self.net.repeat_window :]], device=self.device)
-            history = self.net.history(latest)[:, -1]  # (1, W)
-        scores = self.net.score(state.last_output, history).float()[0]
+        scores = self.scorer.score(state.states).float()[0]
         return state, self._top(scores, k, state.seen if exclude_seen else [], False, unknown)
 
     def _top(self, scores: Tensor, k: int, exclude: list[int], fallback: bool, unknown: list) -> Recommendations:

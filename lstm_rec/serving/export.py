@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lstm_rec.checkpoint import load_module
-from lstm_rec.model import SessionEnsemble, SessionLSTM
+from lstm_rec.checkpoint import load_network
+from lstm_rec.model import Carry
+from lstm_rec.prior import PriorScorer
 
 log = logging.getLogger(__name__)
 
@@ -21,30 +22,26 @@ class ScoringStep(nn.Module):
     """One click of a live session: (item, h, c) -> (scores, h, c), or (top scores, top columns, h, c).
 
     `item` holds item indices (B,) as in the item table written beside the export (index i is
-    item_ids[i - 1]); h and c are (num_layers, B, hidden), zeros for a new session. Score column j
-    is item index j + 1, so a top column j names item_ids[j].
+    item_ids[i - 1]); h and c are (num_layers, B, members * hidden), zeros for a new session. Score column j
+    is item index j + 1, so a top column j names item_ids[j]. The item prior of the checkpoint is added.
 
     A model with repeat scores (repeat_window W > 0) also carries `recent`, (B, W) item indices of the
     session's latest clicks, most recent first, zeros for a new session: (item, h, c, recent) ->
     (scores, h, c, recent) or (top scores, top columns, h, c, recent).
     """
 
-    def __init__(self, net: SessionLSTM | SessionEnsemble, top_k: int | None = None) -> None:
+    def __init__(self, scorer: PriorScorer, top_k: int | None = None) -> None:
         super().__init__()
-        self.net = net.eval()
+        self.scorer = scorer.eval()
         self.top_k = top_k
-        self.window = net.repeat_window
+        self.window = scorer.scorer.repeat_window
 
     def forward(self, item: Tensor, h: Tensor, c: Tensor, recent: Tensor | None = None) -> tuple[Tensor, ...]:
-        outputs, (h, c) = self.net.forward_with_state(item[:, None], (h, c))  # (B, 1, H)
-        carried: tuple[Tensor, ...] = (h, c)
-        history = None
-        if self.window > 0:
-            if recent is None:
-                raise ValueError(f"this model has repeat scores: pass `recent`, the last {self.window} clicks")
-            history = torch.cat([item[:, None], recent[:, : self.window - 1]], dim=1)  # (B, W)
-            carried = (h, c, history)
-        scores = self.net.score(outputs[:, 0], history)  # (B, n_items)
+        if self.window > 0 and recent is None:
+            raise ValueError(f"this model has repeat scores: pass `recent`, the last {self.window} clicks")
+        states, carry = self.scorer(item[:, None], Carry(h, c, recent))  # one step
+        scores = self.scorer.score(states[:, 0])  # (B, n_items)
+        carried = (carry.h, carry.c) if self.window == 0 else (carry.h, carry.c, carry.recent)
         if self.top_k is None:
             return scores, *carried
         top = scores.topk(self.top_k, dim=1)
@@ -52,21 +49,18 @@ class ScoringStep(nn.Module):
 
     def initial_state(self, batch_size: int = 1) -> tuple[Tensor, ...]:
         """Zero (h, c), and zero `recent` when the model has repeat scores."""
-        shape = (self.net.num_layers, batch_size, self.net.state_size)
-        state = (torch.zeros(shape), torch.zeros(shape))
-        if self.window > 0:
-            state += (torch.zeros((batch_size, self.window), dtype=torch.long),)
-        return state
+        carry = self.scorer.scorer.initial_carry(batch_size)
+        return (carry.h, carry.c) if carry.recent is None else (carry.h, carry.c, carry.recent)
 
 
 def export(ckpt_path: str | Path, format: str, output: str | Path, top_k: int | None = None) -> Path:
     """Write the scoring step of a checkpoint to `output`, and its item table to `output`.items.json."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    module = load_module(ckpt_path)
-    if top_k is not None and not 1 <= top_k <= len(module.item_index):
-        raise ValueError(f"top_k must be between 1 and the catalog size {len(module.item_index)}, got {top_k}")
-    step = ScoringStep(module.net, top_k)
+    model = load_network(ckpt_path)
+    if top_k is not None and not 1 <= top_k <= len(model.item_index):
+        raise ValueError(f"top_k must be between 1 and the catalog size {len(model.item_index)}, got {top_k}")
+    step = ScoringStep(model.scorer(), top_k)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     example = (torch.tensor([1, 2]), *step.initial_state(2))
@@ -87,7 +81,7 @@ def export(ckpt_path: str | Path, format: str, output: str | Path, top_k: int | 
                 verbose=False,
             )
             program.save(str(output))
-    ids = module.item_index.ids.tolist()
+    ids = model.item_index.ids.tolist()
     table = {"item_ids": ids, "note": "item index i (inputs) is item_ids[i - 1]; score or top column j is item_ids[j]"}
     Path(f"{output}.items.json").write_text(json.dumps(table))
     log.info("exported the %s scoring step of %s to %s", format, ckpt_path, output)

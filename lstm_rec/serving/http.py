@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from lstm_rec.recommender import Recommender
+from lstm_rec.serving.recommender import Recommender
 
 ItemId = StrictInt | StrictStr
 

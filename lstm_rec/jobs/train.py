@@ -8,34 +8,26 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lstm_rec.baselines import Popularity
 from lstm_rec.evaluation import evaluate
-from lstm_rec.report import flatten, write_json
-from lstm_rec.runs import LAST_CHECKPOINT, check_writable, checkpoint_bytes, find_run_to_resume
+from lstm_rec.jobs.report import flatten, write_json
+from lstm_rec.jobs.runs import (
+    LAST_CHECKPOINT,
+    build_model,
+    check_writable,
+    checkpoint_bytes,
+    find_run_to_resume,
+    instantiate_all,
+    prepare_run,
+)
 
 log = logging.getLogger(__name__)
 
-HPARAM_GROUPS = ("data", "model", "trainer", "seed")
-
-
-def prepare_run(cfg: DictConfig) -> None:
-    """Threads and seeds before anything random happens."""
-    if cfg.get("num_threads") is not None:
-        torch.set_num_threads(cfg.num_threads)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-
-
-def instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Every object of a config group of named entries; entries set to null are switched off."""
-    if group is None:
-        return []
-    return [instantiate(node) for node in group.values() if node is not None]
+HPARAM_GROUPS = ("data", "model", "prior", "trainer", "seed")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -49,7 +41,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = _checkpoint_to_resume(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    model = instantiate(cfg.model, item_index=datamodule.item_index)
+    model = build_model(cfg, datamodule)
     parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     check_writable(cfg.paths.output_dir, checkpoint_bytes(parameter_bytes), "paths.output_dir")
     trainer: L.Trainer = instantiate(
@@ -61,9 +53,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
     if not trainer.is_global_zero:
         return metrics
-    ks, counts = model.hparams.ks, datamodule.item_index.counts
+    ks, counts = model.ks, datamodule.item_index.counts
     valid, test = datamodule.full_dataloader("valid"), datamodule.full_dataloader("test")
-    metrics |= evaluate(model.net, valid, ks, "val/", model.device, item_counts=counts)
+    metrics |= evaluate(model.scorer(), valid, ks, "val/", model.device, item_counts=counts)
     popularity = Popularity(counts)
     metrics |= evaluate(popularity, valid, ks, "pop/val/", item_counts=counts)
     metrics |= evaluate(popularity, test, ks, "pop/test/", item_counts=counts)

@@ -1,4 +1,4 @@
-"""The evaluation job: LSTM checkpoints and baselines ranked on one test set by the same code."""
+"""The comparison job (scripts/evaluate.py): LSTM checkpoints and baselines ranked on one test set by the same code."""
 
 from __future__ import annotations
 
@@ -14,17 +14,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
 from lstm_rec.baselines import Popularity
-from lstm_rec.checkpoint import load_module
+from lstm_rec.checkpoint import TrainedModel, load_network
 from lstm_rec.data import ItemIndex, SessionDataModule
 from lstm_rec.evaluation import RankedPredictions, SessionScorer, breakdown, collect_ranks, metrics_of
-from lstm_rec.module import SessionRecModule
-from lstm_rec.report import comparison_table, frame_to_markdown, write_json
-from lstm_rec.train import prepare_run
+from lstm_rec.jobs.report import comparison_table, frame_to_markdown, write_json
+from lstm_rec.jobs.runs import prepare_run
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+def compare(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` (one or more) and the baselines in ``cfg.models`` on ``cfg.data``'s test set.
 
     Writes comparison.json/.md/.csv, breakdown tables when asked, and, when there is a checkpoint,
@@ -33,12 +32,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     prepare_run(cfg)
     device = _device(cfg.device)
     checkpoints = _checkpoint_paths(cfg.ckpt_path)
-    modules = {name: load_module(path, map_location=device) for name, path in checkpoints.items()}
-    if not modules and not cfg.models:
+    models = {name: load_network(path, device) for name, path in checkpoints.items()}
+    if not models and not cfg.models:
         raise ValueError("nothing to evaluate: set ckpt_path=PATH and/or models=[pop,sr,...]")
     datamodule = instantiate(cfg.data)
-    if modules:
-        datamodule.item_index = _shared_index(modules, checkpoints)
+    if models:
+        datamodule.item_index = _shared_index(models, checkpoints)
     datamodule.setup("test")
     if cfg.models and datamodule.train_sessions is None:
         raise ValueError(f"baselines {list(cfg.models)} are fitted on training data: set data.train=PATH")
@@ -48,7 +47,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     def run(scorer: SessionScorer, scorer_device: torch.device) -> RankedPredictions:
         return collect_ranks(scorer, loader, max(ks), cfg.ties, scorer_device, cfg.max_scores)
 
-    ranked, results = _rank_all(run, modules, device, cfg, datamodule)
+    ranked, results = _rank_all(run, models, device, cfg, datamodule)
     for name in results:
         results[name] = metrics_of(ranked[name], ks, "test/", counts) | results[name]
         log.info("%s: %s", name, {k: round(v, 4) for k, v in results[name].items()})
@@ -57,8 +56,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     _write_comparison(results, ks, out)
     for by in cfg.breakdown:
         _write_breakdown(ranked, ks, by, out)
-    if modules:
-        first = next(iter(modules))
+    if models:
+        first = next(iter(models))
         popularity = ranked["pop"] if "pop" in ranked else run(Popularity(counts), torch.device("cpu"))
         metrics = results[first] | metrics_of(popularity, ks, "pop/test/", counts)
         write_json(metrics | {"checkpoint": checkpoints[first], "output_dir": str(out)}, out / "metrics.json")
@@ -67,7 +66,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
 def _rank_all(
     run: Callable[[SessionScorer, torch.device], RankedPredictions],
-    modules: dict[str, SessionRecModule],
+    models: dict[str, TrainedModel],
     device: torch.device,
     cfg: DictConfig,
     datamodule: SessionDataModule,
@@ -75,9 +74,9 @@ def _rank_all(
     """Ranked predictions of every checkpoint, then every baseline (fitted here), with their timings."""
     results: dict[str, dict[str, Any]] = {}
     ranked: dict[str, RankedPredictions] = {}
-    for name, module in modules.items():
-        ranked[name], seconds = _timed(lambda m=module: run(m.net, device))
-        results[name] = {"fit_seconds": module.train_seconds, "predict_seconds": seconds}
+    for name, model in models.items():
+        ranked[name], seconds = _timed(lambda m=model: run(m.scorer(), device))
+        results[name] = {"fit_seconds": model.train_seconds, "predict_seconds": seconds}
     n_items = len(datamodule.item_index)
     for name in cfg.models:
         baseline, fit_seconds = _timed(lambda n=name: _baseline(cfg, n).fit(datamodule.train_sessions, n_items))
@@ -100,11 +99,11 @@ def _checkpoint_paths(ckpt_path: str | ListConfig | None) -> dict[str, str]:
     return {"lstm": paths[0]} if len(paths) == 1 else {f"lstm_{i}": p for i, p in enumerate(paths, start=1)}
 
 
-def _shared_index(modules: dict[str, SessionRecModule], paths: dict[str, str]) -> ItemIndex:
+def _shared_index(models: dict[str, TrainedModel], paths: dict[str, str]) -> ItemIndex:
     """The item index of the checkpoints, which must agree so that every model ranks the same predictions."""
-    first_name, first = next(iter(modules.items()))
-    for name, module in modules.items():
-        if module.item_index != first.item_index:
+    first_name, first = next(iter(models.items()))
+    for name, model in models.items():
+        if model.item_index != first.item_index:
             raise ValueError(
                 f"checkpoints '{paths[first_name]}' and '{paths[name]}' were trained on different item sets, so "
                 "they cannot be ranked on the same predictions; evaluate them in separate runs"

@@ -84,7 +84,7 @@ def run_official(
 def run_ours(overrides: Sequence[str], targets: dict[str, float], threads: int, output_dir: Path) -> dict[str, Any]:
     """Our benchmark job with the given overrides, timing how long training takes to reach `targets`."""
     target = "target={" + ", ".join(f"{metric}: {value}" for metric, value in targets.items()) + "}"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
     command = [sys.executable, str(script), *overrides, target, f"num_threads={threads}"]
     command.append(f"hydra.run.dir={output_dir}")
     done = subprocess.run(command, env=thread_env(threads), capture_output=True, text=True)

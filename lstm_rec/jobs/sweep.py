@@ -12,7 +12,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from lstm_rec.report import frame_to_markdown
+from lstm_rec.jobs.report import frame_to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def sweep_objective(sweep_dir: Path) -> str | None:
 def summarize_sweep(sweep_dir: str | Path, sort_by: str | None = None, best_curves: int = 5) -> pd.DataFrame:
     """Write summary.md/.csv (best job first by `sort_by`, default the sweep's monitor), one PNG of the
     objective against each swept parameter, and learning_curves.png of the best jobs, into `sweep_dir`."""
-    from lstm_rec.plots import learning_curves, objective_plots  # matplotlib only when reporting
+    from lstm_rec.jobs.plots import learning_curves, objective_plots  # matplotlib only when reporting
 
     sweep_dir = Path(sweep_dir)
     jobs = collect_jobs(sweep_dir)

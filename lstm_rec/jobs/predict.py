@@ -1,4 +1,4 @@
-"""The recommend job: top-k lists for sessions given on the command line or in a click-log file."""
+"""The recommend job (scripts/recommend.py): top-k lists for sessions given on the command line or in a click log."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from omegaconf import DictConfig, ListConfig
 
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION
-from lstm_rec.recommender import Recommendations, Recommender
+from lstm_rec.serving.recommender import Recommendations, Recommender
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,8 @@ def recommend_job(cfg: DictConfig) -> pd.DataFrame:
     if cfg["items"] is not None:
         items = list(cfg["items"]) if isinstance(cfg["items"], ListConfig) else [cfg["items"]]
         return _table([("", None, rec.recommend(items, cfg.k, cfg.exclude_seen))])
-    table = recommend_file(rec, cfg, Path(cfg.input))
+    events = read_events(Path(cfg.input), "input", cfg.session_col, cfg.item_col, cfg.time_col, cfg.sep)
+    table = recommend_events(rec, events, cfg.k, cfg.exclude_seen, cfg.per_position, cfg.batch_size)
     if cfg.output is None:
         raise ValueError("batch mode writes a file: set output=PATH (.csv, .tsv or .parquet)")
     _write(table, Path(cfg.output))
@@ -35,19 +36,21 @@ def recommend_job(cfg: DictConfig) -> pd.DataFrame:
     return table
 
 
-def recommend_file(rec: Recommender, cfg: DictConfig, path: Path) -> pd.DataFrame:
-    events = read_events(path, "input", cfg.session_col, cfg.item_col, cfg.time_col, cfg.sep)
+def recommend_events(
+    rec: Recommender, events: pd.DataFrame, k: int, exclude_seen: bool, per_position: bool, batch_size: int
+) -> pd.DataFrame:
+    """The long table of top-k lists for every session of a sorted event frame (or after every click of it)."""
     sessions = events.groupby(SESSION, sort=False)[ITEM].agg(list)
     queries: list[tuple[Hashable, int | None, list]] = []
     for session, items in sessions.items():
-        if cfg.per_position:
+        if per_position:
             queries += [(session, position, items[:position]) for position in range(1, len(items) + 1)]
         else:
             queries.append((session, None, items))
     answers = []
-    for begin in range(0, len(queries), cfg.batch_size):
-        chunk = queries[begin : begin + cfg.batch_size]
-        tops = rec.recommend_batch([items for _, _, items in chunk], cfg.k, cfg.exclude_seen)
+    for begin in range(0, len(queries), batch_size):
+        chunk = queries[begin : begin + batch_size]
+        tops = rec.recommend_batch([items for _, _, items in chunk], k, exclude_seen)
         answers += [(session, position, top) for (session, position, _), top in zip(chunk, tops, strict=True)]
     return _table(answers)
 

@@ -1,4 +1,5 @@
-"""Run directories: finding a run again to resume it, and checking that a run can write its outputs."""
+"""What every job run shares: threads and seeds, building the configured objects, finding a run again to resume
+it, and checking that a run can write its outputs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from lstm_rec.data import SessionDataModule
+    from lstm_rec.module import SessionRecModule
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +27,43 @@ NOT_COMPARED = ("ckpt_path", "paths.output_dir")
 
 class OutputDirError(OSError):
     """A run directory that cannot hold the run's outputs; the message says what to change."""
+
+
+def prepare_run(cfg: DictConfig) -> None:
+    """Threads and seeds before anything random happens."""
+    import lightning as L
+    import torch
+
+    if cfg.get("num_threads") is not None:
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Every object of a config group of named entries; entries set to null are switched off."""
+    if group is None:
+        return []
+    return [instantiate(node) for node in group.values() if node is not None]
+
+
+def build_model(cfg: DictConfig, datamodule: SessionDataModule) -> SessionRecModule:
+    """The configured module for the fitted data, with the item prior (cfg.prior) made from its training sessions."""
+    check_monitor(cfg.monitor, cfg.model.ks)
+    prior = None
+    if cfg.get("prior") is not None:
+        prior = instantiate(cfg.prior).fit(datamodule.train_sessions, datamodule.n_items)
+    return instantiate(cfg.model, item_index=datamodule.item_index, prior=prior)
+
+
+def check_monitor(monitor: str, ks: list[int]) -> None:
+    """The monitored metric must be one that is logged: its k one of model.ks."""
+    name, _, k = str(monitor).partition("@")
+    if not k.isdigit() or int(k) not in ks:
+        raise ValueError(
+            f"monitor={monitor!r} is not logged: its cutoff must be one of model.ks={list(ks)} (e.g. "
+            f"monitor=val/mrr@{max(ks)}); add the cutoff to model.ks or monitor another one"
+        )
 
 
 def find_run_to_resume(search_dir: Path, config: dict[str, Any]) -> Path:

@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lstm_rec.evaluation import collect_ranks, metrics_of
-from lstm_rec.report import write_json
-from lstm_rec.train import instantiate_all, prepare_run
+from lstm_rec.jobs.report import write_json
+from lstm_rec.jobs.runs import build_model, instantiate_all, prepare_run
 
 
 class EpochClock(L.Callback):
@@ -30,10 +30,7 @@ class EpochClock(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        # Counted on the device, with no sync per step. With one batch per ensemble member, each member sees
-        # every target once per epoch: the first member's batch counts the epoch's data once.
-        first = batch[0] if isinstance(batch, (tuple, list)) else batch
-        self._targets += (first[:, 1:] > 0).sum()
+        self._targets += (batch[:, 1:] > 0).sum()  # counted on the device, with no sync per step
 
     def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking or not hasattr(self, "_start"):
@@ -54,7 +51,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     load_seconds = time.perf_counter() - start
-    model = instantiate(cfg.model, item_index=datamodule.item_index)
+    model = build_model(cfg, datamodule)
     targets = _targets(cfg)
     clock = EpochClock(list(targets))
     trainer: L.Trainer = instantiate(
@@ -71,7 +68,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     model.to(trainer.strategy.root_device)
     _synchronize(model.device)
     eval_start = time.perf_counter()
-    ranked = collect_ranks(model.net, datamodule.test_dataloader(), max(cfg.model.ks), device=model.device)
+    ranked = collect_ranks(model.scorer(), datamodule.test_dataloader(), max(cfg.model.ks), device=model.device)
     _synchronize(model.device)
     eval_seconds = time.perf_counter() - eval_start
     results = {

@@ -1,0 +1,119 @@
+"""The recent-popularity prior: a re-ranker that adds to every item's score, at inference only, how much it was
+clicked at the end of training. A network trained over the whole period cannot know what is in fashion then."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lstm_rec.data.sessions import Sessions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ItemPrior:
+    """A fixed score per item, added at inference: `weight` * log(1 + recent clicks).
+
+    Attributes:
+        scores: (n_items,) float32; column j is item index j + 1.
+        weight: the weight it was made with, the default when it is refreshed from live clicks.
+        hours: the window of training time it counts (None when it came from live clicks).
+    """
+
+    scores: Tensor
+    weight: float
+    hours: float | None = None
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, weight: float, hours: float | None = None) -> ItemPrior:
+        if not weight >= 0:
+            raise ValueError(f"the prior's weight must be >= 0 (0: no prior), got {weight!r}")
+        return cls(torch.as_tensor(weight * np.log1p(counts), dtype=torch.float32), float(weight), hours)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"scores": self.scores.cpu(), "weight": self.weight, "hours": self.hours}
+
+    @classmethod
+    def from_checkpoint(cls, entry: dict[str, Any] | None) -> ItemPrior | None:
+        return None if entry is None else cls(entry["scores"].float(), float(entry["weight"]), entry.get("hours"))
+
+
+class RecentPopularity:
+    """Makes the prior from the clicks in the training sessions that began in the last `hours` hours of the
+    training data (up to its latest click), weighted `weight` (the prior config group)."""
+
+    def __init__(self, weight: float = 0.075, hours: float = 8.0) -> None:
+        if not weight >= 0:
+            raise ValueError(f"prior.weight must be a weight >= 0 (0: no prior), got {weight!r}")
+        if not hours > 0:
+            raise ValueError(f"prior.hours must be a positive number of hours, got {hours!r}")
+        self.weight, self.hours = weight, hours
+
+    def fit(self, sessions: Sessions, n_items: int) -> ItemPrior:
+        if sessions.times is None:
+            raise ValueError(
+                "the recent-popularity prior (prior=recent_popularity) needs the training sessions' click times; "
+                "set prior=null for data without them"
+            )
+        start = sessions.times[sessions.offsets[:-1]]  # (n_sessions,)
+        recent = start >= sessions.times.max() - self.hours * 3600.0
+        counts = np.bincount(sessions.items[np.repeat(recent, sessions.lengths)], minlength=n_items + 1)[1:]
+        log.info(
+            "recent-popularity prior: %d clicks on %d items in the %d training sessions of the last %g hours, "
+            "weight %g",
+            counts.sum(),
+            np.count_nonzero(counts),
+            recent.sum(),
+            self.hours,
+            self.weight,
+        )
+        return ItemPrior.from_counts(counts, self.weight, self.hours)
+
+
+class PriorScorer(nn.Module):
+    """A scorer (the network, or a baseline) whose scores get an item prior added; without a prior, its scores.
+
+    The prior lives in the buffer `prior_scores`. Setting a prior swaps in a new tensor rather than copying into
+    the old one, so scoring that runs meanwhile in another thread (a service) sees the whole old prior or the
+    whole new one.
+    """
+
+    def __init__(self, scorer: Any, prior: ItemPrior | None = None) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.register_buffer("prior_scores", None, persistent=False)
+        self.prior: ItemPrior | None = None
+        self.set_prior(prior)
+
+    @property
+    def n_items(self) -> int:
+        return self.scorer.n_items
+
+    def set_prior(self, prior: ItemPrior | None) -> None:
+        if prior is not None and prior.scores.shape != (self.n_items,):
+            raise ValueError(f"the prior needs one score per item ({self.n_items}), got {tuple(prior.scores.shape)}")
+        device = self.prior_scores.device if self.prior_scores is not None else _device_of(self.scorer)
+        self.prior_scores = None if prior is None else prior.scores.to(device)
+        self.prior = prior
+
+    def encode(self, items: Tensor) -> Any:
+        return self.scorer.encode(items)
+
+    def forward(self, items: Tensor, carry: Any = None) -> Any:
+        return self.scorer(items, carry)
+
+    def score(self, states: Any) -> Tensor:
+        scores = self.scorer.score(states)
+        prior = self.prior_scores
+        return scores if prior is None else scores + prior
+
+
+def _device_of(scorer: Any) -> torch.device:
+    parameter = next(scorer.parameters(), None) if isinstance(scorer, nn.Module) else None
+    return torch.device("cpu") if parameter is None else parameter.device
