@@ -36,7 +36,11 @@ def upgrade(checkpoint: dict[str, Any], source: str) -> None:
     entry = checkpoint[CHECKPOINT_KEY]
     prior = None
     if prior_scores is not None and bool(prior_scores.ne(0).any()):
-        prior = {"scores": prior_scores, "weight": hparams.get("recent_weight", 0.0), "hours": hparams.get("recent_hours")}
+        prior = {
+            "scores": prior_scores,
+            "weight": hparams.get("recent_weight", 0.0),
+            "hours": hparams.get("recent_hours"),
+        }
     checkpoint["state_dict"] = {f"net.{name}": value for name, value in weights.items()}
     checkpoint[CHECKPOINT_KEY] = entry | {"format_version": 2, "network": network, "prior": prior, "upgraded_from": 1}
 

@@ -212,7 +212,9 @@ def sampled_softmax_loss(scores: Tensor, candidates: Candidates, logq_weight: fl
     n_rows = scores.shape[1]
     positives = candidates.positives(n_rows)[..., None]  # (M, N, 1)
     # No column of a row's own item is a negative; its own copy is its positive, with its own correction.
-    logits = candidates.mask_own(scores + candidates.log_weights(-logq_weight * candidates.log_q)[:, None, :], float("-inf"))
+    logits = candidates.mask_own(
+        scores + candidates.log_weights(-logq_weight * candidates.log_q)[:, None, :], float("-inf")
+    )
     positive = scores.gather(2, positives) - logq_weight * candidates.log_q[:, :n_rows, None]
     logits = logits.scatter(2, positives, positive)
     per_row = F.cross_entropy(logits.flatten(0, 1), positives.flatten(), reduction="none")
@@ -223,7 +225,6 @@ def bpr_max_loss(scores: Tensor, candidates: Candidates, score_regularization: f
     """Mean BPR-max of scores (M, N, C): -log sum_j s_j sigmoid(r_pos - r_j) + reg * sum_j s_j r_j^2, with s the
     softmax of the negative scores r_j; a row's negatives are all proposals but its own item, a column proposed
     k times counting k times."""
-    n_rows = scores.shape[1]
     log_counts = candidates.log_weights(torch.zeros_like(candidates.log_q))  # (M, C) log of the copy counts
     per_row = _BPRMax.apply(scores, candidates, log_counts, score_regularization)
     return candidates.row_mean(per_row)
@@ -259,7 +260,7 @@ class _BPRMax(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         scores, positives, weights, sigmoid, ranking, regulariser = ctx.saved_tensors
         d_ranking, d_reg = -grad / ranking, grad * ctx.reg  # (M, N)
-        result = sigmoid.square_().mul_(weights)  # w s^2, in the buffer of s (not needed any more)
+        result = sigmoid.square().mul_(weights)  # w s^2
         d_positive = d_ranking * (ranking - result.sum(dim=-1))
         result.mul_(d_ranking[..., None])
         result.add_((scores + 2.0).mul_(scores).mul_(weights).mul_(d_reg[..., None]))

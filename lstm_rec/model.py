@@ -134,7 +134,9 @@ class SessionLSTM(nn.Module):
         """The carry of new sessions: zero states, no recent clicks."""
         shape = (self.num_layers, batch_size, self.state_size)
         recent = torch.zeros((batch_size, self.repeat_window), dtype=torch.long, device=device)
-        return Carry(torch.zeros(shape, device=device), torch.zeros(shape, device=device), recent if self.repeat_window else None)
+        return Carry(
+            torch.zeros(shape, device=device), torch.zeros(shape, device=device), recent if self.repeat_window else None
+        )
 
     def encode(self, items: Tensor) -> PrefixStates:
         """(B, T) right-padded item indices -> states (M, B, T, H) of every prefix items[:, :t + 1]."""
@@ -146,7 +148,8 @@ class SessionLSTM(nn.Module):
         table = self.item_embedding.view(-1, self.item_embedding.shape[-1])
         embedded = self.embedding_dropout(F.embedding(items + offsets, table))  # (M, B, T, E)
         states = [None] * self.n_members if carry is None else _split(carry, self.n_members)
-        outputs, finals = zip(*(lstm(x, s) for lstm, x, s in zip(self.lstms, embedded, states, strict=True)))
+        results = [lstm(x, s) for lstm, x, s in zip(self.lstms, embedded, states, strict=True)]
+        outputs, finals = [output for output, _ in results], [final for _, final in results]
         hidden = self.output_dropout(torch.stack(outputs))  # (M, B, T, H)
         recent = None
         if self.repeat_window > 0:

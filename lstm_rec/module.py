@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from lstm_rec.checkpoint import CHECKPOINT_KEY, CheckpointError, item_index_of, read_entry, write_entry
+from lstm_rec.checkpoint import CheckpointError, item_index_of, read_entry, write_entry
 from lstm_rec.data.sessions import ItemIndex
 from lstm_rec.evaluation import rank_batch
 from lstm_rec.losses import CrossEntropy

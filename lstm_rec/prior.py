@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lstm_rec.data.sessions import Sessions
+from lstm_rec.data.sessions import Sessions, recent_item_counts
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,13 @@ class RecentPopularity:
                 "the recent-popularity prior (prior=recent_popularity) needs the training sessions' click times; "
                 "set prior=null for data without them"
             )
-        start = sessions.times[sessions.offsets[:-1]]  # (n_sessions,)
-        recent = start >= sessions.times.max() - self.hours * 3600.0
-        counts = np.bincount(sessions.items[np.repeat(recent, sessions.lengths)], minlength=n_items + 1)[1:]
+        counts, n_sessions = recent_item_counts(sessions, n_items, self.hours * 3600.0)
         log.info(
             "recent-popularity prior: %d clicks on %d items in the %d training sessions of the last %g hours, "
             "weight %g",
             counts.sum(),
             np.count_nonzero(counts),
-            recent.sum(),
+            n_sessions,
             self.hours,
             self.weight,
         )

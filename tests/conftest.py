@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from lstm_rec.config import CONF_DIR, load_config
+from lstm_rec.jobs.config import CONF_DIR, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
@@ -64,11 +64,45 @@ def write_events(path: Path, rows: list[tuple], columns=("SessionId", "ItemId", 
     return path
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
+def run_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a script of scripts/ as a user would, from the repository root; it must succeed."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+# The trained models that test files share (session-scoped): the plain LSTM of TINY (default loss and optimizer,
+# separate output weights), and a two-layer tied ensemble whose second member has repeat scores (which need the
+# session's latest clicks besides the state) and its own dropout, with a recent-popularity prior (which every way
+# of scoring must add).
+TRAINED = {
+    "lstm": [],
+    "ensemble": [
+        "model.num_layers=2",
+        "model.tie_weights=true",
+        "model.members=[{},{repeat_window:3,dropout:0.1}]",
+        "prior=recent_popularity",
+        "prior.weight=0.5",
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """Each model of TRAINED, trained once for the whole session: its run directory and final metrics."""
+    from lstm_rec.jobs.train import train
+
+    runs = {}
+    for name, overrides in TRAINED.items():
+        out = tmp_path_factory.mktemp(name) / "run"
+        runs[name] = (out, train(compose_config("train", [*TINY, *overrides], out)))
+    return runs
+
+
+@pytest.fixture(scope="session", params=list(TRAINED))
+def checkpoint(request, trained_runs) -> str:
+    """The tested checkpoint of each shared model."""
+    return trained_runs[request.param][1]["checkpoint"]

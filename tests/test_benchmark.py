@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import TINY, compose_config
-from lstm_rec.benchmark import benchmark, time_to_target
+from lstm_rec.jobs.benchmark import benchmark, time_to_target
 
 
 def test_benchmark_reports_its_numbers(tmp_path):

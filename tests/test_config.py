@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from conftest import CONF, compose_config
 from lstm_rec.data import ItemIndex
-from lstm_rec.train import instantiate_all
+from lstm_rec.jobs.runs import instantiate_all
 
 
 def options(group: str) -> list[str]:
@@ -22,6 +22,8 @@ def test_every_group_has_options():
         "model",
         "model/optimizer",
         "model/scheduler",
+        "model/loss",
+        "prior",
         "trainer",
         "callbacks",
         "logger",
@@ -50,7 +52,7 @@ def test_model_optimizer_scheduler_options(optimizer, scheduler, tmp_path):
     overrides = [f"model/optimizer={optimizer}"] + ([f"model/scheduler={scheduler}"] if scheduler else [])
     cfg = compose_config("train", ["model.hidden=12", *overrides], tmp_path)
     model = instantiate(cfg.model, item_index=ItemIndex.from_items(np.arange(10)))
-    assert model.net.lstm.hidden_size == 12
+    assert model.net.hidden_size == 12
     model._trainer = SimpleNamespace(estimated_stepping_batches=100)  # what a fitting trainer would say
     configured = model.configure_optimizers()
     assert type(configured["optimizer"]).__name__.lower() == optimizer

@@ -7,7 +7,7 @@ import torch
 
 from conftest import write_events
 from lstm_rec.data import FileDataModule, ItemIndex, SyntheticDataModule
-from lstm_rec.data.batching import LengthGroupedBatchSampler, MemberBatchSampler, SessionBatches, session_windows
+from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches, session_windows
 from lstm_rec.data.io import DataFileError, read_events
 from lstm_rec.data.sessions import Sessions, recent_item_counts, split_by_start_time, to_sessions
 from lstm_rec.data.synthetic import generate_events
@@ -194,35 +194,6 @@ def test_synthetic_datamodule_splits_train_valid_test():
     assert dm.valid_sessions.n_sessions == pytest.approx(180, abs=10)
     assert dm.test_sessions.n_sessions == pytest.approx(100, abs=10)
     assert dm.train_sessions.n_sessions + dm.valid_sessions.n_sessions + dm.test_sessions.n_sessions <= 1000
-
-
-def test_member_orders_give_each_member_its_own_shuffle_of_every_window():
-    lengths = np.random.default_rng(0).integers(2, 12, size=203)
-    streams = [LengthGroupedBatchSampler(lengths, 16, shuffle=True, seed=5, stream=k) for k in range(3)]
-    members = MemberBatchSampler(streams)
-    members.set_epoch(2)
-    assert all(sampler.epoch == 2 for sampler in streams)
-    steps = list(members)
-    assert len(steps) == len(members) == len(streams[0]) and all(len(step) == 3 for step in steps)
-    orders = [np.concatenate([step[k] for step in steps]) for k in range(3)]
-    for order in orders:  # every window once per member
-        assert sorted(order.tolist()) == list(range(203))
-    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
-    # stream 0 is the plain sampler's order, so single models draw exactly as before
-    plain = LengthGroupedBatchSampler(lengths, 16, shuffle=True, seed=5)
-    plain.set_epoch(2)
-    assert np.array_equal(np.concatenate(list(plain)), orders[0])
-
-
-def test_datamodule_draws_one_training_batch_per_member():
-    datamodule = SyntheticDataModule(n_sessions=300, n_items=50, batch_size=8, member_orders=3)
-    datamodule.setup("fit")
-    step = next(iter(datamodule.train_dataloader()))
-    assert isinstance(step, (tuple, list)) and len(step) == 3
-    assert all(batch.ndim == 2 and batch.shape[0] <= 8 for batch in step)
-    assert torch.is_tensor(next(iter(datamodule.val_dataloader())))  # evaluation batches stay single
-    with pytest.raises(ValueError, match="member_orders"):
-        SyntheticDataModule(member_orders=0)
 
 
 def test_recent_item_counts_take_the_sessions_begun_in_the_last_hours():

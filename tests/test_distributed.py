@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import TINY, run_script
-from lstm_rec.checkpoint import load_module
+from lstm_rec.checkpoint import load_network
 from lstm_rec.data.batching import LengthGroupedBatchSampler, split_to_multiple
 from lstm_rec.evaluation import evaluate
 
@@ -35,7 +35,8 @@ def test_processes_share_every_window_exactly_once(shuffle, n_windows, batch_siz
     np.testing.assert_array_equal(np.sort(taken), np.arange(n_windows))  # none dropped, none repeated
     # Every process runs the same number of steps, as DDP's gradient all-reduce requires, and says so in len().
     assert {len(rank) for rank in batches} == {len(samplers[0])}
-    assert all(len(b) <= batch_size for rank in batches for b in rank)
+    # Evaluation's position budget may leave too few windows to split, then neighbours merge (5 windows, 4 ranks).
+    assert all(len(b) <= batch_size for rank in batches for b in rank) or n_windows < 2 * replicas
 
 
 def test_shares_change_with_the_epoch_and_agree_across_processes():
@@ -51,7 +52,10 @@ def test_split_to_multiple_splits_the_largest_batches_in_place():
     batches = [np.arange(0, 4), np.arange(4, 5), np.arange(5, 8)]
     split = split_to_multiple(batches, 4)
     assert [b.tolist() for b in split] == [[0, 1], [2, 3], [4], [5, 6, 7]]
-    with pytest.raises(ValueError, match="cannot cut"):
+    # Too few windows for the next multiple (5 windows, 4 processes): the smallest neighbours are merged instead.
+    merged = split_to_multiple([np.arange(i, i + 1) for i in range(5)], 4)
+    assert [b.tolist() for b in merged] == [[0, 1], [2], [3], [4]]
+    with pytest.raises(ValueError, match="cannot cut 1 windows into a multiple of 2 batches"):
         split_to_multiple([np.arange(1)], 2)
 
 
@@ -69,11 +73,11 @@ def test_ddp_on_two_cpu_processes_tests_every_prediction_once(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # A single process evaluating the tested checkpoint on all of the test set gets the same numbers.
     data = instantiate(OmegaConf.load(run_dir / ".hydra" / "config.yaml").data)
-    module = load_module(metrics["checkpoint"])
-    data.item_index = module.item_index
+    model = load_network(metrics["checkpoint"])
+    data.item_index = model.item_index
     data.setup("test")
     torch.set_num_threads(2)
-    alone = evaluate(module.net, data.full_dataloader("test"), [5, 20], "test/")
+    alone = evaluate(model.scorer(), data.full_dataloader("test"), [5, 20], "test/")
     assert metrics["test/n_predictions"] == alone["test/n_predictions"] == data.test_sessions.n_targets
     for name in ("recall@5", "mrr@5", "recall@20", "mrr@20", "ndcg@20"):
         assert metrics[f"test/{name}"] == pytest.approx(alone[f"test/{name}"], abs=1e-6)

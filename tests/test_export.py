@@ -6,28 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, compose_config
 from lstm_rec import Recommender
-from lstm_rec.export import ScoringStep, export
-from lstm_rec.train import train
+from lstm_rec.serving.export import ScoringStep, export
 
-# A plain tied LSTM, and an ensemble whose members differ in size and in repeat scores (which carry `recent`), with
-# a recent-popularity prior.
-MODELS = {
-    "lstm": ["model.num_layers=2", "model.tie_weights=true"],
-    "ensemble": [
-        "model.num_layers=2",
-        "model.tie_weights=true",
-        "model.members=[{},{hidden:24,repeat_window:3}]",
-        "model.recent_weight=0.5",  # the exported step must add the recent-popularity prior too
-    ],
-}
-
-
-@pytest.fixture(scope="module", params=list(MODELS))
-def checkpoint(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "run"
-    return train(compose_config("train", [*TINY, *MODELS[request.param]], out))["checkpoint"]
+# The shared checkpoints (conftest.TRAINED): a plain tied LSTM, and an ensemble with repeat scores (which carry
+# `recent`) and a recent-popularity prior (which the exported step must add too).
 
 
 def random_sessions(n_items: int, seed: int = 0) -> torch.Tensor:
@@ -37,7 +20,7 @@ def random_sessions(n_items: int, seed: int = 0) -> torch.Tensor:
 
 def reference(checkpoint):
     rec = Recommender.from_checkpoint(checkpoint)
-    return rec, ScoringStep(rec.net)
+    return rec, ScoringStep(rec.scorer)
 
 
 def run_pytorch(step: ScoringStep, sessions: torch.Tensor) -> list[np.ndarray]:
@@ -53,9 +36,8 @@ def run_pytorch(step: ScoringStep, sessions: torch.Tensor) -> list[np.ndarray]:
 def test_scoring_step_matches_the_full_sequence_model(checkpoint):
     rec, step = reference(checkpoint)
     sessions = random_sessions(rec.n_items)
-    history = rec.net.history(sessions) if rec.net.repeat_window > 0 else None
     with torch.no_grad():
-        whole = rec.net.score(rec.net(sessions), history).numpy()  # (B, T, n_items)
+        whole = rec.scorer.score(rec.scorer.encode(sessions)).numpy()  # (B, T, n_items)
     for t, scores in enumerate(run_pytorch(step, sessions)):
         np.testing.assert_allclose(scores, whole[:, t], rtol=1e-5, atol=1e-5)
 

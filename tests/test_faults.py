@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 from conftest import ROOT, TINY, compose_config, run_script
 from lstm_rec.callbacks import AtomicCheckpointIO
 from lstm_rec.data.sessions import ItemIndex
+from lstm_rec.jobs.runs import OutputDirError, find_run_to_resume
+from lstm_rec.jobs.train import train
 from lstm_rec.module import NonFiniteLossError, SessionRecModule
-from lstm_rec.runs import OutputDirError, find_run_to_resume
-from lstm_rec.train import train
 
 
 class PoisonBatches(L.Callback):
@@ -32,7 +32,7 @@ class PoisonBatches(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if (trainer.current_epoch, batch_idx) in self.batches:
-            embedding = pl_module.net.item_embedding
+            embedding = pl_module.net.embedding_dropout  # the embedded clicks pass through it
             self.hook = embedding.register_forward_hook(lambda module, inputs, output: output * float("nan"))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -78,8 +78,8 @@ def test_skip_drops_exactly_the_nan_batches(tmp_path, caplog):
 def test_weights_that_are_not_finite_are_never_saved():
     module = SessionRecModule(ItemIndex.from_items([1, 2, 3]), embedding_dim=4, hidden=4)
     with torch.no_grad():
-        module.net.lstm.weight_hh_l0[0, 0] = float("inf")
-    with pytest.raises(NonFiniteLossError, match=r"net\.lstm\.weight_hh_l0"):
+        module.net.lstms[0].weight_hh_l0[0, 0] = float("inf")
+    with pytest.raises(NonFiniteLossError, match=r"net\.lstms\.0\.weight_hh_l0"):
         module.on_save_checkpoint({})
 
 
@@ -113,7 +113,7 @@ def test_an_unwritable_output_dir_fails_before_training(tmp_path):
 
 def test_a_full_disk_fails_before_training(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr("lstm_rec.runs.shutil.disk_usage", lambda path: usage(2**30, 2**30 - 2**19, 2**19))
+    monkeypatch.setattr("lstm_rec.jobs.runs.shutil.disk_usage", lambda path: usage(2**30, 2**30 - 2**19, 2**19))
     with pytest.raises(OutputDirError, match=r"only 0 MiB free .* need about \d+ MiB"):
         train(compose_config("train", TINY, tmp_path / "run"))
     assert not list(tmp_path.glob("**/*.ckpt"))

@@ -8,9 +8,10 @@ import torch
 
 from conftest import TINY, compose_config
 from lstm_rec.data import ItemIndex, SyntheticDataModule
-from lstm_rec.evaluate import evaluate_checkpoint
+from lstm_rec.jobs.compare import compare
+from lstm_rec.jobs.train import train
+from lstm_rec.losses import BPRMax, CrossEntropy, SampledSoftmax
 from lstm_rec.module import SessionRecModule
-from lstm_rec.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -31,7 +32,7 @@ def test_gpu_training_beats_popularity(precision, optimizer, tmp_path):
     results = {}
     for device in ("cuda", "cpu"):
         overrides = [f"ckpt_path={metrics['checkpoint']}", *data, f"device={device}", "models=[pop,sr,vsknn]"]
-        results[device] = evaluate_checkpoint(compose_config("eval", overrides, tmp_path / device))
+        results[device] = compare(compose_config("eval", overrides, tmp_path / device))
     for device in ("cuda", "cpu"):
         lstm = results[device]["lstm"]
         assert lstm["test/n_predictions"] == metrics["test/n_predictions"]
@@ -63,8 +64,10 @@ def test_a_training_step_never_makes_the_host_wait_for_the_gpu(loss, members):
     # waits for the device (.item(), boolean indexing, torch.unique...) raises.
     torch.manual_seed(0)
     index = ItemIndex(ids=np.arange(1, 501), counts=np.arange(1, 501))
-    settings = {"embedding_dim": 16, "hidden": 32, "loss": loss, "n_negatives": 64, "dropout": 0.3}
-    module = SessionRecModule(index, members=members, later_weight=0.2, shared_negatives=True, **settings).cuda()
+    losses = {"cross_entropy": CrossEntropy, "sampled_softmax": SampledSoftmax, "bpr_max": BPRMax}
+    objective = losses[loss]() if loss == "cross_entropy" else losses[loss](n_negatives=64)
+    module = SessionRecModule(index, loss=objective, members=members, embedding_dim=16, hidden=32, dropout=0.3).cuda()
+    module.on_fit_start()  # the sampled losses take the padded layout on the GPU
     module.log = lambda *args, **kwargs: None  # outside a Trainer
     optimizer = torch.optim.Adagrad(module.parameters(), lr=0.1, fused=True)
     batch = torch.randint(1, 501, (64, 12))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lstm_rec.gru4rec_official import ComparisonError, parse_official_output, run_official
+from lstm_rec.jobs.gru4rec_official import ComparisonError, parse_official_output, run_official
 
 # The lines the official run.py prints around training and evaluation, with made-up numbers.
 OUTPUT = """Creating GRU4Rec model on device "cpu"

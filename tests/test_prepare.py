@@ -4,8 +4,6 @@ the loading of prepared files, and training on them with data=files."""
 import gzip
 import json
 import shlex
-import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,14 +12,14 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from conftest import ROOT, TINY, compose_config
+from conftest import TINY, compose_config, run_script
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import sort_events
 from lstm_rec.data.synthetic import generate_events
+from lstm_rec.jobs.train import train
 from lstm_rec.prepare import PrepareError, prepare_data
 from lstm_rec.prepare.benchmark import write_clicks
 from lstm_rec.prepare.generic import GenericLog
-from lstm_rec.train import train
 
 # yoochoose-clicks.dat rows. Items: A 214536500, B 214536502, C 214536506, D 214577561, E 214662742,
 # F 214718203, G 214820000. Session 3 (D) is too short; D and E have fewer than 5 clicks; F is clicked
@@ -500,9 +498,7 @@ def test_prepare_script_then_train_with_the_printed_command(tmp_path):
     raw = tmp_path / "yoochoose-clicks.dat"
     _structured_raw_clicks(raw)
     out = tmp_path / "prepared"
-    script = [sys.executable, "scripts/prepare_data.py", f"input={raw}", f"output={out}", f"hydra.run.dir={tmp_path}/h"]
-    result = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("scripts/prepare_data.py", f"input={raw}", f"output={out}", f"hydra.run.dir={tmp_path}/h")
     assert "| split | events | sessions | items |" in result.stdout
     command = next(line for line in result.stdout.splitlines() if line.startswith("python scripts/train.py"))
     overrides = [o for o in TINY if not o.startswith("data.")] + shlex.split(command)[2:]

@@ -1,8 +1,6 @@
 """The Python API on a trained checkpoint: top-k, batches, live sessions, unknown items, fallbacks."""
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,22 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, TINY, compose_config, write_events
+from conftest import compose_config, run_script, write_events
 from lstm_rec import Recommender
 from lstm_rec.checkpoint import CheckpointError
 from lstm_rec.data import SyntheticDataModule
 from lstm_rec.evaluation import rank_batch
-from lstm_rec.recommend import recommend_job
-from lstm_rec.train import train
-
-
-@pytest.fixture(scope="module", params=["lstm", "ensemble"])
-def checkpoint(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rec") / "run"
-    # The ensemble has a member with repeat scores, which need the session's latest clicks besides the state,
-    # and a recent-popularity prior, which every way of scoring must add.
-    members = ["model.members=[{},{repeat_window:4}]", "model.recent_weight=0.5"] if request.param == "ensemble" else []
-    return train(compose_config("train", [*TINY, "model.num_layers=2", *members], out))["checkpoint"]
+from lstm_rec.jobs.predict import recommend_job
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +21,15 @@ def rec(checkpoint):
     return Recommender.from_checkpoint(checkpoint, device="cpu")
 
 
+def is_ensemble(request) -> bool:
+    return "ensemble" in request.node.callspec.id
+
+
 def test_the_prior_travels_in_the_checkpoint(rec, request):
-    if "ensemble" in request.node.callspec.id:
-        assert rec.net.item_prior.std() > 0  # a prior that differs between items
+    if is_ensemble(request):
+        assert rec.prior.scores.std() > 0 and rec.prior.weight == 0.5  # a prior that differs between items
     else:
-        assert rec.net.item_prior.eq(0).all()
+        assert rec.prior is None
 
 
 def test_recent_clicks_refresh_the_prior(checkpoint, caplog, request):
@@ -45,24 +37,24 @@ def test_recent_clicks_refresh_the_prior(checkpoint, caplog, request):
     ids = rec.item_index.ids
     session = [ids[0], ids[1]]
     before = dict(rec.recommend(session, k=rec.n_items))
-    trained_prior = rec.net.item_prior.clone()
+    trained_prior = torch.zeros(rec.n_items) if rec.prior is None else rec.prior.scores.clone()
     with caplog.at_level(logging.WARNING):
         unknown = rec.set_recent_clicks([ids[5], ids[5], ids[7], "no-such-item"], weight=0.5)
     assert unknown == ["no-such-item"] and "no-such-item" in caplog.text
     expected = torch.zeros(rec.n_items)
     expected[5], expected[7] = 0.5 * np.log(3.0), 0.5 * np.log(2.0)
-    torch.testing.assert_close(rec.net.item_prior, expected)
+    torch.testing.assert_close(rec.prior.scores, expected)
     # Every score moves by the change of its item's prior.
     after = dict(rec.recommend(session, k=rec.n_items))
     for position in (0, 5, 7, 9):
         change = float(expected[position] - trained_prior[position])
         assert after[ids[position]] - before[ids[position]] == pytest.approx(change, abs=1e-4)
-    # By default the model's own weight; 0 switches the prior off.
-    assert rec.recent_weight == (0.5 if "ensemble" in request.node.callspec.id else 0.0)  # as trained
+    # By default the model's own weight (the one it was trained with, else 0); 0 switches the prior off.
+    assert rec.recent_weight == (0.5 if is_ensemble(request) else 0.0)
     rec.set_recent_clicks([ids[5]])
-    assert rec.net.item_prior[5].item() == pytest.approx(rec.recent_weight * np.log(2.0))
+    assert rec.prior.scores[5].item() == pytest.approx(rec.recent_weight * np.log(2.0))
     rec.set_recent_clicks([ids[5]], weight=0.0)
-    assert rec.net.item_prior.eq(0).all()
+    assert rec.prior.scores.eq(0).all()
     with pytest.raises(ValueError, match="weight must be >= 0"):
         rec.set_recent_clicks([ids[5]], weight=-1.0)
 
@@ -80,7 +72,7 @@ def test_top_k_agrees_with_the_evaluation_path(rec, test_sessions):
     ids = rec.item_index.ids
     for session in test_sessions[:5]:
         batch = torch.tensor([rec.item_index.lookup(np.array(session)).tolist()])
-        ranked = rank_batch(rec.net, batch, k_max=10)
+        ranked = rank_batch(rec.scorer, batch, k_max=10)
         for position in range(len(session) - 1):
             top = rec.recommend(session[: position + 1], k=10)
             assert [item for item, _ in top] == ids[ranked.top_items[position].numpy()].tolist()
@@ -172,12 +164,8 @@ def test_recommend_job_batch_mode_per_session_and_per_position(checkpoint, rec, 
 
 def test_recommend_script_prints_the_list(checkpoint, rec, test_sessions, tmp_path):
     session = test_sessions[0][:3]
-    result = subprocess.run(
-        [sys.executable, "scripts/recommend.py", f"ckpt_path={checkpoint}", f"items=[{','.join(map(str, session))}]",
-         "k=3", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    items = f"items=[{','.join(map(str, session))}]"
+    result = run_script("scripts/recommend.py", f"ckpt_path={checkpoint}", items, "k=3", f"hydra.run.dir={tmp_path}")
     for rank, (item, _) in enumerate(rec.recommend(session, k=3), start=1):
         assert f"| {rank} | {item} |" in result.stdout
 

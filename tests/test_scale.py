@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import TINY, compose_config
-from lstm_rec.checkpoint import load_module
+from lstm_rec.checkpoint import load_network
 from lstm_rec.evaluation import collect_ranks, metrics_of
+from lstm_rec.jobs.train import train
 from lstm_rec.metrics import target_ranks
-from lstm_rec.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -35,25 +35,26 @@ def test_a_million_items_train_with_sampled_softmax_and_evaluate_in_chunks(milli
     overrides = [
         *(o for o in TINY if not o.startswith("data.")), "data=files", f"data.train={million_items / 'train.parquet'}",
         f"data.valid={million_items / 'test.parquet'}", f"data.test={million_items / 'test.parquet'}",
-        "data.batch_size=256", "model.loss=sampled_softmax", "model.tie_weights=true", f"model.max_scores={MAX_SCORES}",
+        "data.batch_size=256", "model/loss=sampled_softmax", "model.tie_weights=true", f"model.max_scores={MAX_SCORES}",
         "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "callbacks.model_checkpoint.save_last=false",
     ]  # fmt: skip
     metrics = train(compose_config("train", overrides, tmp_path / "run"))
-    module = load_module(metrics["checkpoint"])
-    assert module.net.n_items == N_ITEMS
+    model = load_network(metrics["checkpoint"])
+    net = model.network
+    assert net.n_items == N_ITEMS
 
     # Evaluation never holds more than max_scores scores: spy on every score call.
     rows_scored = []
-    score = module.net.score
-    monkeypatch.setattr(module.net, "score", lambda states: rows_scored.append(len(states)) or score(states))
-    batch = torch.as_tensor(module.item_index.lookup(pd.read_parquet(million_items / "test.parquet").ItemId))
+    score = net.score
+    monkeypatch.setattr(net, "score", lambda states: rows_scored.append(len(states)) or score(states))
+    batch = torch.as_tensor(model.item_index.lookup(pd.read_parquet(million_items / "test.parquet").ItemId))
     batch = batch.reshape(40, 5)
-    ranked = collect_ranks(module.net, [batch], k_max=20, max_scores=MAX_SCORES)
+    ranked = collect_ranks(net, [batch], k_max=20, max_scores=MAX_SCORES)
     assert max(rows_scored) * N_ITEMS <= MAX_SCORES and sum(rows_scored) == 160
 
     # The chunked ranks are the ranks of the whole score matrix, and the run's own test metrics.
     with torch.no_grad():
-        states = module.net(batch[:, :-1]).flatten(0, 1)[:8]
+        states = net.encode(batch[:, :-1]).flat()[:8]
         expected = target_ranks(score(states), batch[:, 1:].flatten()[:8] - 1, "pessimistic")
     torch.testing.assert_close(ranked.ranks[:8], expected.to(ranked.ranks.dtype))
     for name, value in metrics_of(ranked, [20], "test/").items():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import TINY, compose_config
+from lstm_rec.jobs.train import train
 from lstm_rec.schedules import WarmupDecay
-from lstm_rec.train import train
 
 
 def test_warmup_then_cosine_or_linear_decay():

@@ -11,20 +11,20 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from conftest import ROOT, TINY, compose_config
+from conftest import ROOT, run_script
 from lstm_rec import Recommender
-from lstm_rec.service import create_app, free_port, wait_until_up
-from lstm_rec.train import train
+from lstm_rec.serving.http import create_app, free_port, wait_until_up
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return train(compose_config("train", TINY, tmp_path_factory.mktemp("serve") / "run"))["checkpoint"]
+def served(trained_runs) -> str:
+    """The ensemble's checkpoint (repeat scores and a prior): the service must score with both."""
+    return trained_runs["ensemble"][1]["checkpoint"]
 
 
 @pytest.fixture(scope="module")
-def rec(checkpoint):
-    return Recommender.from_checkpoint(checkpoint)
+def rec(served):
+    return Recommender.from_checkpoint(served)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,10 @@ def test_health(client, rec):
     assert client.get("/health").json() == expected
 
 
-def test_recent_clicks_refresh_the_prior_when_switched_on(checkpoint, client):
+def test_recent_clicks_refresh_the_prior_when_switched_on(served, client):
     # Off by default: the endpoint does not exist.
     assert client.post("/recent_clicks", json={"items": [1]}).status_code == 404
-    rec, twin = Recommender.from_checkpoint(checkpoint), Recommender.from_checkpoint(checkpoint)
+    rec, twin = Recommender.from_checkpoint(served), Recommender.from_checkpoint(served)
     live = TestClient(create_app(rec, max_items=50, max_k=30, recent_clicks=True, max_recent_clicks=8))
     assert live.get("/health").json()["recent_clicks"] is True
     ids = rec.item_index.ids.tolist()
@@ -61,16 +61,16 @@ def test_recent_clicks_refresh_the_prior_when_switched_on(checkpoint, client):
     assert answer.json() == {"clicks": 4, "items": 2, "weight": 0.5, "unknown": [str(ids[9]), "nope"]}
     expected = torch.zeros(rec.n_items)
     expected[5], expected[9] = 0.5 * np.log(4.0), 0.5 * np.log(2.0)
-    torch.testing.assert_close(rec.net.item_prior, expected)
+    torch.testing.assert_close(rec.prior.scores, expected)
     # Answers now carry the new prior: as the Python API gives them after the same refresh.
     twin.set_recent_clicks(clicks, weight=0.5)
     got = live.post("/recommend", json={"items": session, "k": 10}).json()
     assert got["items"] == [item for item, _ in twin.recommend(session, k=10)]
     assert got["scores"] == pytest.approx([score for _, score in twin.recommend(session, k=10)], abs=1e-5)
-    # No weight: the model's own (as trained, 0 here).
-    assert live.post("/recent_clicks", json={"items": [ids[5]]}).json()["weight"] == rec.recent_weight
+    # No weight: the model's own (as trained, 0.5 here).
+    assert live.post("/recent_clicks", json={"items": [ids[5]]}).json()["weight"] == rec.recent_weight == 0.5
     # Bad requests get 422 and change nothing.
-    before = rec.net.item_prior.clone()
+    before = rec.prior.scores.clone()
     for body, problem in (
         ({"items": [ids[5]], "weight": -1}, "greater_than_equal"),
         ({"items": [ids[5]] * 9}, "too_long"),
@@ -79,7 +79,7 @@ def test_recent_clicks_refresh_the_prior_when_switched_on(checkpoint, client):
     ):
         answer = live.post("/recent_clicks", json=body)
         assert answer.status_code == 422 and problem in {error["type"] for error in answer.json()["detail"]}
-    torch.testing.assert_close(rec.net.item_prior, before)
+    torch.testing.assert_close(rec.prior.scores, before)
 
 
 def test_unknown_and_empty_sessions(client):
@@ -110,10 +110,10 @@ def test_bad_requests_get_422_and_the_service_keeps_serving(client, body, proble
 
 
 @pytest.mark.slow
-def test_the_real_server_listens_on_loopback(checkpoint, tmp_path):
+def test_the_real_server_listens_on_loopback(served, tmp_path):
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "scripts/serve.py", f"ckpt_path={checkpoint}", f"port={port}", f"hydra.run.dir={tmp_path}"],
+        [sys.executable, "scripts/serve.py", f"ckpt_path={served}", f"port={port}", f"hydra.run.dir={tmp_path}"],
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
@@ -131,13 +131,11 @@ def test_the_real_server_listens_on_loopback(checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_load_benchmark_reports_its_numbers(checkpoint, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "scripts/benchmark_serve.py", "--ckpt", checkpoint, "--requests", "60", "--concurrency", "2",
-         "--output", str(tmp_path / "bench.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_load_benchmark_reports_its_numbers(served, tmp_path):
+    bench = tmp_path / "bench.json"
+    run_script(
+        "scripts/benchmark_serve.py", "--ckpt", served, "--requests", "60", "--concurrency", "2", "--output", str(bench)
+    )
     numbers = json.loads((tmp_path / "bench.json").read_text())
     assert numbers["requests"] == 60 and numbers["errors"] == 0
     assert numbers["requests_per_second"] > 0 and 0 < numbers["p50_ms"] <= numbers["p99_ms"]

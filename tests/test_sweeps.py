@@ -1,13 +1,12 @@
 """Sweeps as users run them: an Optuna search stored in SQLite and resumed, a parallel grid, and the report."""
 
 import csv
-import subprocess
-import sys
+import json
 
 import pytest
 import yaml
 
-from conftest import ROOT, TINY
+from conftest import TINY, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -15,16 +14,10 @@ pytestmark = pytest.mark.slow
 QUICK = [o for o in TINY if o.startswith(("data.n_", "callbacks.", "trainer."))] + ["trainer.max_epochs=1"]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 def test_optuna_search_in_sqlite_resumes_and_reports(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     search = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}", *QUICK]
-    run("scripts/train.py", *search, f"hydra.sweep.dir={tmp_path / 'first'}")
+    run_script("scripts/train.py", *search, f"hydra.sweep.dir={tmp_path / 'first'}")
     results = yaml.safe_load((tmp_path / "first" / "optimization_results.yaml").read_text())
     with open(tmp_path / "first" / "summary.csv") as f:
         jobs = list(csv.DictReader(f))
@@ -36,7 +29,7 @@ def test_optuna_search_in_sqlite_resumes_and_reports(tmp_path):
     assert swept <= set(jobs[0]) and (tmp_path / "first" / "learning_curves.png").is_file()
 
     # the same study continues from its two trials
-    run("scripts/train.py", *search[:1], "hydra.sweeper.n_trials=1", *search[2:], "hydra.sweeper.sampler.seed=7",
+    run_script("scripts/train.py", *search[:1], "hydra.sweeper.n_trials=1", *search[2:], "hydra.sweeper.sampler.seed=7",
         f"hydra.sweep.dir={tmp_path / 'more'}")  # fmt: skip
     import optuna
 
@@ -45,16 +38,27 @@ def test_optuna_search_in_sqlite_resumes_and_reports(tmp_path):
     # summarize.py rebuilds the report of a sweep directory
     for name in ("summary.md", "summary.csv", "learning_curves.png"):
         (tmp_path / "first" / name).unlink()
-    printed = run("scripts/summarize.py", str(tmp_path / "first")).stdout
+    printed = run_script("scripts/summarize.py", str(tmp_path / "first")).stdout
     assert printed.count("model.hidden=") == 2
     for name in ("summary.md", "summary.csv", "learning_curves.png", "objective_vs_model.optimizer.lr.png"):
         assert (tmp_path / "first" / name).is_file(), name
 
 
-def test_grid_in_parallel_processes(tmp_path):
+def test_a_grid_in_parallel_processes_gives_one_directory_per_job_and_a_summary(tmp_path):
     sweep = tmp_path / "grid"
-    run("scripts/train.py", "-m", "hydra/launcher=parallel", "num_threads=1", *QUICK, "model.hidden=16,32",
-        f"hydra.sweep.dir={sweep}")  # fmt: skip
+    run_script("scripts/train.py", "-m", "hydra/launcher=parallel", "num_threads=1", *QUICK, "model.hidden=16,32",
+               f"hydra.sweep.dir={sweep}")  # fmt: skip
+    for job in ("0", "1"):
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+        assert any((sweep / job / "tensorboard").glob("events.out.tfevents.*"))
     with open(sweep / "summary.csv") as f:
-        assert sorted(row["model.hidden"] for row in csv.DictReader(f)) == ["16", "32"]
+        rows = list(csv.DictReader(f))
+    assert sorted(row["model.hidden"] for row in rows) == ["16", "32"]
+    scores = [float(row["val/mrr@20"]) for row in rows]
+    assert scores == sorted(scores, reverse=True)  # best job first
+    for row in rows:
+        job_metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
+        assert float(row["test/recall@20"]) == pytest.approx(job_metrics["test/recall@20"])
+    summary = (sweep / "summary.md").read_text()
+    assert summary.count("model.hidden=") == 2 and "val/mrr@20" in summary
     assert (sweep / "objective_vs_model.hidden.png").is_file()

@@ -10,21 +10,20 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, compose_config, write_events
-from lstm_rec.checkpoint import CheckpointError, load_module
+from conftest import TINY, TRAINED, compose_config, write_events
+from lstm_rec.checkpoint import CheckpointError, load_network
 from lstm_rec.data import FileDataModule, ItemIndex, Sessions
 from lstm_rec.data.synthetic import generate_events
-from lstm_rec.evaluate import evaluate_checkpoint
 from lstm_rec.evaluation import evaluate
+from lstm_rec.jobs.compare import compare
+from lstm_rec.jobs.train import train
 from lstm_rec.module import SessionRecModule
-from lstm_rec.train import train
+from lstm_rec.prior import RecentPopularity
 
 
 @pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthetic") / "run"
-    metrics = train(compose_config("train", TINY, out))
-    return out, metrics
+def synthetic_run(trained_runs):
+    return trained_runs["lstm"]
 
 
 def test_lstm_beats_popularity_by_far(synthetic_run):
@@ -63,7 +62,7 @@ def test_best_checkpoint_is_the_best_validation_epoch(synthetic_run):
 
 def test_same_seed_same_metrics(synthetic_run, tmp_path):
     _, first = synthetic_run
-    second = train(compose_config("train", TINY, tmp_path / "again"))
+    second = train(compose_config("train", [*TINY, *TRAINED["lstm"]], tmp_path / "again"))
     for key in ("test/recall@20", "test/mrr@20", "val/mrr@20", "pop/test/recall@20"):
         assert second[key] == first[key]
 
@@ -96,7 +95,7 @@ def test_evaluate_a_checkpoint_without_training_data(file_run, tmp_path):
         "eval", [f"ckpt_path={trained['checkpoint']}", "data=files", f"data.test={data / 'test.csv'}"], tmp_path
     )
     assert cfg.data.train is None
-    results = evaluate_checkpoint(cfg)
+    results = compare(cfg)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("test/recall@20", "test/mrr@20", "test/n_predictions", "pop/test/recall@20"):
         assert saved[key] == pytest.approx(trained[key])
@@ -114,7 +113,7 @@ def test_compare_checkpoint_and_baselines_on_the_same_predictions(file_run, tmp_
         "models=[pop,markov,sr,sknn,vsknn]",
         "breakdown=[position]",
     ]
-    results = evaluate_checkpoint(compose_config("eval", overrides, tmp_path))
+    results = compare(compose_config("eval", overrides, tmp_path))
     assert list(results) == ["lstm", "pop", "markov", "sr", "sknn", "vsknn"]
     assert len({r["test/n_predictions"] for r in results.values()}) == 1
     assert results["lstm"]["test/n_predictions"] == trained["test/n_predictions"]
@@ -132,7 +131,7 @@ def test_several_checkpoints_in_one_comparison(file_run, tmp_path):
     data, out, trained = file_run
     paths = f"[{trained['checkpoint']},{out / 'checkpoints' / 'last.ckpt'}]"
     overrides = [f"ckpt_path={paths}", "data=files", f"data.test={data / 'test.csv'}"]
-    results = evaluate_checkpoint(compose_config("eval", overrides, tmp_path))
+    results = compare(compose_config("eval", overrides, tmp_path))
     assert list(results) == ["lstm_1", "lstm_2"]
     assert results["lstm_1"]["test/mrr@20"] == pytest.approx(trained["test/mrr@20"])
 
@@ -141,20 +140,20 @@ def test_baselines_need_training_data(tmp_path):
     cfg = compose_config("eval", ["data=files", f"data.test={tmp_path / 't.csv'}", "models=[sr]"], tmp_path)
     write_events(tmp_path / "t.csv", [(1, 2, 3.0), (1, 3, 4.0)], sep=",")
     with pytest.raises(ValueError, match=r"data\.train is not set.*set data\.train=PATH"):
-        evaluate_checkpoint(cfg)
+        compare(cfg)
 
 
 def test_unknown_baseline_name(tmp_path):
     with pytest.raises(ValueError, match="unknown model 'gru'"):
-        evaluate_checkpoint(compose_config("eval", ["models=[gru]", "data.n_sessions=300"], tmp_path))
+        compare(compose_config("eval", ["models=[gru]", "data.n_sessions=300"], tmp_path))
 
 
 def test_checkpoint_carries_the_item_index(file_run):
     data, _, trained = file_run
-    module = load_module(trained["checkpoint"])
+    model = load_network(trained["checkpoint"])
     train_items = sorted(set(int(line.split("\t")[1]) for line in (data / "train.tsv").read_text().splitlines()[1:]))
-    assert module.item_index.ids.tolist() == train_items
-    assert module.net.n_items == len(train_items)
+    assert model.item_index.ids.tolist() == train_items
+    assert model.network.n_items == len(train_items)
 
 
 def test_resume_from_a_checkpoint(file_run, tmp_path):
@@ -175,46 +174,81 @@ def test_recent_popularity_prior_from_the_last_hours_of_training(file_run, tmp_p
         data,
         f"data.valid={data / 'test.csv'}",  # all of train.tsv trains
         "trainer.max_epochs=1",
-        "model.recent_weight=0.5",
-        "model.recent_hours=2",
+        "prior=recent_popularity",
+        "prior.weight=0.5",
+        "prior.hours=2",
     )
     trained = train(compose_config("train", overrides, tmp_path / "prior"))
-    module = load_module(trained["checkpoint"])
+    model = load_network(trained["checkpoint"])
     events = pd.read_csv(data / "train.tsv", sep="\t")
     starts = events.groupby("SessionId")["Time"].transform("min")
     recent = events[starts >= events["Time"].max() - 2 * 3600]
-    counts = recent["ItemId"].value_counts().reindex(module.item_index.ids, fill_value=0).to_numpy()
+    counts = recent["ItemId"].value_counts().reindex(model.item_index.ids, fill_value=0).to_numpy()
     assert 0 < (counts > 0).sum() < len(counts)  # the window holds some items, not all
-    expected = torch.tensor(0.5 * np.log1p(counts), dtype=torch.float32)
-    torch.testing.assert_close(module.net.item_prior, expected)
-    # Its recommendations score with it: the test metrics come from the scores that include it.
-    module.net.item_prior.zero_()
+    torch.testing.assert_close(model.prior.scores, torch.tensor(0.5 * np.log1p(counts), dtype=torch.float32))
+    assert (model.prior.weight, model.prior.hours) == (0.5, 2.0)
+    # The test metrics come from the scores with the prior; the network alone scores differently.
     datamodule = FileDataModule(test=str(data / "test.csv"))
-    datamodule.item_index = module.item_index
+    datamodule.item_index = model.item_index
     datamodule.setup("test")
-    without = evaluate(module.net, datamodule.full_dataloader("test"), [20], "test/")
-    assert without["test/recall@20"] != trained["test/recall@20"]
+    test = datamodule.full_dataloader("test")
+    assert evaluate(model.scorer(), test, [20], "test/")["test/recall@20"] == pytest.approx(trained["test/recall@20"])
+    assert evaluate(model.network, test, [20], "test/")["test/recall@20"] != trained["test/recall@20"]
 
 
-def test_checkpoints_from_before_the_item_prior_still_load(file_run, tmp_path):
-    _, _, trained = file_run
-    checkpoint = torch.load(trained["checkpoint"], weights_only=False)
-    for name in [name for name in checkpoint["state_dict"] if name.endswith("item_prior")]:
-        del checkpoint["state_dict"][name]
-    torch.save(checkpoint, tmp_path / "old.ckpt")
-    module = load_module(tmp_path / "old.ckpt")
-    assert module.net.item_prior.eq(0).all()
+def version_1(checkpoint: dict) -> dict:
+    """A checkpoint as lstm_rec 0.1 wrote it: module hyperparameters, one network's or each member's own weights
+    (`net.members.<m>.`), the prior as a buffer of the network."""
+    entry = checkpoint["lstm_rec"]
+    network, prior = entry["network"], entry["prior"]
+    members = network.get("members") or [None]
+    state = {}
+    for m, member in enumerate(members):
+        prefix = "net." if member is None else f"net.members.{m}."
+        window = (member or {}).get("repeat_window", network.get("repeat_window", 0))
+        for name, value in checkpoint["state_dict"].items():
+            name = name.removeprefix("net.")
+            if name.startswith("lstms."):
+                if name.startswith(f"lstms.{m}."):
+                    state[prefix + "lstm." + name.split(".", 2)[2]] = value
+            elif name.startswith("repeat_scores."):
+                if window:
+                    state[prefix + name] = value[m, :window]
+            else:
+                state[prefix + (name + ".weight" if name == "item_embedding" else name)] = value[m]
+    state["net.item_prior"] = torch.zeros(len(entry["item_counts"])) if prior is None else prior["scores"]
+    hparams = dict(network) | {"recent_weight": 0.0 if prior is None else prior["weight"], "recent_hours": 24.0}
+    old_entry = {"format_version": 1, "item_ids": entry["item_ids"], "item_counts": entry["item_counts"]}
+    return {"state_dict": state, "hyper_parameters": hparams, "lstm_rec": old_entry}
+
+
+def test_version_1_checkpoints_load_and_score_as_before(trained_runs, tmp_path):
+    for name in ("lstm", "ensemble"):
+        path = trained_runs[name][1]["checkpoint"]
+        torch.save(version_1(torch.load(path, weights_only=True)), tmp_path / "old.ckpt")
+        old, new = load_network(tmp_path / "old.ckpt"), load_network(path)
+        items = torch.randint(1, new.network.n_items + 1, (3, 6))
+        torch.testing.assert_close(
+            old.scorer().score(old.network.encode(items)), new.scorer().score(new.network.encode(items))
+        )
+    with pytest.raises(CheckpointError, match="format version 1"):
+        SessionRecModule(old.item_index, hidden=old.network.hidden_size).on_load_checkpoint(
+            torch.load(tmp_path / "old.ckpt")
+        )
 
 
 def test_foreign_and_broken_checkpoints_are_refused(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(CheckpointError, match="not an lstm_rec checkpoint"):
-        load_module(tmp_path / "foreign.ckpt")
+        load_network(tmp_path / "foreign.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
-        load_module(tmp_path / "junk.ckpt")
+        load_network(tmp_path / "junk.ckpt")
     with pytest.raises(FileNotFoundError, match="ckpt_path: no checkpoint"):
-        load_module(tmp_path / "missing.ckpt")
+        load_network(tmp_path / "missing.ckpt")
+    torch.save({"lstm_rec": {"format_version": 9, "item_ids": [1]}}, tmp_path / "future.ckpt")
+    with pytest.raises(CheckpointError, match="has checkpoint format version 9; this lstm_rec reads versions 1 and 2"):
+        load_network(tmp_path / "future.ckpt")
 
 
 def test_bad_training_file_fails_with_a_clear_message(tmp_path):
@@ -231,19 +265,28 @@ def test_missing_file(tmp_path):
         train(cfg)
 
 
-def test_tiny_overrides_are_known_keys():
-    assert all(Path(__file__).parent.joinpath("conftest.py").read_text().count(o) for o in TINY)
-
-
 def test_recent_prior_without_click_times_fails_clearly():
-    module = SessionRecModule(ItemIndex(ids=np.arange(3), counts=np.ones(3, dtype=np.int64)), recent_weight=0.1)
     untimed = Sessions(items=np.array([1, 2, 3]), offsets=np.array([0, 3]))
-    for datamodule in (None, SimpleNamespace(train_sessions=untimed)):
-        module._trainer = SimpleNamespace(datamodule=datamodule)
-        with pytest.raises(ValueError, match=r"model.recent_weight > 0 .* needs the training sessions"):
-            module.setup("fit")
+    with pytest.raises(ValueError, match=r"prior=recent_popularity\) needs the training sessions' click times"):
+        RecentPopularity(0.1, 8).fit(untimed, 3)
 
 
+def test_the_monitored_metric_must_be_logged(tmp_path):
+    with pytest.raises(ValueError, match=r"monitor='val/mrr@50' is not logged: its cutoff must be one of model.ks"):
+        train(compose_config("train", [*TINY, "monitor=val/mrr@50"], tmp_path))
+
+
+def bf16_lstm_runs_here() -> bool:
+    lstm = torch.nn.LSTM(4, 4)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 1, 4))
+    except RuntimeError:  # oneDNN has no bf16 LSTM for CPUs without AVX-512 (e.g. AMD EPYC before Zen 4)
+        return False
+    return True
+
+
+@pytest.mark.skipif(not bf16_lstm_runs_here(), reason="this CPU runs no bf16 LSTM (tests/test_gpu.py covers bf16)")
 def test_bf16_training_with_the_fused_adagrad_clips_and_learns(tmp_path):
     # Lightning's mixed-precision plugin refuses to clip for any fused optimizer; under bf16 (no loss
     # scaler) the module clips itself. The presets' fused Adagrad with clipping must train under bf16.

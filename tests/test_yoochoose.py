@@ -5,9 +5,9 @@ from hydra.utils import instantiate
 
 from conftest import compose_config
 from lstm_rec.baselines import Popularity
-from lstm_rec.evaluate import evaluate_checkpoint
 from lstm_rec.evaluation import evaluate
-from lstm_rec.train import train
+from lstm_rec.jobs.compare import compare
+from lstm_rec.jobs.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ REFERENCE = {"pop": (0.089, 0.026), "sr": (0.618, 0.348), "sknn": (0.636, 0.319)
 
 def test_baselines_reproduce_the_reference_results(yoochoose, tmp_path):
     overrides = ["data=yoochoose_100k", shared(yoochoose), f"models=[{','.join(REFERENCE)}]"]
-    results = evaluate_checkpoint(compose_config("eval", overrides, tmp_path))
+    results = compare(compose_config("eval", overrides, tmp_path))
     for name, (recall, mrr) in REFERENCE.items():
         assert results[name]["test/n_predictions"] == 10152
         assert results[name]["test/recall@20"] == pytest.approx(recall, abs=0.01), name

@@ -58,7 +58,7 @@ def build_model(cfg: DictConfig, datamodule: SessionDataModule) -> SessionRecMod
 
 def check_monitor(monitor: str, ks: list[int]) -> None:
     """The monitored metric must be one that is logged: its k one of model.ks."""
-    name, _, k = str(monitor).partition("@")
+    k = str(monitor).partition("@")[2]
     if not k.isdigit() or int(k) not in ks:
         raise ValueError(
             f"monitor={monitor!r} is not logged: its cutoff must be one of model.ks={list(ks)} (e.g. "
