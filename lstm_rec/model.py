@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lstm_rec.layers import MemberDropout, MemberLinear
+
 # What an ensemble member may set for itself; every other setting is shared, so the members run as one batched
 # computation (same shapes).
 MEMBER_SETTINGS = ("dropout", "embedding_dropout", "repeat_window")
@@ -101,25 +103,31 @@ class SessionLSTM(nn.Module):
             for s in settings
         )
         self.output_dropout = MemberDropout([s["dropout"] for s in settings])
-        if tie_weights:
-            # A linear map takes the LSTM output to the embedding size when the two differ.
-            self.to_embedding = MemberLinear(self.n_members, hidden, embedding_dim) if hidden != embedding_dim else None
-            self.output_bias = nn.Parameter(torch.zeros(self.n_members, n_items))
-        else:
-            self.output = MemberLinear(self.n_members, hidden, n_items)
-        windows = torch.tensor([s["repeat_window"] for s in settings])
-        self.repeat_window = int(windows.max())
-        if self.repeat_window > 0:
-            self.repeat_scores = MemberLinear(self.n_members, hidden, self.repeat_window)
-            # (M, 1, W): which recencies count for each member (its own window)
-            mask = (torch.arange(self.repeat_window) < windows[:, None])[:, None].float()
-            self.register_buffer("window_mask", mask, persistent=False)
+        self._build_output(hidden, embedding_dim)
+        self._build_repeat_scores(hidden, [s["repeat_window"] for s in settings])
         # Small item embeddings (Glorot-uniform over the catalog) keep tied scores in range at the start;
         # PyTorch's default N(0, 1) trains markedly worse here. The padding row stays 0.
         for weight in self.item_embedding:
             nn.init.xavier_uniform_(weight)
         with torch.no_grad():
             self.item_embedding[:, 0].zero_()
+
+    def _build_output(self, hidden: int, embedding_dim: int) -> None:
+        """Tied: a map of the state to the embedding size (when they differ) and a bias per item; else a linear
+        layer to the item scores."""
+        if self.tie_weights:
+            self.to_embedding = MemberLinear(self.n_members, hidden, embedding_dim) if hidden != embedding_dim else None
+            self.output_bias = nn.Parameter(torch.zeros(self.n_members, self.n_items))
+        else:
+            self.output = MemberLinear(self.n_members, hidden, self.n_items)
+
+    def _build_repeat_scores(self, hidden: int, windows: list[int]) -> None:
+        """One score per recency up to the largest window; each member's own window as a mask (M, 1, W)."""
+        self.repeat_window = max(windows)
+        if self.repeat_window > 0:
+            self.repeat_scores = MemberLinear(self.n_members, hidden, self.repeat_window)
+            mask = (torch.arange(self.repeat_window) < torch.tensor(windows)[:, None])[:, None].float()
+            self.register_buffer("window_mask", mask, persistent=False)
 
     @property
     def num_layers(self) -> int:
@@ -234,47 +242,6 @@ class SessionLSTM(nn.Module):
         repeated = ((recent[..., :, None] == recent[..., None, :]) & earlier).any(-1)
         counts = ((recent > 0) & ~repeated).to(states.hidden.dtype)  # (N, W)
         return self.repeat_scores(states.hidden) * self.window_mask * counts
-
-
-class MemberLinear(nn.Module):
-    """One linear map per member, applied to that member's inputs: (M, N, in) -> (M, N, out), one batched
-    product. Initialised like nn.Linear."""
-
-    def __init__(self, members: int, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(members, out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(members, out_features))
-        bound = in_features**-0.5
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.baddbmm(self.bias[:, None], x, self.weight.transpose(1, 2))
-
-    def columns(self, x: Tensor, columns: Tensor) -> Tensor:
-        """Only the outputs in `columns` (M, C): (M, N, in) -> (M, N, C)."""
-        members, out_features, in_features = self.weight.shape
-        offsets = torch.arange(members, device=columns.device)[:, None] * out_features
-        weight = F.embedding(columns + offsets, self.weight.view(-1, in_features))  # (M, C, in)
-        return torch.baddbmm(self.bias.gather(1, columns)[:, None], x, weight.transpose(1, 2))
-
-
-class MemberDropout(nn.Module):
-    """Dropout over (M, ...) tensors at each member's own rate. The mask compares uniforms with the rate: on the
-    CPU that is 2-3x faster (forward and backward) than the Bernoulli draw of nn.Dropout."""
-
-    def __init__(self, rates: list[float]) -> None:
-        super().__init__()
-        if not all(0.0 <= rate < 1.0 for rate in rates):
-            raise ValueError(f"dropout rates must be in [0, 1), got {rates}")
-        self.register_buffer("rates", torch.tensor(rates), persistent=False)
-        self.active = any(rate > 0 for rate in rates)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and self.active):
-            return x
-        rates = self.rates.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
-        return x * ((torch.rand_like(x) >= rates) / (1.0 - rates))
 
 
 def build_network(n_items: int, settings: Mapping[str, Any]) -> SessionLSTM:

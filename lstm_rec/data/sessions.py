@@ -137,31 +137,29 @@ def to_sessions(events: pd.DataFrame, index: ItemIndex, name: str) -> Sessions:
             n_sessions_in - len(_session_starts(sessions)),
         )
     lengths = np.diff(np.append(_session_starts(sessions), len(items)))
-    keep = lengths >= 2
-    if not keep.all():
-        log.info(
-            "%s: dropped %d of %d sessions shorter than 2 clicks (%d rows)",
-            name,
-            (~keep).sum(),
-            len(keep),
-            lengths[~keep].sum(),
-        )
-        rows = np.repeat(keep, lengths)
-        items, times = items[rows], times[rows]
+    items, times, keep = _drop_short(items, times, lengths, name)
     offsets = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
     if len(offsets) == 1:
         raise ValueError(
             f"{name} is empty after filtering: no session has 2 or more clicks on items known from training "
             f"(it had {len(events)} rows in {n_sessions_in} sessions)"
         )
-    log.info(
-        "%s: %d events in %d sessions, %d predictions",
-        name,
-        len(items),
-        len(offsets) - 1,
-        len(items) - len(offsets) + 1,
-    )
+    predictions = len(items) - len(offsets) + 1
+    log.info("%s: %d events in %d sessions, %d predictions", name, len(items), len(offsets) - 1, predictions)
     return Sessions(items=items, offsets=offsets, times=times)
+
+
+def _drop_short(
+    items: np.ndarray, times: np.ndarray, lengths: np.ndarray, name: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of the sessions with 2 or more clicks (logging what went), and which sessions those are."""
+    keep = lengths >= 2
+    if not keep.all():
+        dropped = (~keep).sum(), len(keep), lengths[~keep].sum()
+        log.info("%s: dropped %d of %d sessions shorter than 2 clicks (%d rows)", name, *dropped)
+        rows = np.repeat(keep, lengths)
+        items, times = items[rows], times[rows]
+    return items, times, keep
 
 
 def _session_starts(sessions: np.ndarray) -> np.ndarray:

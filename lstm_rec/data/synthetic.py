@@ -30,14 +30,7 @@ def generate_events(
     Returns:
         A frame with columns session, item, time (seconds; sessions start one minute apart).
     """
-    if n_sessions < 1 or n_items < 2 or n_successors < 1 or not 2 <= mean_length <= max_length:
-        raise ValueError(
-            "synthetic data needs n_sessions >= 1, n_items >= 2, n_successors >= 1 and "
-            f"2 <= mean_length <= max_length; got {n_sessions=}, {n_items=}, {n_successors=}, "
-            f"{mean_length=}, {max_length=}"
-        )
-    if follow_prob < 0 or repeat_prob < 0 or follow_prob + repeat_prob > 1:
-        raise ValueError(f"follow_prob and repeat_prob must be >= 0 with sum <= 1; got {follow_prob}, {repeat_prob}")
+    _check(n_sessions, n_items, mean_length, max_length, n_successors, follow_prob, repeat_prob)
     rng = np.random.default_rng(seed)
     popularity = 1.0 / np.arange(1, n_items + 1) ** zipf_exponent
     popularity = rng.permutation(popularity / popularity.sum())
@@ -56,10 +49,33 @@ def generate_events(
         clicks[:, step] = np.where(
             kind < follow_prob, followed, np.where(kind < follow_prob + repeat_prob, repeated, fresh)
         )
+    return _events(clicks, lengths)
 
-    in_session = np.arange(max_length)[None, :] < lengths[:, None]  # (S, max_length)
-    session_ids = np.broadcast_to(np.arange(n_sessions)[:, None], clicks.shape)[in_session]
-    positions = np.broadcast_to(np.arange(max_length)[None, :], clicks.shape)[in_session]
+
+def _check(
+    n_sessions: int,
+    n_items: int,
+    mean_length: float,
+    max_length: int,
+    n_successors: int,
+    follow_prob: float,
+    repeat_prob: float,
+) -> None:
+    if n_sessions < 1 or n_items < 2 or n_successors < 1 or not 2 <= mean_length <= max_length:
+        raise ValueError(
+            "synthetic data needs n_sessions >= 1, n_items >= 2, n_successors >= 1 and "
+            f"2 <= mean_length <= max_length; got {n_sessions=}, {n_items=}, {n_successors=}, "
+            f"{mean_length=}, {max_length=}"
+        )
+    if follow_prob < 0 or repeat_prob < 0 or follow_prob + repeat_prob > 1:
+        raise ValueError(f"follow_prob and repeat_prob must be >= 0 with sum <= 1; got {follow_prob}, {repeat_prob}")
+
+
+def _events(clicks: np.ndarray, lengths: np.ndarray) -> pd.DataFrame:
+    """The event frame of the first `lengths` clicks of each row; sessions start a minute apart, clicks 5 s."""
+    in_session = np.arange(clicks.shape[1])[None, :] < lengths[:, None]  # (S, max_length)
+    session_ids = np.broadcast_to(np.arange(len(clicks))[:, None], clicks.shape)[in_session]
+    positions = np.broadcast_to(np.arange(clicks.shape[1])[None, :], clicks.shape)[in_session]
     return pd.DataFrame(
         {
             SESSION: session_ids + 1,

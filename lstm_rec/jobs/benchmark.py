@@ -12,9 +12,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lstm_rec.data import SessionDataModule
 from lstm_rec.evaluation import collect_ranks, metrics_of
 from lstm_rec.jobs.report import write_json
 from lstm_rec.jobs.runs import build_model, instantiate_all, prepare_run
+from lstm_rec.module import SessionRecModule
 
 
 class EpochClock(L.Callback):
@@ -58,43 +60,54 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer, callbacks=[*instantiate_all(cfg.get("callbacks")), clock], logger=False
     )
     trainer.fit(model, datamodule=datamodule)
-
-    n_targets = datamodule.train_sessions.n_targets
-    train_seconds = [epoch["train_seconds"] for epoch in clock.epochs]
-    steady = clock.epochs[1:] or clock.epochs  # the first epoch carries warm-up
-    steady_rate = sum(e["targets"] for e in steady) / sum(e["train_seconds"] for e in steady)
-    reached = time_to_target(clock.epochs, targets)
-
     model.to(trainer.strategy.root_device)
-    _synchronize(model.device)
-    eval_start = time.perf_counter()
-    ranked = collect_ranks(model.scorer(), datamodule.test_dataloader(), max(cfg.model.ks), device=model.device)
-    _synchronize(model.device)
-    eval_seconds = time.perf_counter() - eval_start
     results = {
         "device": str(model.device),
         "precision": str(cfg.trainer.precision),
         "n_items": datamodule.n_items,
         "train_events": datamodule.train_sessions.n_events,
-        "train_targets_per_epoch": n_targets,
+        "train_targets_per_epoch": datamodule.train_sessions.n_targets,
         "load_seconds": round(load_seconds, 2),
-        "epochs": len(train_seconds),
-        "epoch_seconds": [round(s, 3) for s in train_seconds],
+    }
+    results |= _training_numbers(clock, targets, cfg.monitor)
+    results |= _evaluation_numbers(model, datamodule, list(cfg.model.ks))
+    write_json(results, Path(cfg.paths.output_dir) / "benchmark.json", sort_keys=False)
+    return results
+
+
+def _training_numbers(clock: EpochClock, targets: dict[str, float], monitor: str) -> dict[str, Any]:
+    """Epoch times, steady training speed, the validation curves and the time to reach `targets`."""
+    steady = clock.epochs[1:] or clock.epochs  # the first epoch carries warm-up
+    steady_rate = sum(e["targets"] for e in steady) / sum(e["train_seconds"] for e in steady)
+    reached = time_to_target(clock.epochs, targets)
+    return {
+        "epochs": len(clock.epochs),
+        "epoch_seconds": [round(epoch["train_seconds"], 3) for epoch in clock.epochs],
         "train_events_per_second": round(steady_rate),
         _target_key(targets): None if reached is None else round(reached, 2),
-        "val_curve": [round(epoch.get(cfg.monitor, float("nan")), 4) for epoch in clock.epochs],
+        "val_curve": [round(epoch.get(monitor, float("nan")), 4) for epoch in clock.epochs],
         "val_curves": {
             metric: [round(epoch.get(metric, float("nan")), 4) for epoch in clock.epochs]
-            for metric in dict.fromkeys([cfg.monitor, *targets])
+            for metric in dict.fromkeys([monitor, *targets])
         },
+    }
+
+
+def _evaluation_numbers(model: SessionRecModule, datamodule: SessionDataModule, ks: list[int]) -> dict[str, Any]:
+    """Speed of ranking the test set, its metrics, and peak memory."""
+    _synchronize(model.device)
+    eval_start = time.perf_counter()
+    ranked = collect_ranks(model.scorer(), datamodule.test_dataloader(), max(ks), device=model.device)
+    _synchronize(model.device)
+    eval_seconds = time.perf_counter() - eval_start
+    results = {
         "eval_predictions": len(ranked.ranks),
         "eval_predictions_per_second": round(len(ranked.ranks) / eval_seconds),
-        "test": metrics_of(ranked, list(cfg.model.ks), "test/"),
+        "test": metrics_of(ranked, ks, "test/"),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
     }
     if model.device.type == "cuda":
         results["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    write_json(results, Path(cfg.paths.output_dir) / "benchmark.json", sort_keys=False)
     return results
 
 

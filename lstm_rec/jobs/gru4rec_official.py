@@ -2,7 +2,7 @@
 
 The official implementation (github.com/hidasib/GRU4Rec_PyTorch_Official) is run from the user's own
 checkout, outside this repository, with its own `run.py`; nothing of it is copied here. It needs
-pandas < 3 (see the README), so it may run under a different Python from ours.
+pandas < 3 (see docs/results.md), so it may run under a different Python from ours.
 """
 
 from __future__ import annotations

@@ -122,6 +122,7 @@ def check_writable(directory: str | Path, needed_bytes: int, role: str) -> None:
         )
 
 
-def checkpoint_bytes(parameter_bytes: int, files: int = 3) -> int:
+def checkpoint_bytes(model: SessionRecModule, files: int = 3) -> int:
     """Disk a run's checkpoints may take: weights plus up to two optimizer states each, for `files` files."""
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return files * 3 * parameter_bytes + 2**20

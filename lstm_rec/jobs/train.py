@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lstm_rec.baselines import Popularity
+from lstm_rec.data import SessionDataModule
 from lstm_rec.evaluation import evaluate
 from lstm_rec.jobs.report import flatten, write_json
 from lstm_rec.jobs.runs import (
@@ -24,6 +25,7 @@ from lstm_rec.jobs.runs import (
     instantiate_all,
     prepare_run,
 )
+from lstm_rec.module import SessionRecModule
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = build_model(cfg, datamodule)
-    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    check_writable(cfg.paths.output_dir, checkpoint_bytes(parameter_bytes), "paths.output_dir")
+    check_writable(cfg.paths.output_dir, checkpoint_bytes(model), "paths.output_dir")
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=instantiate_all(cfg.get("logger"))
     )
@@ -53,12 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
     if not trainer.is_global_zero:
         return metrics
-    ks, counts = model.ks, datamodule.item_index.counts
-    valid, test = datamodule.full_dataloader("valid"), datamodule.full_dataloader("test")
-    metrics |= evaluate(model.scorer(), valid, ks, "val/", model.device, item_counts=counts)
-    popularity = Popularity(counts)
-    metrics |= evaluate(popularity, valid, ks, "pop/val/", item_counts=counts)
-    metrics |= evaluate(popularity, test, ks, "pop/test/", item_counts=counts)
+    metrics |= _validation_and_popularity(model, datamodule)
     metrics |= {
         "epochs": trainer.current_epoch,
         "train_seconds": model.train_seconds,
@@ -72,6 +68,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
     _log_hparams_with_metrics(trainer, cfg, metrics)
     return metrics
+
+
+def _validation_and_popularity(model: SessionRecModule, datamodule: SessionDataModule) -> dict[str, float]:
+    """The tested checkpoint's validation metrics, and popularity's on both splits, in this process alone."""
+    ks, counts = model.ks, datamodule.item_index.counts
+    valid, test = datamodule.full_dataloader("valid"), datamodule.full_dataloader("test")
+    metrics = evaluate(model.scorer(), valid, ks, "val/", model.device, item_counts=counts)
+    popularity = Popularity(counts)
+    metrics |= evaluate(popularity, valid, ks, "pop/val/", item_counts=counts)
+    return metrics | evaluate(popularity, test, ks, "pop/test/", item_counts=counts)
 
 
 def _checkpoint_to_resume(cfg: DictConfig) -> str | None:

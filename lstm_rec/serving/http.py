@@ -43,12 +43,37 @@ def create_app(
     (Recommender.set_recent_clicks) with one from those clicks, at most `max_recent_clicks` of them; it changes
     every later answer, so it is off unless asked for.
     """
+    RecommendRequest = _recommend_request(max_items, min(max_k, rec.n_items))
+    app = FastAPI(title="lstm_rec", description="Next-item recommendations from a trained session LSTM")
 
+    @app.get("/health")
+    def health() -> dict[str, object]:
+        limits = {"max_items": max_items, "max_k": min(max_k, rec.n_items), "recent_clicks": recent_clicks}
+        return {"status": "ok", "n_items": rec.n_items, **limits}
+
+    @app.post("/recommend")
+    def recommend(request: RecommendRequest) -> RecommendResponse:
+        top = rec.recommend(request.items, request.k, request.exclude_seen)
+        items, scores = [item for item, _ in top], [score for _, score in top]
+        return RecommendResponse(items=items, scores=scores, fallback=top.fallback, unknown=top.unknown)
+
+    if recent_clicks:
+        _add_recent_clicks(app, rec, max_recent_clicks)
+    return app
+
+
+def _recommend_request(max_items: int, max_k: int) -> type[BaseModel]:
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         items: Annotated[list[ItemId], Field(max_length=max_items, description="the session's clicks, oldest first")]
-        k: Annotated[StrictInt, Field(ge=1, le=min(max_k, rec.n_items))] = 20
+        k: Annotated[StrictInt, Field(ge=1, le=max_k)] = 20
         exclude_seen: StrictBool = False
+
+    return RecommendRequest
+
+
+def _add_recent_clicks(app: FastAPI, rec: Recommender, max_recent_clicks: int) -> None:
+    """POST /recent_clicks: replace the recent-popularity prior with one from the clicks sent."""
 
     class RecentClicksRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -60,39 +85,13 @@ def create_app(
             StrictFloat | StrictInt | None, Field(ge=0, description="the prior's weight; null: the model's own")
         ] = None
 
-    app = FastAPI(title="lstm_rec", description="Next-item recommendations from a trained session LSTM")
-
-    @app.get("/health")
-    def health() -> dict[str, object]:
-        return {
-            "status": "ok",
-            "n_items": rec.n_items,
-            "max_items": max_items,
-            "max_k": min(max_k, rec.n_items),
-            "recent_clicks": recent_clicks,
-        }
-
-    @app.post("/recommend")
-    def recommend(request: RecommendRequest) -> RecommendResponse:
-        top = rec.recommend(request.items, request.k, request.exclude_seen)
-        return RecommendResponse(
-            items=[item for item, _ in top],
-            scores=[score for _, score in top],
-            fallback=top.fallback,
-            unknown=top.unknown,
-        )
-
-    if recent_clicks:
-
-        @app.post("/recent_clicks")
-        def set_recent_clicks(request: RecentClicksRequest) -> RecentClicksResponse:
-            unknown = rec.set_recent_clicks(request.items, request.weight)  # every unknown click, in order
-            known_items = set(map(_key, request.items)) - set(map(_key, unknown))
-            weight = rec.recent_weight if request.weight is None else float(request.weight)
-            clicks = len(request.items) - len(unknown)
-            return RecentClicksResponse(clicks=clicks, items=len(known_items), weight=weight, unknown=unknown)
-
-    return app
+    @app.post("/recent_clicks")
+    def set_recent_clicks(request: RecentClicksRequest) -> RecentClicksResponse:
+        unknown = rec.set_recent_clicks(request.items, request.weight)  # every unknown click, in order
+        known_items = set(map(_key, request.items)) - set(map(_key, unknown))
+        weight = rec.recent_weight if request.weight is None else float(request.weight)
+        clicks = len(request.items) - len(unknown)
+        return RecentClicksResponse(clicks=clicks, items=len(known_items), weight=weight, unknown=unknown)
 
 
 def _key(item: int | str) -> tuple[type, int | str]:

@@ -1,0 +1,48 @@
+"""Layers with one set of weights per ensemble member, applied to (M, ...) tensors in one batched computation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MemberLinear(nn.Module):
+    """One linear map per member, applied to that member's inputs: (M, N, in) -> (M, N, out), one batched
+    product. Initialised like nn.Linear."""
+
+    def __init__(self, members: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(members, out_features))
+        bound = in_features**-0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias[:, None], x, self.weight.transpose(1, 2))
+
+    def columns(self, x: Tensor, columns: Tensor) -> Tensor:
+        """Only the outputs in `columns` (M, C): (M, N, in) -> (M, N, C)."""
+        members, out_features, in_features = self.weight.shape
+        offsets = torch.arange(members, device=columns.device)[:, None] * out_features
+        weight = F.embedding(columns + offsets, self.weight.view(-1, in_features))  # (M, C, in)
+        return torch.baddbmm(self.bias.gather(1, columns)[:, None], x, weight.transpose(1, 2))
+
+
+class MemberDropout(nn.Module):
+    """Dropout over (M, ...) tensors at each member's own rate. The mask compares uniforms with the rate: on the
+    CPU that is 2-3x faster (forward and backward) than the Bernoulli draw of nn.Dropout."""
+
+    def __init__(self, rates: list[float]) -> None:
+        super().__init__()
+        if not all(0.0 <= rate < 1.0 for rate in rates):
+            raise ValueError(f"dropout rates must be in [0, 1), got {rates}")
+        self.register_buffer("rates", torch.tensor(rates), persistent=False)
+        self.active = any(rate > 0 for rate in rates)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and self.active):
+            return x
+        rates = self.rates.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
+        return x * ((torch.rand_like(x) >= rates) / (1.0 - rates))
