@@ -14,6 +14,11 @@ from torch import Tensor, nn
 from lstm_rec.metrics import ranking_metrics, target_ranks
 
 
+# Scores ranked at once when max_scores allows more: 16 MB of float32 ranked 1.2-1.25x faster than 64 MB chunks
+# on 2 CPU cores (2,933 and 36,416 items), the scores staying in cache between the product, the ranks and top-k.
+CHUNK_SCORES = 2**22
+
+
 class SessionScorer(Protocol):
     """Anything that scores all items after each prefix of a session: the network, a baseline, either with a prior.
 
@@ -58,7 +63,7 @@ def rank_batch(
     is_target = targets > 0  # (B, T - 1)
     states = scorer.encode(inputs)[is_target]  # N states
     targets = targets[is_target] - 1  # (N,) score columns
-    rows = max(1, max_scores // scorer.n_items)
+    rows = max(1, min(max_scores, CHUNK_SCORES) // scorer.n_items)
     ranks, tops = [], []
     for begin in range(0, len(targets), rows):
         scores = scorer.score(states[begin : begin + rows])  # (rows, n_items)

@@ -29,12 +29,15 @@ def target_ranks(scores: Tensor, targets: Tensor, ties: str = "pessimistic") -> 
     if ties not in TIE_POLICIES:
         raise ValueError(f"tie policy must be one of {TIE_POLICIES}, got {ties!r}")
     target_scores = scores.gather(1, targets[:, None])  # (N, 1)
-    greater = (scores > target_scores).sum(dim=1).double()  # (N,)
-    if ties == "optimistic":
-        ranks = greater + 1
+    # One pass over the scores for the reference protocol: g + e is the count of scores >= the target's.
+    if ties == "pessimistic":
+        ranks = (scores >= target_scores).sum(dim=1).double()  # (N,)
     else:
-        equal = (scores == target_scores).sum(dim=1).double()
-        ranks = greater + equal if ties == "pessimistic" else greater + (equal + 1) / 2
+        greater = (scores > target_scores).sum(dim=1).double()
+        if ties == "optimistic":
+            ranks = greater + 1
+        else:
+            ranks = greater + ((scores == target_scores).sum(dim=1).double() + 1) / 2
     return torch.where(target_scores[:, 0].isnan(), float(scores.shape[1]), ranks)
 
 
