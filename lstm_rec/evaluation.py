@@ -13,7 +13,6 @@ from torch import Tensor, nn
 
 from lstm_rec.metrics import ranking_metrics, target_ranks
 
-
 # Scores ranked at once when max_scores allows more: 16 MB of float32 ranked 1.2-1.25x faster than 64 MB chunks
 # on 2 CPU cores (2,933 and 36,416 items), the scores staying in cache between the product, the ranks and top-k.
 CHUNK_SCORES = 2**22

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,12 @@ log = logging.getLogger(__name__)
 HPARAM_GROUPS = ("data", "model", "prior", "trainer", "seed")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
     """Train the LSTM as configured; returns every final metric (also written to metrics.json).
 
-    Under a distributed strategy every process runs this; the test metrics are summed over all of
-    them, and only the first process evaluates the rest and writes metrics.json.
+    `callbacks` join the configured ones (the tuning job's pruning). Under a distributed strategy every process
+    runs this; the test metrics are summed over all of them, and only the first process evaluates the rest and
+    writes metrics.json.
     """
     start = time.perf_counter()
     prepare_run(cfg)
@@ -46,7 +48,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg, datamodule)
     check_writable(cfg.paths.output_dir, checkpoint_bytes(model), "paths.output_dir")
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=instantiate_all(cfg.get("logger"))
+        cfg.trainer,
+        callbacks=[*instantiate_all(cfg.get("callbacks")), *callbacks],
+        logger=instantiate_all(cfg.get("logger")),
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 

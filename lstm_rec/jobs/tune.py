@@ -1,0 +1,176 @@
+"""The tuning job (scripts/tune.py): an Optuna search on a validation split cut by time, hopeless trials stopped
+early, the best configuration retrained on all the training data and tested once, and a report.
+
+Optuna is used directly, not through Hydra's Optuna sweeper: the sweeper cannot prune trials. The version is the
+one the sweeper pins (2.10); its study, TPE sampler, median pruner and report/should_prune calls are the ones
+later releases keep.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from lstm_rec.data.io import read_events
+from lstm_rec.data.sessions import ITEM, SESSION, TIME, split_by_start_time
+from lstm_rec.jobs.report import frame_to_markdown, write_json
+from lstm_rec.jobs.runs import prepare_run
+from lstm_rec.jobs.train import train
+from lstm_rec.module import NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+
+class PruneTrial(L.Callback):
+    """Reports the monitored validation metric to an Optuna trial after every epoch and stops the trial when the
+    pruner judges it hopeless or the search's time is up. (Optuna 2.10's own callback is for pytorch_lightning.)"""
+
+    def __init__(self, trial: optuna.Trial, monitor: str, deadline: float) -> None:
+        self.trial, self.monitor, self.deadline = trial, monitor, deadline
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        self.trial.report(float(value), trainer.current_epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.monitor}={float(value):.4f} after epoch {trainer.current_epoch + 1}")
+        if time.monotonic() > self.deadline:
+            raise optuna.TrialPruned("the search's time is up")
+
+
+def tune(cfg: DictConfig) -> dict[str, Any]:
+    """Search, retrain the best on all the training data, test it; returns the final run's metrics."""
+    prepare_run(cfg)
+    out = Path(cfg.paths.output_dir)
+    splits = tuning_splits(cfg, out / "data")
+    deadline = time.monotonic() + 60 * cfg.budget_minutes
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs),
+    )
+    study.enqueue_trial(_defaults(cfg))  # the configured values are the first trial
+
+    def objective(trial: optuna.Trial) -> float:
+        trial_cfg = _with(cfg, _suggest(trial, cfg.search), splits, out / f"trial_{trial.number:03d}")
+        metrics = train(trial_cfg, callbacks=[PruneTrial(trial, cfg.monitor, deadline)])
+        trial.set_user_attr("epochs", _epochs(metrics["checkpoint"]))
+        return metrics[cfg.monitor]
+
+    # A trial whose loss turned NaN fails; the search goes on.
+    study.optimize(objective, timeout=60 * cfg.budget_minutes, n_trials=cfg.max_trials, catch=(NonFiniteLossError,))
+    best = study.best_trial
+    final = _final_config(cfg, best, splits, out / "final")
+    metrics = train(final)
+    write_report(study, final, metrics, out)
+    return metrics
+
+
+def tuning_splits(cfg: DictConfig, folder: Path) -> dict[str, str]:
+    """The files the search trains and validates on, and all the training data for the final run. Without
+    data.valid, the sessions of data.train that start last (tune's valid_fraction) validate."""
+    data = cfg.data
+    if data.get("train") is None or data.get("test") is None:
+        raise ValueError("tuning needs data=files with data.train=PATH and data.test=PATH (data.valid=PATH optional)")
+    if data.get("valid") is not None:
+        return {"train": data.train, "valid": data.valid, "full": data.train}
+    events = read_events(Path(data.train), "data.train", data.session_col, data.item_col, data.time_col, data.sep)
+    tr, valid = split_by_start_time(events, cfg.valid_fraction, "tuning validation")
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {SESSION: data.session_col, ITEM: data.item_col, TIME: data.time_col}
+    paths = {"train": str(folder / "train_tr.parquet"), "valid": str(folder / "train_valid.parquet")}
+    tr.rename(columns=names).to_parquet(paths["train"], index=False)
+    valid.rename(columns=names).to_parquet(paths["valid"], index=False)
+    return paths | {"full": data.train}
+
+
+def _defaults(cfg: DictConfig) -> dict[str, Any]:
+    """The configured value of every searched key, which must lie in its search space."""
+    values = {}
+    for key, spec in cfg.search.items():
+        value = OmegaConf.select(cfg, key)
+        inside = value in spec.choices if "choices" in spec else value is not None and spec.low <= value <= spec.high
+        if not inside:
+            space = list(spec.choices) if "choices" in spec else f"[{spec.low}, {spec.high}]"
+            raise ValueError(f"{key}={value} lies outside its search space {space}: set {key} or search.{key}")
+        values[key] = value
+    return values
+
+
+def _suggest(trial: optuna.Trial, search: DictConfig) -> dict[str, Any]:
+    """One value per searched key: `choices` picks among values, `low`/`high` (with `log`) a number."""
+    values = {}
+    for key, spec in search.items():
+        if "choices" in spec:
+            values[key] = trial.suggest_categorical(key, list(spec.choices))
+        elif isinstance(spec.low, int) and isinstance(spec.high, int):
+            values[key] = trial.suggest_int(key, spec.low, spec.high, log=spec.get("log", False))
+        else:
+            values[key] = trial.suggest_float(key, spec.low, spec.high, log=spec.get("log", False))
+    return values
+
+
+def _with(cfg: DictConfig, values: dict[str, Any], splits: dict[str, str], output_dir: Path) -> DictConfig:
+    """A training config: `cfg` with `values`, trained on the tuning split and "tested" on its validation part."""
+    trial_cfg = copy.deepcopy(cfg)
+    for key, value in values.items():
+        OmegaConf.update(trial_cfg, key, value, merge=False)
+    data = {"data.train": splits["train"], "data.valid": splits["valid"], "data.test": splits["valid"]}
+    for key, value in (data | {"paths.output_dir": str(output_dir), "test_ckpt": "best"}).items():
+        OmegaConf.update(trial_cfg, key, value, merge=False)
+    return trial_cfg
+
+
+def _epochs(checkpoint: str) -> int | None:
+    """The epochs that made the tested checkpoint, from its name (epoch_NNN.ckpt)."""
+    found = re.search(r"epoch_(\d+)\.ckpt$", str(checkpoint))
+    return None if found is None else int(found.group(1)) + 1
+
+
+def _final_config(
+    cfg: DictConfig, best: optuna.trial.FrozenTrial, splits: dict[str, str], output_dir: Path
+) -> DictConfig:
+    """The best values trained on all the training data for the epochs that served best, then tested once."""
+    final = _with(cfg, best.params, splits, output_dir)
+    epochs = best.user_attrs.get("epochs") or cfg.trainer.max_epochs
+    test = {"data.train": splits["full"], "data.test": cfg.data.test, "trainer.max_epochs": epochs}
+    for key, value in (test | {"callbacks.early_stopping": None, "test_ckpt": "last"}).items():
+        OmegaConf.update(final, key, value, merge=False)
+    return final
+
+
+def write_report(study: optuna.Study, final: DictConfig, metrics: dict[str, Any], out: Path) -> None:
+    """trials.csv/.md, best.yaml and best_overrides.txt (the chosen values as Hydra overrides), plots."""
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"))
+    frame = frame.sort_values("value", ascending=False, na_position="last")
+    frame.to_csv(out / "trials.csv", index=False)
+    (out / "trials.md").write_text(frame_to_markdown(frame.astype({"duration": str})) + "\n")
+    overrides = [f"{key}={value}" for key, value in study.best_trial.params.items()]
+    overrides.append(f"trainer.max_epochs={final.trainer.max_epochs}")
+    (out / "best_overrides.txt").write_text(" ".join(overrides) + "\n")
+    (out / "best.yaml").write_text("# @package _global_\n" + OmegaConf.to_yaml(OmegaConf.from_dotlist(overrides)))
+    write_json({"best_value": study.best_value, "best_params": study.best_trial.params, **metrics}, out / "tune.json")
+    _plots(study, out)
+
+
+def _plots(study: optuna.Study, out: Path) -> None:
+    from optuna.visualization import matplotlib as plots  # matplotlib only when reporting
+
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    figures = {"optimization_history": plots.plot_optimization_history}
+    figures["intermediate_values"] = plots.plot_intermediate_values
+    if len(completed) > 1:
+        figures["slice"] = plots.plot_slice
+    for name, plot in figures.items():
+        axes = plot(study)
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+        figure.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")

@@ -1,0 +1,83 @@
+"""The tuning job: a time-cut validation split, trials pruned on their validation curve, the best retrained on all
+the training data and tested once, and the report."""
+
+import json
+import time
+from types import SimpleNamespace
+
+import optuna
+import pandas as pd
+import pytest
+
+from conftest import TINY, compose_config
+from lstm_rec.data.synthetic import generate_events
+from lstm_rec.jobs.tune import PruneTrial, tune, tuning_splits
+
+QUICK = [o for o in TINY if not o.startswith(("data.", "trainer.max_epochs"))]
+
+
+@pytest.fixture(scope="module")
+def log_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tune_data")
+    events = generate_events(n_sessions=2500, n_items=150, seed=3)
+    events.columns = ["SessionId", "ItemId", "Time"]
+    cut = int(events["SessionId"].quantile(0.9))
+    events[events["SessionId"] <= cut].to_parquet(folder / "train.parquet", index=False)
+    events[events["SessionId"] > cut].to_parquet(folder / "test.parquet", index=False)
+    return folder
+
+
+def files(folder, *extra):
+    return ["data=files", f"data.train={folder / 'train.parquet'}", f"data.test={folder / 'test.parquet'}", *extra]
+
+
+def test_without_a_validation_file_the_last_sessions_by_start_validate(log_files, tmp_path):
+    cfg = compose_config("tune", [*files(log_files), "valid_fraction=0.2"], tmp_path)
+    splits = tuning_splits(cfg, tmp_path / "data")
+    train, valid = pd.read_parquet(splits["train"]), pd.read_parquet(splits["valid"])
+    everything = pd.read_parquet(log_files / "train.parquet")
+    assert len(train) + len(valid) == len(everything) and splits["full"] == str(log_files / "train.parquet")
+    starts = lambda frame: frame.groupby("SessionId")["Time"].min()  # noqa: E731
+    assert starts(valid).min() >= starts(train).max()  # validation sessions start after every training one
+    assert valid["SessionId"].nunique() == round(0.2 * everything["SessionId"].nunique())
+    given = compose_config("tune", files(log_files, f"data.valid={log_files / 'test.parquet'}"), tmp_path)
+    assert tuning_splits(given, tmp_path / "given")["valid"] == str(log_files / "test.parquet")
+
+
+def test_a_trial_is_stopped_when_the_pruner_says_so_or_the_time_is_up():
+    reported = []
+    trial = SimpleNamespace(report=lambda value, step: reported.append((value, step)), should_prune=lambda: False)
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=2, callback_metrics={"val/mrr@20": 0.25})
+    PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() + 60).on_validation_end(trainer, None)
+    assert reported == [(0.25, 2)]
+    with pytest.raises(optuna.TrialPruned, match="time is up"):
+        PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() - 1).on_validation_end(trainer, None)
+    trial.should_prune = lambda: True
+    with pytest.raises(optuna.TrialPruned, match=r"val/mrr@20=0\.2500 after epoch 3"):
+        PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() + 60).on_validation_end(trainer, None)
+
+
+@pytest.mark.slow
+def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_path):
+    overrides = [*QUICK, *files(log_files), "trainer.max_epochs=3", "max_trials=3", "startup_trials=1"]
+    overrides += [
+        "~search",
+        "+search={model.optimizer.lr: {low: 0.001, high: 0.03, log: true}, model.hidden: {choices: [16, 32]}}",
+    ]
+    metrics = tune(compose_config("tune", overrides, tmp_path))
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert len(trials) == 3 and trials["state"].isin(["COMPLETE", "PRUNED"]).all()
+    first = trials[trials["number"] == 0].iloc[0]
+    assert (first["params_model.optimizer.lr"], first["params_model.hidden"]) == (0.01, 32)  # the defaults first
+    report = json.loads((tmp_path / "tune.json").read_text())
+    assert report["best_value"] == pytest.approx(trials["value"].max())
+    # The final run trained on all of data.train with the best values and tested once on data.test.
+    chosen = (tmp_path / "best_overrides.txt").read_text().split()
+    assert {o.split("=")[0] for o in chosen} == {"model.optimizer.lr", "model.hidden", "trainer.max_epochs"}
+    again = compose_config("train", [*QUICK, *files(log_files), *chosen], tmp_path / "again")  # they compose
+    assert again.model.hidden == report["best_params"]["model.hidden"]
+    final = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert metrics["test/n_predictions"] == final["test/n_predictions"]
+    assert final["epochs"] == int(chosen[-1].split("=")[1])  # the best trial's epochs
+    assert metrics["test/recall@20"] > 1.5 * metrics["pop/test/recall@20"]
+    assert (tmp_path / "optimization_history.png").is_file() and (tmp_path / "best.yaml").is_file()
