@@ -218,3 +218,19 @@ def test_recent_item_counts_take_the_sessions_begun_in_the_last_hours():
 def test_recent_item_counts_need_click_times():
     with pytest.raises(ValueError, match="needs click times"):
         recent_item_counts(Sessions(items=np.array([1, 2]), offsets=np.array([0, 2])), n_items=2, seconds=60.0)
+
+
+def test_validation_can_take_a_fixed_sample_of_sessions():
+    datamodule = SyntheticDataModule(n_sessions=2000, n_items=50, valid_fraction=0.2, valid_sample=100, seed=3)
+    datamodule.setup("fit")
+    first = torch.cat([batch[batch > 0] for batch in datamodule.val_dataloader()])
+    again = torch.cat([batch[batch > 0] for batch in datamodule.val_dataloader()])
+    assert torch.equal(first, again)  # the same sessions every epoch
+    sampled = sum(int((batch > 0).any(dim=1).sum()) for batch in datamodule.val_dataloader())
+    full = sum(int((batch > 0).any(dim=1).sum()) for batch in datamodule.full_dataloader("valid"))
+    assert sampled == 100 and full == datamodule.valid_sessions.n_sessions > 300
+    sessions = datamodule.valid_sessions.subset(np.array([2, 0]))
+    assert sessions.session(0).tolist() == datamodule.valid_sessions.session(2).tolist()
+    assert sessions.session(1).tolist() == datamodule.valid_sessions.session(0).tolist()
+    with pytest.raises(ValueError, match="data.valid_sample must be a positive number"):
+        SyntheticDataModule(valid_sample=0)

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
@@ -23,7 +24,8 @@ class SessionDataModule(L.LightningDataModule):
     The item index comes from the training part only; validation and test rows with unknown
     items are dropped. Without a validation frame, the sessions of train that start last
     (`valid_fraction` of them; 0 for none) become validation. A caller that already has an item index (a
-    checkpoint's) sets ``item_index`` before ``setup`` and then needs no training data.
+    checkpoint's) sets ``item_index`` before ``setup`` and then needs no training data. With `valid_sample`,
+    the per-epoch validation takes that many of the validation sessions (drawn once from `seed`).
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class SessionDataModule(L.LightningDataModule):
         eval_batch_size: int = 512,
         max_len: int | None = 50,
         valid_fraction: float = 0.1,
+        valid_sample: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -40,6 +43,9 @@ class SessionDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.max_len = max_len
         self.valid_fraction = valid_fraction
+        if valid_sample is not None and valid_sample < 1:
+            raise ValueError(f"data.valid_sample must be a positive number of sessions or null, got {valid_sample}")
+        self.valid_sample = valid_sample
         self.num_workers = num_workers
         self.seed = seed
         self.item_index: ItemIndex | None = None
@@ -110,7 +116,12 @@ class SessionDataModule(L.LightningDataModule):
         return self._loader(self.train_sessions, "train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.valid_sessions, "valid", train=False)
+        """The per-epoch validation: at most `valid_sample` sessions, the same ones every epoch."""
+        sessions = self.valid_sessions
+        if sessions is not None and self.valid_sample is not None and sessions.n_sessions > self.valid_sample:
+            chosen = np.random.default_rng(self.seed).choice(sessions.n_sessions, self.valid_sample, replace=False)
+            sessions = sessions.subset(np.sort(chosen))
+        return self._loader(sessions, "valid", train=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_sessions, "test", train=False)

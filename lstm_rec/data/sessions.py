@@ -81,6 +81,15 @@ class Sessions:
     def session(self, s: int) -> np.ndarray:
         return self.items[self.offsets[s] : self.offsets[s + 1]]
 
+    def subset(self, sessions: np.ndarray) -> Sessions:
+        """The given sessions (indices, in the order given) as Sessions of their own."""
+        lengths = self.lengths[sessions]
+        rows = np.repeat(self.offsets[sessions], lengths) + (
+            np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        )
+        times = None if self.times is None else self.times[rows]
+        return Sessions(items=self.items[rows], offsets=np.concatenate([[0], np.cumsum(lengths)]), times=times)
+
 
 def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     """Sort by session, then time; ties keep file order."""

@@ -35,10 +35,18 @@ class EpochClock(L.Callback):
         self._targets += (batch[:, 1:] > 0).sum()  # counted on the device, with no sync per step
 
     def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not hasattr(self, "_start"):
+        if not trainer.sanity_checking:
+            self._close_epoch(module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._close_epoch(module)  # epochs without validation end here
+
+    def _close_epoch(self, module: L.LightningModule) -> None:
+        if getattr(self, "_start", None) is None:
             return
         _synchronize(module.device)
         self.epochs.append({"train_seconds": time.perf_counter() - self._start, "targets": int(self._targets)})
+        self._start = None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         for metric in self.metrics:
