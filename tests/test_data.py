@@ -232,5 +232,5 @@ def test_validation_can_take_a_fixed_sample_of_sessions():
     sessions = datamodule.valid_sessions.subset(np.array([2, 0]))
     assert sessions.session(0).tolist() == datamodule.valid_sessions.session(2).tolist()
     assert sessions.session(1).tolist() == datamodule.valid_sessions.session(0).tolist()
-    with pytest.raises(ValueError, match="data.valid_sample must be a positive number"):
+    with pytest.raises(ValueError, match=r"data\.valid_sample must be a positive number"):
         SyntheticDataModule(valid_sample=0)
