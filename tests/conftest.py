@@ -35,9 +35,14 @@ TINY = [
 ]
 
 
+# Jobs whose num_threads defaults to auto; tests pin it so that a busy machine does not change their numbers.
+PINNED_THREADS = {"train", "eval", "benchmark", "tune"}
+
+
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """The real config, as the scripts see it, with this test's output directory."""
-    return load_config(config_name, overrides, output_dir=str(output_dir))
+    pinned = ["num_threads=2"] if config_name in PINNED_THREADS else []
+    return load_config(config_name, [*pinned, *overrides], output_dir=str(output_dir))
 
 
 @pytest.fixture

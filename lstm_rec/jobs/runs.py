@@ -32,10 +32,10 @@ class OutputDirError(OSError):
 def prepare_run(cfg: DictConfig) -> None:
     """Threads and seeds before anything random happens."""
     import lightning as L
-    import torch
 
-    if cfg.get("num_threads") is not None:
-        torch.set_num_threads(cfg.num_threads)
+    from lstm_rec.threads import apply_threads
+
+    apply_threads(cfg.get("num_threads"))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
