@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches
 from lstm_rec.data.io import read_events
+from lstm_rec.data.quality import DEFAULT_REUSE_GAP
 from lstm_rec.data.sessions import ITEM, ItemIndex, Sessions, split_by_start_time, to_sessions
 from lstm_rec.data.synthetic import generate_events
 
@@ -52,6 +53,7 @@ class SessionDataModule(L.LightningDataModule):
         self.train_sessions: Sessions | None = None
         self.valid_sessions: Sessions | None = None
         self.test_sessions: Sessions | None = None
+        self.sources: dict[str, str] = {}  # "train", "valid", "test": the role and file each frame was read from
         self._loaded = False
 
     def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
@@ -77,11 +79,11 @@ class SessionDataModule(L.LightningDataModule):
             self.item_index = ItemIndex.from_items(train[ITEM])
             log.info("item index: %d items from training data", len(self.item_index))
         if train is not None:
-            self.train_sessions = to_sessions(train, self.item_index, "train")
+            self.train_sessions = to_sessions(train, self.item_index, "train", self.sources.get("train"))
         if valid is not None:
-            self.valid_sessions = to_sessions(valid, self.item_index, "validation")
+            self.valid_sessions = to_sessions(valid, self.item_index, "validation", self.sources.get("valid"))
         if test is not None:
-            self.test_sessions = to_sessions(test, self.item_index, "test")
+            self.test_sessions = to_sessions(test, self.item_index, "test", self.sources.get("test"))
         self._loaded = True
 
     def _loader(self, sessions: Sessions | None, name: str, train: bool, shard: bool = True) -> DataLoader:
@@ -133,7 +135,11 @@ class SessionDataModule(L.LightningDataModule):
 
 
 class FileDataModule(SessionDataModule):
-    """Sessions from the user's click logs: CSV, TSV or Parquet, picked by extension."""
+    """Sessions from the user's click logs: CSV, TSV or Parquet, picked by extension.
+
+    Exact duplicate rows, and sessions that span more than `reuse_gap` seconds (null: not counted), are
+    counted and logged as warnings: the loader keeps them as they are.
+    """
 
     def __init__(
         self,
@@ -144,19 +150,23 @@ class FileDataModule(SessionDataModule):
         item_col: str = "ItemId",
         time_col: str = "Time",
         sep: str | None = None,
+        reuse_gap: float | None = DEFAULT_REUSE_GAP,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.paths = {"train": train, "valid": valid, "test": test}
         self.columns = {"session_col": session_col, "item_col": item_col, "time_col": time_col, "sep": sep}
+        self.reuse_gap = reuse_gap
 
     def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
         if self.paths["test"] is None:
             raise ValueError("data.test is not set: training and evaluation end with a test; set data.test=PATH")
+        options = {**self.columns, "reuse_gap": self.reuse_gap}
         frames = {
-            name: None if path is None else read_events(Path(path), f"data.{name}", **self.columns)
+            name: None if path is None else read_events(Path(path), f"data.{name}", **options)
             for name, path in self.paths.items()
         }
+        self.sources = {name: f"data.{name} '{path}'" for name, path in self.paths.items() if path is not None}
         return frames["train"], frames["valid"], frames["test"]
 
 

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from lstm_rec.data.quality import DEFAULT_REUSE_GAP, count_merged, log_merged
+from lstm_rec.data.readable import DataFileError, check_text_file, find_bad_utf8
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, is_sorted, sort_events
 
 log = logging.getLogger(__name__)
@@ -18,9 +21,12 @@ COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst", ".lz4"}
 # Canonical decimal integers that may fit int64: text ids like these become integers when all of a column are.
 INTEGER_ID = r"^(0|-?[1-9][0-9]{0,18})$"
 
+SPLIT_HINT = (
+    "to cut sessions at pauses, prepare the log with scripts/prepare_data.py dataset=generic "
+    "dataset.reader.session_col=null dataset.reader.user_col={session_col} dataset.reader.session_gap=SECONDS"
+)
 
-class DataFileError(ValueError):
-    """A click-log file that cannot be used as given; the message says what to change."""
+__all__ = ["DataFileError", "file_format", "is_id_type", "read_events"]
 
 
 def file_format(path: Path) -> str:
@@ -38,6 +44,7 @@ def read_events(
     item_col: str = "ItemId",
     time_col: str = "Time",
     sep: str | None = None,
+    reuse_gap: float | None = DEFAULT_REUSE_GAP,
 ) -> pd.DataFrame:
     """Read one click log into columns session, item, time, sorted by session then time.
 
@@ -45,6 +52,8 @@ def read_events(
         path: a .csv, .tsv/.txt (optionally compressed) or .parquet file.
         role: the config key that named the file (e.g. ``data.train``), quoted in errors.
         sep: column separator of a text file; None picks it from the extension.
+        reuse_gap: seconds; sessions spanning more are counted and logged (None: not counted), as are
+            exact duplicate rows.
     """
     path = Path(path)
     if not path.is_file():
@@ -66,7 +75,11 @@ def read_events(
     _check_missing(frame, path, role, {SESSION: session_col, ITEM: item_col, TIME: time_col})
     frame[TIME] = _numeric_time(frame[TIME], path, role, time_col)
     log.info("%s: read %d rows from %s", role, len(frame), path)
-    return frame if _is_sorted(frame) else sort_events(frame)
+    frame = frame if _is_sorted(frame) else sort_events(frame)
+    columns = (frame[SESSION].to_numpy(), frame[ITEM].to_numpy(), frame[TIME].to_numpy())
+    hint = SPLIT_HINT.format(session_col=session_col)
+    log_merged(count_merged(*columns, reuse_gap), f"{role} '{path}'", reuse_gap, hint)
+    return frame
 
 
 def _is_sorted(frame: pd.DataFrame) -> bool:
@@ -84,17 +97,38 @@ def _missing_columns_error(path: Path, role: str, wanted: list[str], found: list
 
 
 def _read_text(path: Path, role: str, columns: list[str], sep: str) -> pd.DataFrame:
-    header = list(pd.read_csv(path, sep=sep, nrows=0).columns)
+    expected = f"a {sep!r}-separated text click log with a header line naming {columns}"
+    check_text_file(path, role, expected)
+    header = list(_parse(path, role, expected, sep=sep, nrows=0).columns)
     if any(c not in header for c in columns):
         raise _missing_columns_error(path, role, columns, header)
     session_col, item_col, _ = columns
     # Ids are read as text, so "01" and "1" or "NA" stay distinct ids, then become integers where all are.
-    frame = pd.read_csv(
-        path, sep=sep, usecols=columns, dtype={session_col: str, item_col: str}, keep_default_na=False, na_values=[""]
+    frame = _parse(
+        path,
+        role,
+        expected,
+        sep=sep,
+        usecols=columns,
+        dtype={session_col: str, item_col: str},
+        keep_default_na=False,
+        na_values=[""],
     )[columns]
     for column in (session_col, item_col):
         frame[column] = _integer_ids(frame[column])
     return frame
+
+
+def _parse(path: Path, role: str, expected: str, **options) -> pd.DataFrame:
+    """pandas.read_csv, with its failures on a bad file said as a DataFileError naming the file and role."""
+    try:
+        return pd.read_csv(path, **options)
+    except UnicodeDecodeError as error:
+        raise find_bad_utf8(path, role, expected) from error
+    except pd.errors.ParserError as error:
+        raise DataFileError(f"{role}: '{path}' cannot be parsed ({error}); expected {expected}") from error
+    except (OSError, EOFError) as error:  # a compressed file cut short or corrupt
+        raise DataFileError(f"{role}: '{path}' cannot be read ({error}); expected {expected}") from error
 
 
 def _integer_ids(ids: pd.Series) -> pd.Series:
@@ -106,20 +140,62 @@ def _integer_ids(ids: pd.Series) -> pd.Series:
 
 
 def _read_parquet(path: Path, role: str, columns: list[str]) -> pd.DataFrame:
-    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
-        schema_names = pq.read_schema(path).names
+        schema = pq.read_schema(path)
     except Exception as error:  # pyarrow raises several types for a file that is not Parquet
-        raise DataFileError(f"{role}: '{path}' is not a readable Parquet file ({error})") from error
-    if any(c not in schema_names for c in columns):
-        raise _missing_columns_error(path, role, columns, schema_names)
+        raise DataFileError(
+            f"{role}: '{path}' is not a readable Parquet file ({error}); expected a Parquet file with columns {columns}"
+        ) from error
+    if any(c not in schema.names for c in columns):
+        raise _missing_columns_error(path, role, columns, schema.names)
+    _check_parquet_types(path, role, schema, columns)
+    table = pq.read_table(path, columns=columns)
+    time_col = columns[2]
+    if pa.types.is_date(table.schema.field(time_col).type):  # dates as midnight UTC
+        table = table.set_column(2, time_col, pc.cast(table[time_col], pa.timestamp("ms")))
     # Numeric columns become pandas columns without a copy, and the decoding buffers go back to the system:
     # after reading, a 30M-click file holds about its columns' size in memory (2.7 times that before).
-    frame = pq.read_table(path, columns=columns).to_pandas(split_blocks=True, self_destruct=True)[columns]
+    frame = table.to_pandas(split_blocks=True, self_destruct=True)[columns]
+    del table
     pa.default_memory_pool().release_unused()
     return frame
+
+
+def _check_parquet_types(path: Path, role: str, schema: pa.Schema, columns: list[str]) -> None:
+    """Refuse nested or binary id columns and time columns that hold no kind of number or time."""
+    session_col, item_col, time_col = columns
+    for name in (session_col, item_col):
+        kind = schema.field(name).type
+        if not is_id_type(kind):
+            raise DataFileError(
+                f"{role}: column '{name}' of '{path}' holds {kind} values; expected integer or text ids, one per row"
+            )
+    kind = schema.field(time_col).type
+    if not any(test(kind) for test in _TIME_TYPES):
+        raise DataFileError(
+            f"{role}: column '{time_col}' of '{path}' holds {kind} values; expected numeric times (e.g. Unix "
+            "seconds) or timestamps, one per row; set data.time_col to the right column"
+        )
+
+
+_ID_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_string, pa.types.is_large_string, pa.types.is_null)
+# Booleans pass here to meet the same check as text times (_numeric_time); nested and binary types stop here.
+_TIME_TYPES = (
+    *_ID_TYPES,
+    pa.types.is_timestamp,
+    pa.types.is_date,
+    pa.types.is_decimal,
+    pa.types.is_boolean,
+)
+
+
+def is_id_type(kind: pa.DataType) -> bool:
+    """Whether a Parquet column of this type holds one usable id per row: integers, floats or text."""
+    flat = kind.value_type if pa.types.is_dictionary(kind) else kind
+    return any(test(flat) for test in _ID_TYPES)
 
 
 def _check_missing(frame: pd.DataFrame, path: Path, role: str, names: dict[str, str]) -> None:
@@ -135,18 +211,21 @@ def _check_missing(frame: pd.DataFrame, path: Path, role: str, names: dict[str, 
 
 def _numeric_time(times: pd.Series, path: Path, role: str, name: str) -> pd.Series:
     """Times as float seconds: numbers pass, datetimes become Unix seconds, anything else is an error."""
-    if pd.api.types.is_datetime64_any_dtype(times):
-        stamps = times.dt.tz_convert("UTC") if times.dt.tz is not None else times
+    if pd.api.types.is_datetime64_any_dtype(times):  # any unit; with a time zone, as UTC
+        stamps = times.dt.tz_convert(None) if times.dt.tz is not None else times
         return (stamps - pd.Timestamp(0)).dt.total_seconds()
-    if pd.api.types.is_numeric_dtype(times) and not pd.api.types.is_bool_dtype(times):
+    if pd.api.types.is_bool_dtype(times) or pd.api.types.infer_dtype(times, skipna=True) == "boolean":
+        numbers = pd.Series(np.nan, index=times.index)  # True is not a time, whatever numpy says
+    elif pd.api.types.is_numeric_dtype(times):
         numbers = times if times.dtype == np.float64 else times.astype(np.float64)  # no copy of float seconds
     else:
         numbers = pd.to_numeric(times, errors="coerce")
     bad = ~np.isfinite(numbers.to_numpy(np.float64))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
+        value = times.iloc[row].item() if isinstance(times.iloc[row], np.generic) else times.iloc[row]
         raise DataFileError(
             f"{role}: column '{name}' of '{path}' must hold finite numeric times (e.g. Unix seconds); "
-            f"data row {row + 1} has {times.iloc[row]!r}; set data.time_col to the right column"
+            f"data row {row + 1} has {value!r}; set data.time_col to the right column"
         )
     return numbers if numbers.dtype == np.float64 else numbers.astype(np.float64)

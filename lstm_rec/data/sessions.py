@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
+
+from lstm_rec.data.ids import check_known, id_kind, index_positions
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +35,16 @@ class ItemIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @cached_property
+    def _positions(self) -> tuple[pd.Index, str]:
+        """The ids as a hash index, and their kind (lstm_rec.data.ids.id_kind), built on first lookup."""
+        return pd.Index(self.ids), id_kind(self.ids)
+
     def lookup(self, item_ids: np.ndarray | pd.Series) -> np.ndarray:
-        """Indices of `item_ids`; 0 where an id is not in the index."""
-        indices = pd.Index(self.ids).get_indexer(np.asarray(item_ids)).astype(np.int64, copy=False)
-        indices += 1  # get_indexer gives -1 for unknown ids
+        """Indices of `item_ids`, matched in the index's own id type (lstm_rec.data.ids); 0 where unknown."""
+        positions = index_positions(*self._positions, np.asarray(item_ids))
+        indices = positions.astype(np.int64, copy=False)
+        indices += 1  # -1 for unknown ids
         return indices
 
     def __eq__(self, other: object) -> bool:
@@ -124,18 +133,21 @@ def split_by_start_time(events: pd.DataFrame, fraction: float, name: str) -> tup
     return events[~held_out].reset_index(drop=True), events[held_out].reset_index(drop=True)
 
 
-def to_sessions(events: pd.DataFrame, index: ItemIndex, name: str) -> Sessions:
+def to_sessions(events: pd.DataFrame, index: ItemIndex, name: str, source: str | None = None) -> Sessions:
     """Map a sorted event frame onto `index`: drop rows with unknown items, then sessions shorter than 2.
 
     Rows of unknown items are removed, so the items around them become neighbours; every removal
-    is logged. Raises if nothing is left. Uses the frame's columns without copying where it can, so a
-    large log needs little more memory than the frame and the resulting arrays.
+    is logged. Raises if nothing is left, or, for a frame read from a file (`source`: its role and path), if
+    most of its rows are on unknown items (lstm_rec.data.ids.check_known). Uses the frame's columns without
+    copying where it can, so a large log needs little more memory than the frame and the resulting arrays.
     """
     items = index.lookup(events[ITEM])
     sessions = events[SESSION].to_numpy()
     times = events[TIME].to_numpy(np.float64)
     n_sessions_in = len(_session_starts(sessions))
     known = items > 0
+    if source is not None:
+        check_known(source, events[ITEM].to_numpy(), known, index.ids)
     if not known.all():
         items, sessions, times = items[known], sessions[known], times[known]
         log.info(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, ListConfig
 
+from lstm_rec.data.ids import check_known
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION
 from lstm_rec.serving.recommender import Recommendations, Recommender
@@ -28,6 +29,8 @@ def recommend_job(cfg: DictConfig) -> pd.DataFrame:
         items = list(cfg["items"]) if isinstance(cfg["items"], ListConfig) else [cfg["items"]]
         return _table([("", None, rec.recommend(items, cfg.k, cfg.exclude_seen))])
     events = read_events(Path(cfg.input), "input", cfg.session_col, cfg.item_col, cfg.time_col, cfg.sep)
+    known = rec.item_index.lookup(events[ITEM]) > 0  # most rows unknown stops the job, not a fallback per session
+    check_known(f"input '{cfg.input}'", events[ITEM].to_numpy(), known, rec.item_index.ids)
     table = recommend_events(rec, events, cfg.k, cfg.exclude_seen, cfg.per_position, cfg.batch_size)
     if cfg.output is None:
         raise ValueError("batch mode writes a file: set output=PATH (.csv, .tsv or .parquet)")

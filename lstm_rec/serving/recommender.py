@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lstm_rec.checkpoint import TrainedModel, load_network
+from lstm_rec.data.ids import warn_unknown
 from lstm_rec.data.sessions import ItemIndex
 from lstm_rec.model import Carry, PrefixStates
 from lstm_rec.prior import ItemPrior, PriorScorer
@@ -82,8 +83,7 @@ class Recommender:
         """Known items' indices in order, and the unknown ids (logged as a warning)."""
         indices = self.item_index.lookup(np.asarray(list(items), dtype=object if _mixed(items) else None))
         unknown = [item for item, index in zip(items, indices, strict=True) if index == 0]
-        if unknown:
-            log.warning("skipping %d item ids the model does not know: %s", len(unknown), unknown[:10])
+        warn_unknown(unknown, len(indices), self.item_index.ids)
         return [int(i) for i in indices if i > 0], unknown
 
     @torch.no_grad()
