@@ -369,7 +369,7 @@ BAD_INPUT = [
         [],
         r"line 1 has 5 comma-separated fields where 4 are expected",
     ),
-    ("yoochoose", "empty.dat", "", [], r"empty.dat is empty"),
+    ("yoochoose", "empty.dat", "", [], r"input: '.*empty.dat' is empty \(0 bytes\); expected yoochoose-clicks.dat of"),
     (
         "diginetica",
         "train-item-views.csv",

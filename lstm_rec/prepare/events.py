@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from lstm_rec.data.io import DataFileError
+from lstm_rec.data.quality import count_merged, log_merged
+from lstm_rec.data.readable import DataFileError
 from lstm_rec.data.sessions import is_sorted
 
 log = logging.getLogger(__name__)
@@ -124,3 +125,9 @@ def sessions_from_gaps(user: np.ndarray, time: np.ndarray, gap: float) -> tuple[
     user, time = user[order], time[order]
     new_session = np.r_[True, (user[1:] != user[:-1]) | (np.diff(time) > gap)]
     return order, np.cumsum(new_session, dtype=np.int64)
+
+
+def report_merged(events: Events, source: str, reuse_gap: float | None, split_hint: str) -> None:
+    """Log the exact duplicate rows and the sessions spanning more than ``reuse_gap`` seconds (None: not
+    counted) of grouped events; ``split_hint`` says how to cut such sessions (lstm_rec.data.quality)."""
+    log_merged(count_merged(events.session, events.item, events.time, reuse_gap), source, reuse_gap, split_hint)

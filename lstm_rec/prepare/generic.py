@@ -11,9 +11,18 @@ import pyarrow.compute as pc
 import pyarrow.csv as csv
 import pyarrow.parquet as pq
 
-from lstm_rec.data.io import INTEGER_ID, PARQUET_SUFFIXES, TEXT_SEPARATORS, file_format
-from lstm_rec.prepare.events import Events, PrepareError, encode, sessions_from_gaps
-from lstm_rec.prepare.textfile import Column, TextLog, check_file, first_unconvertible, header_of, read_columns
+from lstm_rec.data.io import INTEGER_ID, PARQUET_SUFFIXES, TEXT_SEPARATORS, file_format, is_id_type
+from lstm_rec.data.quality import DEFAULT_REUSE_GAP
+from lstm_rec.prepare.events import Events, PrepareError, encode, report_merged, sessions_from_gaps
+from lstm_rec.prepare.textfile import (
+    Column,
+    TextLog,
+    check_file,
+    first_unconvertible,
+    header_of,
+    read_columns,
+    unreadable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +35,8 @@ class GenericLog:
     Recipe ``generic`` applies the protocol set in its config. Without a session column, each
     ``user_col`` value's clicks in time order are cut into sessions at pauses longer than
     ``session_gap`` seconds. Numeric times are in ``time_unit``; text times are ISO-8601 unless
-    ``time_format`` (strptime codes) says otherwise; times without a zone are taken as UTC.
+    ``time_format`` (strptime codes) says otherwise; times without a zone are taken as UTC. Exact duplicate
+    rows, and sessions of a session column that span more than ``reuse_gap`` seconds, are counted and logged.
     """
 
     def __init__(
@@ -39,6 +49,7 @@ class GenericLog:
         user_col: str | None = None,
         session_gap: float | None = None,
         sep: str | None = None,
+        reuse_gap: float | None = DEFAULT_REUSE_GAP,
     ) -> None:
         if (session_col is None) == (user_col is None or session_gap is None):
             raise PrepareError(
@@ -51,6 +62,7 @@ class GenericLog:
         self.session_col, self.item_col, self.time_col = session_col, item_col, time_col
         self.time_unit, self.time_format = time_unit, time_format
         self.user_col, self.session_gap, self.sep = user_col, session_gap, sep
+        self.reuse_gap = reuse_gap
 
     @property
     def key_col(self) -> str:
@@ -67,7 +79,10 @@ class GenericLog:
             ) from error
         time = table["time"].to_numpy()
         if self.session_col is not None:
-            return encode(table["key"], table["item"], time)
+            events = encode(table["key"], table["item"], time)
+            cut = f"set dataset.reader.session_col=null user_col={self.session_col} session_gap=SECONDS to cut them"
+            report_merged(events, "input " + ", ".join(f"'{p}'" for p in paths), self.reuse_gap, cut)
+            return events
         order, session = sessions_from_gaps(_codes(table["key"]), time, float(self.session_gap))
         log.info("%d sessions from pauses over %g s in each %s's clicks", session[-1], self.session_gap, self.user_col)
         return encode(session, table["item"].take(order), time[order])
@@ -96,9 +111,15 @@ class GenericLog:
         layout = f"a {sep!r}-separated log with a header naming {wanted}"
         log_file = TextLog(path, sep, layout)
         header_of(log_file, wanted)
-        inferred = csv.open_csv(
-            path, log_file.read_options(), csv.ParseOptions(delimiter=sep), csv.ConvertOptions(include_columns=wanted)
-        ).schema
+        try:
+            inferred = csv.open_csv(
+                path,
+                log_file.read_options(),
+                csv.ParseOptions(delimiter=sep),
+                csv.ConvertOptions(include_columns=wanted),
+            ).schema
+        except pa.ArrowInvalid as error:
+            raise unreadable(log_file, error) from error
         columns = [Column(name, pa.string(), "an id") for name in (self.key_col, self.item_col)]
         time_type = pa.string() if self.time_format else inferred.field(self.time_col).type
         if pa.types.is_integer(time_type):
@@ -128,13 +149,21 @@ def _read_parquet(path: Path, wanted: list[str]) -> pa.Table:
     try:
         names = pq.read_schema(path).names
     except Exception as error:  # pyarrow raises several types for a file that is not Parquet
-        raise PrepareError(f"{path} is not a readable Parquet file ({error})") from error
+        raise PrepareError(
+            f"input: '{path}' is not a readable Parquet file ({error}); expected a Parquet file with columns {wanted}"
+        ) from error
     missing = [name for name in wanted if name not in names]
     if missing:
         raise PrepareError(
             f"{path} has no column {missing} (columns found: {names}); set dataset.reader.session_col, "
             "item_col, time_col (or user_col) to its column names"
         )
+    for name in wanted[:2]:  # ids: no lists, structs or bytes
+        kind = pq.read_schema(path).field(name).type
+        if not is_id_type(kind):
+            raise PrepareError(
+                f"input: column '{name}' of '{path}' holds {kind} values; expected integer or text ids, one per row"
+            )
     table = pq.read_table(path, columns=wanted)
     for name in wanted:
         if table[name].null_count:

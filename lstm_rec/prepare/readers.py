@@ -9,17 +9,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lstm_rec.prepare.events import DAY, Events, PrepareError, encode, sessions_from_gaps
+from lstm_rec.data.quality import DEFAULT_REUSE_GAP
+from lstm_rec.prepare.events import DAY, Events, PrepareError, encode, report_merged, sessions_from_gaps
 from lstm_rec.prepare.textfile import Column, TextLog, first_line, header_of, read_columns
 
 log = logging.getLogger(__name__)
 
 INTEGER = "an integer id"
+# How to cut the sessions of a recipe that keeps its log's session ids as they are.
+KEPT_AS_PUBLISHED = (
+    "the recipe keeps them as its paper does; dataset=generic cuts a log with a header at pauses instead "
+    "(dataset.reader.session_col=null dataset.reader.user_col=<session column> dataset.reader.session_gap=SECONDS)"
+)
 
 
 def _read_all(paths: list[Path], read_one) -> pa.Table:
     """One table from several files of one format (read one by one, so errors name their file)."""
     return pa.concat_tables([read_one(path) for path in paths])
+
+
+def _source(paths: list[Path]) -> str:
+    return "input " + ", ".join(f"'{path}'" for path in paths)
 
 
 def _seconds(timestamps: pa.ChunkedArray) -> np.ndarray:
@@ -59,12 +69,17 @@ class YoochooseClicks:
     )
     FIELDS = ("session id", "timestamp", "item id", "category")
 
+    def __init__(self, reuse_gap: float | None = DEFAULT_REUSE_GAP) -> None:
+        self.reuse_gap = reuse_gap  # seconds: longer sessions are counted and logged (None: not counted)
+
     def read(self, paths: list[Path]) -> Events:
         table = _read_all(paths, self._read_one)
-        return encode(table["session id"], table["item id"], _seconds(table["timestamp"]))
+        events = encode(table["session id"], table["item id"], _seconds(table["timestamp"]))
+        report_merged(events, _source(paths), self.reuse_gap, KEPT_AS_PUBLISHED)
+        return events
 
     def _read_one(self, path: Path) -> pa.Table:
-        line = first_line(path)
+        line = first_line(path, self.LAYOUT)
         fields = line.split(",")
         if not fields[0].strip().isdigit():
             raise PrepareError(
@@ -100,14 +115,19 @@ class DigineticaViews:
     LAYOUT = "train-item-views.csv of CIKM Cup 2016: a header, then sessionId;userId;itemId;timeframe;eventdate"
     WANTED = ("sessionid", "itemid", "timeframe", "eventdate")
 
+    def __init__(self, reuse_gap: float | None = DEFAULT_REUSE_GAP) -> None:
+        self.reuse_gap = reuse_gap  # seconds: longer sessions are counted and logged (None: not counted)
+
     def read(self, paths: list[Path]) -> Events:
         table = _read_all(paths, self._read_one)
         days = pc.cast(table["eventdate"], pa.int32()).to_numpy().astype(np.float64)
         time = days * DAY + table["timeframe"].to_numpy() / 1000.0
-        return encode(table["sessionid"], table["itemid"], time)
+        events = encode(table["sessionid"], table["itemid"], time)
+        report_merged(events, _source(paths), self.reuse_gap, KEPT_AS_PUBLISHED)
+        return events
 
     def _read_one(self, path: Path) -> pa.Table:
-        line = first_line(path)
+        line = first_line(path, self.LAYOUT)
         if line.split(";")[0].strip().isdigit():
             raise PrepareError(f"{path}, line 1 holds data ({line[:80]!r}); expected the header of {self.LAYOUT}")
         # Header names are matched ignoring case and underscores (sessionId, session_id).
@@ -162,7 +182,9 @@ class RetailRocketEvents:
                 "set dataset.reader.keep_events to the types to keep"
             )
         rows = order[kept]
-        return encode(session[kept], table["itemid"].take(rows), time[rows])
+        events = encode(session[kept], table["itemid"].take(rows), time[rows])
+        report_merged(events, _source(paths), None, "")  # sessions come from gaps: only duplicates can be merged
+        return events
 
     def _read_one(self, path: Path) -> pa.Table:
         log_file = TextLog(path, ",", self.LAYOUT)

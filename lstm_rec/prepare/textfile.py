@@ -11,9 +11,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as csv
 
+from lstm_rec.data.readable import check_text_file, find_bad_utf8
 from lstm_rec.prepare.events import PrepareError
 
 log = logging.getLogger(__name__)
+
+ROLE = "input"  # the config key that names raw logs, quoted in errors about a file that cannot be read
 
 _BLOCK_SIZE = 16 << 20  # bytes per parsing block: fewer, larger blocks parse faster on few cores
 
@@ -56,19 +59,20 @@ def check_file(path: Path) -> None:
         raise FileNotFoundError(f"input: no file at '{path}'; set input=PATH (or input=[PATH,PATH]) to the raw log")
 
 
-def first_line(path: Path) -> str:
-    """The file's first line (decompressed), without its line break."""
+def first_line(path: Path, layout: str = "a click log") -> str:
+    """The file's first line (decompressed, without a UTF-8 byte-order mark or its line break).
+
+    Raises PrepareError naming the file when it is empty, compressed unlike its name, binary or not UTF-8
+    text in its first 64 KiB (lstm_rec.data.readable), expecting ``layout``.
+    """
     check_file(path)
-    with pa.input_stream(str(path), compression="detect") as stream:
-        head = stream.read(1 << 16)
-    if not head.strip():
-        raise PrepareError(f"{path} is empty; expected a click log")
+    head = check_text_file(path, ROLE, layout, PrepareError)
     return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
 
 
 def header_of(log_file: TextLog, wanted: list[str]) -> list[str]:
     """The header line's names; raises if one of ``wanted`` is missing."""
-    header = first_line(log_file.path).split(log_file.sep)
+    header = first_line(log_file.path, log_file.layout).split(log_file.sep)
     missing = [name for name in wanted if name not in header]
     if missing:
         raise PrepareError(
@@ -109,16 +113,27 @@ def _check_filled(log_file: TextLog, values: pa.ChunkedArray, column: Column) ->
         )
 
 
+def unreadable(log_file: TextLog, error: pa.ArrowException) -> PrepareError:
+    """The PrepareError for a pyarrow failure that is the file's fault, not a value's: bytes that are not UTF-8."""
+    if "UTF8" in str(error) or "UTF-8" in str(error):
+        return find_bad_utf8(log_file.path, ROLE, log_file.layout, PrepareError)
+    return PrepareError(f"{ROLE}: '{log_file.path}' cannot be read as {log_file.layout} ({error})")
+
+
 def _diagnose(log_file: TextLog, columns: list[Column], error: pa.ArrowInvalid) -> PrepareError:
-    """Find the line behind pyarrow's error: a row with the wrong number of fields, or a value of the wrong kind."""
-    if "Expected" in str(error) and "columns" in str(error):
-        found = _first_bad_row(log_file)
-        if found is not None:
-            return found
-    found = _first_bad_value(log_file, columns)
-    if found is not None:
-        return found
-    return PrepareError(f"{log_file.path}: cannot be read as {log_file.layout} ({error})")
+    """Find the line behind pyarrow's error: bytes that are not UTF-8, a row with the wrong number of fields, or a
+    value of the wrong kind."""
+    if "UTF8" in str(error):
+        return unreadable(log_file, error)
+    try:
+        if "Expected" in str(error) and "columns" in str(error):
+            found = _first_bad_row(log_file)
+            if found is not None:
+                return found
+        found = _first_bad_value(log_file, columns)
+    except pa.ArrowException as again:  # the diagnosis read failed too: the file, not a value, is at fault
+        return unreadable(log_file, again)
+    return found if found is not None else unreadable(log_file, error)
 
 
 def _first_bad_row(log_file: TextLog) -> PrepareError | None:
