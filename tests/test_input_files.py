@@ -13,6 +13,7 @@ import pytest
 from conftest import SHARED_DATA, write_events
 from lstm_rec.data import FileDataModule
 from lstm_rec.data.io import DataFileError, read_events
+from lstm_rec.data.quality import Merged, count_merged
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, ItemIndex, to_sessions
 from lstm_rec.prepare.generic import GenericLog
 from lstm_rec.prepare.readers import YoochooseClicks
@@ -216,3 +217,9 @@ def test_the_shared_datasets_load_as_published(pattern):
         sessions = to_sessions(frame, index, name, f"data.{name}")
         assert (sessions.n_events, sessions.n_sessions) == (len(frame), frame[SESSION].nunique())
         assert (sessions.n_events, sessions.n_sessions) == SHARED[pattern][name]
+
+
+def test_a_session_with_two_long_pauses_counts_once():
+    session, time = np.array([1, 1, 1, 2, 2]), np.array([0.0, 100.0, 200.0, 0.0, 1.0])
+    assert count_merged(session, np.array([5, 5, 5, 5, 5]), time, gap=50.0) == Merged(0, 1, 1)
+    assert count_merged(session, np.array([5, 5, 5, 5, 5]), time, gap=None) == Merged(0, 0, 0)

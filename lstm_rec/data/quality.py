@@ -24,20 +24,31 @@ class Merged:
 
 
 def count_merged(session: np.ndarray, item: np.ndarray, time: np.ndarray, gap: float | None) -> Merged:
-    """Duplicate rows and sessions spanning more than ``gap`` seconds (None: not counted) in sorted columns."""
-    same_session = session[1:] == session[:-1]
-    tie = same_session & (time[1:] == time[:-1])  # rows equal to the previous in session and time
+    """Duplicate rows and sessions spanning more than ``gap`` seconds (None: not counted) in columns sorted by
+    session, then time (so a session spans from its first row's time to its last's)."""
+    # Rows whose next row has the same session and time: few, so the rest looks at those rows only.
+    ties = _same_session(session, np.flatnonzero(time[1:] == time[:-1]))
     duplicates = 0
-    if tie.any():
+    if len(ties):
         # Equal (session, time) rows are contiguous once sorted: only those rows can be duplicates.
-        rows = np.flatnonzero(np.r_[tie, False] | np.r_[False, tie])
+        rows = np.union1d(ties, ties + 1)
         duplicates = int(pd.DataFrame({"s": session[rows], "i": item[rows], "t": time[rows]}).duplicated().sum())
     if gap is None or len(session) == 0:
         return Merged(duplicates, 0, 0)
-    starts = np.flatnonzero(np.r_[True, ~same_session])
-    spans = np.maximum.reduceat(time, starts) - np.minimum.reduceat(time, starts)
-    paused = np.r_[False, same_session & (np.diff(time) > gap)]
-    return Merged(duplicates, int(np.count_nonzero(spans > gap)), int(np.unique(session[paused]).size))
+    ends = np.append(np.flatnonzero(session[1:] != session[:-1]), len(session) - 1)
+    starts = np.append(0, ends[:-1] + 1)
+    long_sessions = int(np.count_nonzero(time[ends] - time[starts] > gap))
+    if long_sessions == 0:  # no session spans the gap, so none pauses longer
+        return Merged(duplicates, 0, 0)
+    pauses = _same_session(session, np.flatnonzero(np.diff(time) > gap))
+    paused = session[pauses]  # the session of every pause, in session order
+    paused_sessions = int(len(paused) > 0) + int(np.count_nonzero(paused[1:] != paused[:-1]))
+    return Merged(duplicates, long_sessions, paused_sessions)
+
+
+def _same_session(session: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Those of ``rows`` whose next row is of the same session."""
+    return rows[session[rows] == session[rows + 1]]
 
 
 def log_merged(merged: Merged, source: str, gap: float | None, split_hint: str) -> None:
