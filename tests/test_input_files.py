@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hydra.utils import instantiate
 
-from conftest import SHARED_DATA, write_events
+from conftest import SHARED_DATA, compose_config, write_events
 from lstm_rec.data import FileDataModule
 from lstm_rec.data.io import DataFileError, read_events
 from lstm_rec.data.quality import Merged, count_merged
@@ -223,3 +224,13 @@ def test_a_session_with_two_long_pauses_counts_once():
     session, time = np.array([1, 1, 1, 2, 2]), np.array([0.0, 100.0, 200.0, 0.0, 1.0])
     assert count_merged(session, np.array([5, 5, 5, 5, 5]), time, gap=50.0) == Merged(0, 1, 1)
     assert count_merged(session, np.array([5, 5, 5, 5, 5]), time, gap=None) == Merged(0, 0, 0)
+
+
+def test_the_gap_is_a_config_key_of_the_loader_and_the_readers(tmp_path):
+    data = compose_config("train", ["data=files", "data.reuse_gap=null"], tmp_path).data
+    assert instantiate(data).reuse_gap is None
+    for dataset, gap in (("generic", 3600.0), ("yoochoose", 60.0), ("diginetica", None)):
+        value = "null" if gap is None else gap
+        overrides = [f"dataset={dataset}", "input=x", "output=y", f"dataset.reader.reuse_gap={value}"]
+        reader = instantiate(compose_config("prepare_data", overrides, tmp_path).dataset.reader)
+        assert reader.reuse_gap == gap
