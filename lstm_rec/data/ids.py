@@ -62,7 +62,8 @@ def _as_integer(value: Hashable) -> int | None:
     if isinstance(value, float | np.floating):
         return int(value) if np.isfinite(value) and float(value).is_integer() else None
     if isinstance(value, str) and INTEGER_TEXT.fullmatch(value):
-        return int(value)
+        # Past 20 significant digits no integer index can hold it (and int() refuses 4,300 digits).
+        return int(value) if len(value.lstrip("+-").lstrip("0")) <= 20 else None
     return None
 
 
