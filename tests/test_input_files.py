@@ -15,6 +15,7 @@ from conftest import SHARED_DATA, compose_config, write_events
 from lstm_rec.data import FileDataModule
 from lstm_rec.data.io import DataFileError, read_events
 from lstm_rec.data.quality import Merged, count_merged
+from lstm_rec.data.readable import first_bad_utf8
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, ItemIndex, to_sessions
 from lstm_rec.prepare.generic import GenericLog
 from lstm_rec.prepare.readers import YoochooseClicks
@@ -234,3 +235,11 @@ def test_the_gap_is_a_config_key_of_the_loader_and_the_readers(tmp_path):
         overrides = [f"dataset={dataset}", "input=x", "output=y", f"dataset.reader.reuse_gap={value}"]
         reader = instantiate(compose_config("prepare_data", overrides, tmp_path).dataset.reader)
         assert reader.reuse_gap == gap
+
+
+def test_the_first_bad_byte_is_found_wherever_the_chunks_are_cut():
+    data = ("a\n" * 3 + "é").encode() + b"x\nb\xff\n"  # line 5, byte 11; "é" is two bytes
+    for cut in range(1, len(data)):
+        assert first_bad_utf8(iter([data[:cut], data[cut:]])) == (5, 11, 0xFF)
+    assert first_bad_utf8(iter([b"ab\n\xc3"])) == (2, 3, 0xC3)  # a character cut off by the end of the file
+    assert first_bad_utf8(iter([b"ab\n\xc3"]), final=False) is None  # ... or by the end of a head
