@@ -45,8 +45,9 @@ def tiny_recommender() -> Recommender:
 
 
 @pytest.fixture(scope="module")
-def client() -> TestClient:
-    return TestClient(create_app(tiny_recommender(), recent_clicks=True), raise_server_exceptions=False)
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(tiny_recommender(), recent_clicks=True), raise_server_exceptions=False) as client:
+        yield client
 
 
 def post(client: TestClient, path: str, body: str | bytes) -> httpx.Response:
@@ -246,15 +247,15 @@ def test_health_stays_fast_while_the_largest_requests_are_handled(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert statuses.count(200) >= 3 and statuses.count(413) >= 3 and set(statuses) == {200, 413}
-    # A parse on the event loop would block it for seconds (a 20 MB body); the margins are for a busy 2-core machine.
     latencies.sort()
     posts = f"{statuses.count(200)} posts of {limit} bytes (200), {statuses.count(413)} of 20 MB (413)"
     print(
         f"/health ms: median {1000 * statistics.median(latencies):.1f}, p95 {1000 * latencies[94]:.1f}, "
         f"max {1000 * latencies[-1]:.1f} during {posts}"
     )
+    # A parse on the event loop blocks it for seconds (a 20 MB body); the margins are for a busy 2-core machine.
     assert statistics.median(latencies) < 0.05 and latencies[94] < 0.1 and latencies[-1] < 0.25, latencies[-5:]
+    assert statuses.count(200) >= 3 and statuses.count(413) >= 3 and set(statuses) == {200, 413}
 
 
 def closed_after(address: tuple[str, int], sent: bytes, patience: float = 10.0) -> float:
@@ -275,6 +276,22 @@ def test_idle_and_half_sent_connections_are_closed():
         whole = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
         for sent in (b"", head, head + b"content-length: 100\r\n\r\n" + b'{"items": [', whole):
             assert 0.5 < closed_after(address, sent) < 3, sent
+
+
+def test_half_sent_headers_and_open_connections_are_bounded():
+    app = create_app(tiny_recommender())
+    with serving(app, h11_max_incomplete_event_size=2000, max_connections=3) as url:
+        address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        with socket.create_connection(address, timeout=5) as connection:
+            connection.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nx-filler: " + b"a" * 3000)  # no end of headers
+            assert connection.recv(65536).startswith(b"HTTP/1.1 400 ")
+        idle = [socket.create_connection(address, timeout=5) for _ in range(3)]
+        time.sleep(0.2)
+        try:
+            assert httpx.get(f"{url}/health", timeout=5).status_code == 503
+        finally:
+            for connection in idle:
+                connection.close()
 
 
 def test_access_log_lines_are_short():
@@ -298,18 +315,22 @@ scalars = (
     | st.text(max_size=200)
     | st.sampled_from([*KNOWN[:5], 10**30, -(2**63), 2**63])
 )
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner))
-item_lists = st.lists(st.sampled_from(KNOWN) | scalars, max_size=60) | json_values
+keys = st.text(max_size=8)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4), max_leaves=8
+)
+item_lists = st.lists(st.sampled_from(KNOWN) | scalars, max_size=40) | json_values
 bodies = st.fixed_dictionaries(
     {"items": item_lists},
     optional={"k": st.integers(-5, 200) | json_values, "exclude_seen": json_values, "weight": json_values},
-) | st.dictionaries(st.text(max_size=10), json_values)
+) | st.dictionaries(keys, json_values, max_size=4)
 
 
 @pytest.fixture(scope="module")
-def fuzzed() -> TestClient:
+def fuzzed() -> Iterator[TestClient]:
     app = create_app(tiny_recommender(), max_k=30, recent_clicks=True, max_body_bytes=4000)
-    return TestClient(app, raise_server_exceptions=False)
+    with TestClient(app, raise_server_exceptions=False) as client:  # one event loop for all requests: fast
+        yield client
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,5 +1,6 @@
 """The uvicorn server of the HTTP service, with the limits that keep it up: idle and half-sent connections are
-closed, headers are bounded, connections are counted, and access log lines repeat at most a short prefix of a path."""
+closed, half-sent headers are bounded, connections are counted, and access log lines repeat at most a short prefix of
+a path."""
 
 from __future__ import annotations
 
@@ -67,12 +68,13 @@ def server_config(
     log_level: str = "info",
     request_timeout: float = 10.0,
     timeout_keep_alive: float = 5.0,
-    max_header_bytes: int = 16_384,
+    h11_max_incomplete_event_size: int = 16_384,
     max_connections: int = 100,
 ) -> ServiceConfig:
     """The server's settings (scripts/serve.py, conf/serve.yaml): a client gets `request_timeout` s to send a whole
-    request, an idle kept-alive connection is closed after `timeout_keep_alive` s, a request's headers hold at most
-    `max_header_bytes` (else 400), and past `max_connections` open connections a request gets 503."""
+    request, an idle kept-alive connection is closed after `timeout_keep_alive` s, at most
+    `h11_max_incomplete_event_size` bytes of a request line and headers still arriving are kept (past them: 400), and
+    past `max_connections` open connections a request gets 503."""
     for name, value in {"request_timeout": request_timeout, "timeout_keep_alive": timeout_keep_alive}.items():
         if not value > 0:
             raise ValueError(f"the server's {name} must be a positive number of seconds, got {value!r}")
@@ -83,7 +85,7 @@ def server_config(
         port=port,
         log_level=log_level,
         timeout_keep_alive=timeout_keep_alive,
-        h11_max_incomplete_event_size=max_header_bytes,
+        h11_max_incomplete_event_size=h11_max_incomplete_event_size,
         limit_concurrency=max_connections,
     )
     access = logging.getLogger("uvicorn.access")  # configured by uvicorn.Config just now
