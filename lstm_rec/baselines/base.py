@@ -7,14 +7,16 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from lstm_rec.baselines.prefixes import Prefixes, PrefixSummary
 from lstm_rec.data.sessions import Sessions
 
 
 class Baseline:
     """A session scorer fitted on training sessions; scored by the same evaluation path as the LSTM.
 
-    The state of a prefix is the prefix itself, (N, T) item indices right-padded with 0, so a
-    baseline sees exactly what the LSTM sees at every position.
+    The states of a batch are its prefixes by reference (Prefixes), so a baseline sees exactly what the LSTM
+    sees at every position, in memory linear in the clicks; scoring N of them reads their summary (distinct
+    items, length, last item), at most N * n_items entries.
     """
 
     n_items: int = 0
@@ -22,25 +24,36 @@ class Baseline:
     def fit(self, sessions: Sessions, n_items: int) -> Baseline:
         raise NotImplementedError
 
-    def encode(self, items: Tensor) -> Tensor:
-        """(B, T) -> (B, T, T): state t holds items[:, :t + 1], padded with 0."""
-        steps = torch.arange(items.shape[1], device=items.device)
-        in_prefix = steps[None, :] <= steps[:, None]  # (T, T): prefix t covers steps 0..t
-        return items[:, None, :] * in_prefix[None]  # (B, T, T)
+    def encode(self, items: Tensor) -> Prefixes:
+        """(B, T) right-padded item indices -> (B, T) states: state t is the prefix items[:, :t + 1]."""
+        return Prefixes.of(items)
 
-    def score(self, states: Tensor) -> Tensor:
-        """(N, T) prefixes -> (N, n_items) scores."""
-        scores = np.require(self.score_prefixes(states.cpu().numpy()), np.float32, requirements="W")
-        return torch.from_numpy(scores).to(states.device)
+    def score(self, states: Prefixes) -> Tensor:
+        """States (*prefixes) -> (*prefixes, n_items) scores."""
+        scores = np.require(self.score_summary(states.summary()), np.float32, requirements="W")
+        return torch.from_numpy(scores).view(*states.rows.shape, self.n_items).to(states.device)
 
     def score_prefixes(self, prefixes: np.ndarray) -> np.ndarray:
+        """(N, T) prefixes, one per row, left-aligned and padded with 0 -> (N, n_items) scores."""
+        items = torch.as_tensor(np.asarray(prefixes, dtype=np.int64))
+        last = ((items > 0).sum(dim=1) - 1).clamp(min=0)
+        return self.score_summary(self.encode(items)[torch.arange(len(items)), last].summary())
+
+    def score_summary(self, prefixes: PrefixSummary) -> np.ndarray:
+        """(N, n_items) scores of the summarised prefixes."""
         raise NotImplementedError
 
 
-def last_items(prefixes: np.ndarray) -> np.ndarray:
-    """The last real item (1-based index) of each left-aligned, zero-padded prefix."""
-    lengths = (prefixes > 0).sum(axis=1)
-    return prefixes[np.arange(len(prefixes)), np.maximum(lengths - 1, 0)]
+def runs_within(costs: np.ndarray, budget: float) -> list[slice]:
+    """Consecutive runs of items whose costs sum to at most `budget` (an item over it runs alone)."""
+    total = np.cumsum(costs)
+    runs, begin = [], 0
+    while begin < len(costs):
+        spent = total[begin - 1] if begin else 0.0
+        end = max(int(np.searchsorted(total, spent + budget, side="right")), begin + 1)
+        runs.append(slice(begin, end))
+        begin = end
+    return runs
 
 
 def session_item_matrix(sessions: Sessions, n_items: int, binary: bool) -> sp.csr_matrix:
@@ -66,10 +79,3 @@ def keep_top_per_row(matrix: sp.spmatrix, n: int, tiebreak: np.ndarray | None = 
     coo = sp.coo_matrix(matrix)
     kept = top_entries(coo.row, coo.data, n, coo.col if tiebreak is None else tiebreak[coo.col])
     return sp.csr_matrix((coo.data[kept], (coo.row[kept], coo.col[kept])), shape=coo.shape)
-
-
-def prefix_entries(prefixes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Non-padding entries of the prefixes: (row, score column, 1-based position, prefix length per row)."""
-    rows, steps = np.nonzero(prefixes)
-    lengths = (prefixes > 0).sum(axis=1)
-    return rows, prefixes[rows, steps] - 1, steps + 1, lengths

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from lstm_rec.baselines.base import Baseline, keep_top_per_row, prefix_entries, session_item_matrix, top_entries
+from lstm_rec.baselines.base import Baseline, keep_top_per_row, runs_within, session_item_matrix, top_entries
+from lstm_rec.baselines.prefixes import PrefixSummary
 from lstm_rec.data.sessions import Sessions
 
 _POSITION_WEIGHTS = {
@@ -29,15 +30,29 @@ class SessionKNN(Baseline):
         self.n_items = n_items
         self.session_items = session_item_matrix(sessions, n_items, binary=True)  # (S, n_items)
         self.items_per_session = np.asarray(self.session_items.sum(axis=1)).ravel()
+        self.sessions_per_item = np.asarray(self.session_items.sum(axis=0)).ravel()
         # 0 for the most recent session (latest last click), 1 for the next, ...
         self.recency = np.argsort(np.argsort(-sessions.last_times, kind="stable"), kind="stable")
         return self
 
-    def _query(self, prefixes: np.ndarray) -> sp.csr_matrix:
-        rows, columns, _, _ = prefix_entries(prefixes)
-        query = sp.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(prefixes), self.n_items))
-        query.data[:] = 1.0  # the prefix as a set
-        return query
+    def score_summary(self, prefixes: PrefixSummary) -> np.ndarray:
+        """Scores of runs of prefixes whose (prefix, training session) pairs are no more than their scores.
+
+        Each prefix is compared with every training session sharing an item with it (up to all of them); runs keep
+        those pairs within the N * n_items scores asked for, so a long session's prefixes are compared a run at
+        a time.
+        """
+        n_prefixes, entries = prefixes.n_prefixes, prefixes.entries
+        shared = np.bincount(entries.prefix, self.sessions_per_item[entries.column], minlength=n_prefixes)
+        pairs = np.minimum(shared, len(self.items_per_session))  # an upper bound of each prefix's candidates
+        scores = np.empty((n_prefixes, self.n_items))
+        for run in runs_within(pairs, max(n_prefixes, 1) * self.n_items):
+            scores[run] = self._score_run(prefixes.take(run))
+        return scores
+
+    def _query(self, prefixes: PrefixSummary) -> sp.csr_matrix:
+        """(N, n_items) the prefixes as sets of items."""
+        return prefixes.matrix(np.ones(len(prefixes.entries.prefix)), self.n_items)
 
     def _candidates(self, query: sp.csr_matrix) -> sp.csr_matrix:
         """(N, S) shared-item counts, restricted to the `sample_size` most recent sharing sessions of each row."""
@@ -49,7 +64,7 @@ class SessionKNN(Baseline):
         """The `k` most similar candidates of each row (ties: the more recent session)."""
         return keep_top_per_row(similarity, self.k, tiebreak=self.recency)
 
-    def score_prefixes(self, prefixes: np.ndarray) -> np.ndarray:
+    def _score_run(self, prefixes: PrefixSummary) -> np.ndarray:
         query = self._query(prefixes)
         distinct = np.asarray(query.sum(axis=1)).ravel()  # (N,)
         cosine = self._candidates(query).tocoo()  # shared-item counts
@@ -92,21 +107,9 @@ class VSKNN(SessionKNN):
         self.item_factor = 1.0 + self.idf_weighting * np.where(clicks > 0, idf, 0.0)
         return self
 
-    def _last_positions(self, prefixes: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
-        """(N, n_items) last 1-based position of each prefix item, and the prefix lengths (repeats counted)."""
-        rows, columns, positions, lengths = prefix_entries(prefixes)
-        order = np.lexsort((positions, columns, rows))  # a repeated item's last click comes last
-        rows, columns, positions = rows[order], columns[order], positions[order]
-        is_last = np.r_[(rows[1:] != rows[:-1]) | (columns[1:] != columns[:-1]), True]
-        last = sp.csr_matrix(
-            (positions[is_last].astype(np.float64), (rows[is_last], columns[is_last])),
-            shape=(len(prefixes), self.n_items),
-        )
-        return last, lengths
-
-    def score_prefixes(self, prefixes: np.ndarray) -> np.ndarray:
+    def _score_run(self, prefixes: PrefixSummary) -> np.ndarray:
         query = self._query(prefixes)
-        last, lengths = self._last_positions(prefixes)  # (N, n_items) last 1-based positions
+        last, lengths = prefixes.matrix(prefixes.entries.last, self.n_items), prefixes.lengths  # last 1-based positions
         weights = last.tocoo()
         weights.data = _POSITION_WEIGHTS[self.weighting](weights.data, lengths[weights.row].astype(np.float64))
         weighted_shared = sp.csr_matrix(weights.tocsr() @ self.session_items.T)  # (N, S)

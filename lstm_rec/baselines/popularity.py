@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
-from lstm_rec.baselines.base import Baseline, prefix_entries
+from lstm_rec.baselines.base import Baseline
+from lstm_rec.baselines.prefixes import PrefixSummary
 from lstm_rec.data.sessions import Sessions
 
 
@@ -22,15 +22,14 @@ class Popularity(Baseline):
         self.n_items = n_items
         return self
 
-    def score_prefixes(self, prefixes: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.counts, (len(prefixes), self.n_items))
+    def score_summary(self, prefixes: PrefixSummary) -> np.ndarray:
+        return np.broadcast_to(self.counts, (prefixes.n_prefixes, self.n_items))
 
 
 class SessionPopularity(Popularity):
     """Items already clicked in the session first, by how often; then all others by training popularity."""
 
-    def score_prefixes(self, prefixes: np.ndarray) -> np.ndarray:
-        rows, columns, _, _ = prefix_entries(prefixes)
-        in_session = sp.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(prefixes), self.n_items))
+    def score_summary(self, prefixes: PrefixSummary) -> np.ndarray:
+        in_session = prefixes.matrix(prefixes.entries.count, self.n_items)
         # Popularity scaled into [0, 1) only breaks ties between equal session counts.
         return in_session.toarray() + self.counts / (self.counts.max() + 1.0)

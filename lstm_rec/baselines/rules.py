@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from lstm_rec.baselines.base import Baseline, keep_top_per_row, last_items, session_item_matrix
+from lstm_rec.baselines.base import Baseline, keep_top_per_row, session_item_matrix
+from lstm_rec.baselines.prefixes import PrefixSummary
 from lstm_rec.data.sessions import Sessions
 
 _WEIGHTINGS = {
@@ -22,8 +23,8 @@ class LastItemBaseline(Baseline):
 
     transitions: sp.csr_matrix
 
-    def score_prefixes(self, prefixes: np.ndarray) -> np.ndarray:
-        return self.transitions[last_items(prefixes) - 1].toarray()
+    def score_summary(self, prefixes: PrefixSummary) -> np.ndarray:
+        return self.transitions[prefixes.last_item - 1].toarray()
 
 
 class SequentialRules(LastItemBaseline):
