@@ -170,6 +170,13 @@ def test_api_docs_are_off_unless_asked_for():
     assert body["content"]["application/json"]["schema"]["properties"]["items"]["maxItems"] == 200
 
 
+def test_bad_limits_are_refused_with_their_name():
+    with pytest.raises(ValueError, match=r"^the service's max_body_bytes must be a positive number, got 0$"):
+        create_app(tiny_recommender(), max_body_bytes=0)
+    with pytest.raises(ValueError, match=r"^the server's request_timeout must be a positive number of seconds, got 0$"):
+        server_config(create_app(tiny_recommender()), request_timeout=0)
+
+
 @contextmanager
 def serving(app: FastAPI, **server_settings) -> Iterator[str]:
     """The app on a real uvicorn server (the settings of scripts/serve.py) in a thread; yields its URL."""

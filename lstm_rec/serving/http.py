@@ -5,8 +5,8 @@ Every request is bounded before it is parsed (max_body_bytes: 413), bodies are p
 the event loop keeps answering, and no answer or error repeats more than a short prefix of what was sent
 (lstm_rec.serving.bodies)."""
 
-# No `from __future__ import annotations`: FastAPI reads the request model of the endpoint, a class
-# local to create_app, from the annotation at run time.
+# No `from __future__ import annotations`: the request models, classes built inside functions, take their limits
+# (local variables) in annotations that must be evaluated when the class is built.
 import socket
 import subprocess
 import time
@@ -68,14 +68,7 @@ def create_app(
         max_id_chars=max_id_chars,
         max_body_bytes=max_body_bytes,
     )
-    docs = {} if api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(
-        title="lstm_rec",
-        description="Next-item recommendations from a trained session LSTM",
-        **docs,
-    )
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.add_exception_handler(RequestValidationError, validation_error_answer)
+    app = _guarded_app(max_body_bytes, api_docs)
     limits = {"max_items": max_items, "max_k": min(max_k, rec.n_items), "recent_clicks": recent_clicks}
 
     @app.get("/health")
@@ -85,6 +78,15 @@ def create_app(
     _add_recommend(app, rec, _recommend_request(max_items, min(max_k, rec.n_items), max_id_chars))
     if recent_clicks:
         _add_recent_clicks(app, rec, _recent_clicks_request(max_recent_clicks, max_recent_weight, max_id_chars))
+    return app
+
+
+def _guarded_app(max_body_bytes: int, api_docs: bool) -> FastAPI:
+    """An app with no route yet: bodies bounded, short 422s, and the API docs only when asked for."""
+    docs = {} if api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="lstm_rec", description="Next-item recommendations from a trained session LSTM", **docs)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_exception_handler(RequestValidationError, validation_error_answer)
     return app
 
 
