@@ -14,6 +14,7 @@ from lstm_rec.checkpoint import CheckpointError
 from lstm_rec.data import SyntheticDataModule
 from lstm_rec.evaluation import rank_batch
 from lstm_rec.jobs.predict import recommend_job
+from lstm_rec.prior import PriorScorer
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +161,53 @@ def test_recommend_job_batch_mode_per_session_and_per_position(checkpoint, rec, 
                 mine = mine[mine["position"] == 2]
                 session = session[:2]
             assert mine.sort_values("rank")["item"].tolist() == [i for i, _ in rec.recommend(session, k=4)]
+
+
+def test_positions_answer_as_every_prefix_one_by_one(rec, test_sessions, monkeypatch):
+    ids = test_sessions[3]
+    sessions = [
+        ["no-such-item", *ids[:4], ids[1], -7, *test_sessions[4][:3]],  # unknown first and between, a repeat
+        [],
+        [-1, -2],  # nothing known: popularity after every click
+        test_sessions[5],
+    ]
+    # All prefixes scored at once; three at a time, across sessions, with the session's items left out.
+    for exclude_seen, chunk in ((False, 2**22), (True, rec.n_items * 3)):
+        monkeypatch.setattr("lstm_rec.serving.recommender.POSITION_SCORES", chunk)
+        answers = rec.recommend_positions_batch(sessions, k=7, exclude_seen=exclude_seen)
+        for session, after_each in zip(sessions, answers, strict=True):
+            assert len(after_each) == len(session)
+            for position, top in enumerate(after_each, start=1):
+                whole = rec.recommend(session[:position], k=7, exclude_seen=exclude_seen)
+                assert [i for i, _ in top] == [i for i, _ in whole]
+                np.testing.assert_allclose([s for _, s in top], [s for _, s in whole], rtol=1e-5, atol=1e-5)
+                assert (top.fallback, top.unknown) == (whole.fallback, whole.unknown)
+    assert answers[0][0].fallback and answers[0][0].unknown == ["no-such-item"]
+    assert rec.recommend_positions_batch([]) == []
+    single = rec.recommend_positions(sessions[3], k=7, exclude_seen=True)
+    assert [[i for i, _ in top] for top in single] == [[i for i, _ in top] for top in answers[3]]
+
+
+def test_per_position_runs_the_network_once_per_click(checkpoint, rec, test_sessions, tmp_path, monkeypatch):
+    long_session = [test_sessions[6][i % len(test_sessions[6])] for i in range(1000)]
+    sessions = [test_sessions[0], long_session, *test_sessions[1:3]]
+    rows = [(s, item, float(t)) for s, session in enumerate(sessions) for t, item in enumerate(session)]
+    clicks = write_events(tmp_path / "clicks.tsv", rows)
+    encoded = []  # clicks (padding left out) that each call of the network runs through the LSTM
+    encode = PriorScorer.encode
+
+    def counted(scorer, items):
+        encoded.append(int((items > 0).sum()))
+        return encode(scorer, items)
+
+    monkeypatch.setattr(PriorScorer, "encode", counted)
+    overrides = [f"ckpt_path={checkpoint}", f"input={clicks}", f"output={tmp_path / 'top.csv'}", "k=3"]
+    table = recommend_job(compose_config("recommend", [*overrides, "per_position=true"], tmp_path))
+    assert sum(encoded) == sum(map(len, sessions))  # not the 500,500 clicks of the long session's prefixes
+    assert len(table) == 3 * sum(map(len, sessions))
+    for position in (1, 2, 999, 1000):
+        mine = table[(table["session"] == 1) & (table["position"] == position)]
+        assert mine.sort_values("rank")["item"].tolist() == [i for i, _ in rec.recommend(long_session[:position], k=3)]
 
 
 def test_recommend_script_prints_the_list(checkpoint, rec, test_sessions, tmp_path):

@@ -42,20 +42,35 @@ def recommend_job(cfg: DictConfig) -> pd.DataFrame:
 def recommend_events(
     rec: Recommender, events: pd.DataFrame, k: int, exclude_seen: bool, per_position: bool, batch_size: int
 ) -> pd.DataFrame:
-    """The long table of top-k lists for every session of a sorted event frame (or after every click of it)."""
+    """The long table of top-k lists for every session of a sorted event frame (or after every click of it).
+
+    Per session, `batch_size` sessions are scored at a time. Per position, consecutive sessions of at most
+    `batch_size` padded clicks (a longer session alone) go through the network once: one LSTM step per click.
+    """
     sessions = events.groupby(SESSION, sort=False)[ITEM].agg(list)
-    queries: list[tuple[Hashable, int | None, list]] = []
-    for session, items in sessions.items():
-        if per_position:
-            queries += [(session, position, items[:position]) for position in range(1, len(items) + 1)]
-        else:
-            queries.append((session, None, items))
-    answers = []
-    for begin in range(0, len(queries), batch_size):
-        chunk = queries[begin : begin + batch_size]
-        tops = rec.recommend_batch([items for _, _, items in chunk], k, exclude_seen)
-        answers += [(session, position, top) for (session, position, _), top in zip(chunk, tops, strict=True)]
+    names, clicks = list(sessions.index), list(sessions)
+    answers: list[tuple[Hashable, int | None, Recommendations]] = []
+    if not per_position:
+        for begin in range(0, len(clicks), batch_size):
+            tops = rec.recommend_batch(clicks[begin : begin + batch_size], k, exclude_seen)
+            answers += [(name, None, top) for name, top in zip(names[begin : begin + batch_size], tops, strict=True)]
+        return _table(answers)
+    for batch in _click_batches([len(items) for items in clicks], batch_size):
+        tops = rec.recommend_positions_batch(clicks[batch], k, exclude_seen)
+        for name, after_each in zip(names[batch], tops, strict=True):
+            answers += [(name, position, top) for position, top in enumerate(after_each, start=1)]
     return _table(answers)
+
+
+def _click_batches(lengths: list[int], budget: int) -> list[slice]:
+    """Runs of consecutive sessions whose padded size (sessions x the longest) stays within `budget` clicks."""
+    batches, begin, longest = [], 0, 0
+    for end, length in enumerate(lengths):
+        if end > begin and (end - begin + 1) * max(longest, length) > budget:
+            batches.append(slice(begin, end))
+            begin, longest = end, 0
+        longest = max(longest, length)
+    return [*batches, slice(begin, len(lengths))] if lengths else batches
 
 
 def _table(answers: list[tuple[Hashable, int | None, Recommendations]]) -> pd.DataFrame:

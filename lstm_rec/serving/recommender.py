@@ -1,4 +1,4 @@
-"""Use a trained model: top-k next items for a session, for many sessions, or click by click."""
+"""Use a trained model: top-k next items for a session, for many sessions, after every click, or click by click."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from lstm_rec.model import Carry, PrefixStates
 from lstm_rec.prior import ItemPrior, PriorScorer
 
 log = logging.getLogger(__name__)
+
+# Scores held at once when ranking every position of sessions: as the evaluation's CHUNK_SCORES (16 MB of float32).
+POSITION_SCORES = 2**22
 
 
 class Recommendations(list):
@@ -81,10 +84,15 @@ class Recommender:
 
     def _indices(self, items: Sequence[Hashable]) -> tuple[list[int], list[Hashable]]:
         """Known items' indices in order, and the unknown ids (logged as a warning)."""
+        indices, unknown = self._lookup(items)
+        return [int(i) for i in indices if i > 0], unknown
+
+    def _lookup(self, items: Sequence[Hashable]) -> tuple[np.ndarray, list[Hashable]]:
+        """The index of every item, 0 where unknown, and the unknown ids (logged as a warning)."""
         indices = self.item_index.lookup(np.asarray(list(items), dtype=object if _mixed(items) else None))
         unknown = [item for item, index in zip(items, indices, strict=True) if index == 0]
         warn_unknown(unknown, len(indices), self.item_index.ids)
-        return [int(i) for i in indices if i > 0], unknown
+        return indices, unknown
 
     @torch.no_grad()
     def recommend(self, items: Sequence[Hashable], k: int = 20, exclude_seen: bool = False) -> Recommendations:
@@ -97,11 +105,7 @@ class Recommender:
     ) -> list[Recommendations]:
         """The top k after each session, all sessions scored in one padded batch."""
         mapped = [self._indices(items) for items in sessions]
-        width = max([len(indices) for indices, _ in mapped] + [1])
-        batch = torch.zeros((len(sessions), width), dtype=torch.long)
-        for row, (indices, _) in enumerate(mapped):
-            batch[row, : len(indices)] = torch.tensor(indices, dtype=torch.long)
-        batch = batch.to(self.device)
+        batch = self._padded([indices for indices, _ in mapped])
         lengths = (batch > 0).sum(dim=1)
         last = (lengths - 1).clamp(min=0)
         states = self.scorer.encode(batch)[torch.arange(len(batch), device=self.device), last]  # B prefixes
@@ -111,6 +115,61 @@ class Recommender:
             self._top(scores[row], k, indices if exclude_seen else [], not indices, unknown)
             for row, (indices, unknown) in enumerate(mapped)
         ]
+
+    def _padded(self, sessions: Sequence[Sequence[int]]) -> Tensor:
+        """(B, T) the sessions' item indices right-padded with 0, on the device; T at least 1."""
+        batch = torch.zeros((len(sessions), max([len(indices) for indices in sessions] + [1])), dtype=torch.long)
+        for row, indices in enumerate(sessions):
+            batch[row, : len(indices)] = torch.as_tensor(indices, dtype=torch.long)
+        return batch.to(self.device)
+
+    @torch.no_grad()
+    def recommend_positions(
+        self, items: Sequence[Hashable], k: int = 20, exclude_seen: bool = False
+    ) -> list[Recommendations]:
+        """The top k after every click of the session `items`: list p - 1 is recommend(items[:p], k, exclude_seen)."""
+        return self.recommend_positions_batch([items], k, exclude_seen)[0]
+
+    @torch.no_grad()
+    def recommend_positions_batch(
+        self, sessions: Sequence[Sequence[Hashable]], k: int = 20, exclude_seen: bool = False
+    ) -> list[list[Recommendations]]:
+        """For each session, the top k after each of its clicks, as recommend() on every prefix would answer.
+
+        The sessions' known clicks go through the network once, in one padded batch (one LSTM step per click), and
+        the prefixes are scored POSITION_SCORES scores at a time: time and memory linear in the clicks.
+        """
+        if not sessions:
+            return []
+        looked_up = [self._lookup(items) for items in sessions]
+        known = [indices[indices > 0] for indices, _ in looked_up]
+        states = self.scorer.encode(self._padded(known))  # (B, T) prefixes of the known clicks
+        # Every prefix, sessions in order: its session, its clicks, and its known clicks.
+        session = np.repeat(np.arange(len(sessions)), [len(indices) for indices, _ in looked_up])
+        clicks = np.concatenate([np.arange(1, len(indices) + 1) for indices, _ in looked_up] + [np.zeros(0, int)])
+        n_known = np.concatenate([np.cumsum(indices > 0) for indices, _ in looked_up] + [np.zeros(0, int)])
+        answers: list[list[Recommendations]] = [[] for _ in sessions]
+        rows = max(1, POSITION_SCORES // self.n_items)
+        for begin in range(0, len(session), rows):
+            part = slice(begin, begin + rows)
+            scores = self._prefix_scores(states, session[part], n_known[part])
+            if exclude_seen:
+                scores = _without_seen(scores, session[part], n_known[part], known)
+            prefixes = zip(session[part], clicks[part] - n_known[part], n_known[part], strict=True)
+            for row, (owner, n_unknown, n_seen) in enumerate(prefixes):
+                unknown = looked_up[owner][1][:n_unknown]  # the unknown ids among the prefix's clicks
+                answers[owner].append(self._top(scores[row], k, [], bool(n_seen == 0), unknown))
+        return answers
+
+    def _prefix_scores(self, states: PrefixStates, session: np.ndarray, n_known: np.ndarray) -> Tensor:
+        """(N, n_items) scores after the n_known[i] first known clicks of session[i]; popularity after none."""
+        has_known = torch.as_tensor(n_known > 0, device=self.device)
+        scores = self.popularity.expand(len(session), -1).clone()
+        if has_known.any():
+            rows = torch.as_tensor(session, device=self.device)[has_known]
+            last = torch.as_tensor(n_known, device=self.device)[has_known] - 1
+            scores[has_known] = self.scorer.score(states[rows, last]).float()
+        return scores
 
     def start(self) -> SessionState:
         """A new live session with no clicks yet."""
@@ -141,6 +200,20 @@ class Recommender:
         ids = self.item_index.ids[top.indices.cpu().numpy()]
         pairs = [(_plain(i), float(s)) for i, s in zip(ids, top.values.cpu(), strict=True) if s > float("-inf")]
         return Recommendations(pairs, fallback, unknown)
+
+
+def _without_seen(scores: Tensor, session: np.ndarray, n_known: np.ndarray, known: list[np.ndarray]) -> Tensor:
+    """Scores with -inf at the items among the first n_known[i] known clicks of session[i]: the items whose first
+    known click comes before that. known[s] holds session s's known item indices in order."""
+    sessions, local = np.unique(session, return_inverse=True)
+    n_items = scores.shape[1]
+    columns = np.concatenate([u * n_items + known[s] - 1 for u, s in enumerate(sessions)])
+    order = np.concatenate([np.arange(len(known[s])) for s in sessions])
+    never = torch.iinfo(torch.long).max
+    first = torch.full((len(sessions) * n_items,), never, dtype=torch.long)
+    first.scatter_reduce_(0, torch.as_tensor(columns), torch.as_tensor(order), reduce="amin")  # (U * n_items,)
+    seen = first.view(len(sessions), n_items)[torch.as_tensor(local)] < torch.as_tensor(n_known)[:, None]
+    return scores.masked_fill(seen.to(scores.device), float("-inf"))
 
 
 def _mixed(items: Sequence[Hashable]) -> bool:
