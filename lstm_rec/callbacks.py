@@ -12,15 +12,25 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lstm_rec.checkpoint import load_checked
+
 log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside its target, syncs it, then renames it into place.
+    """Writes each checkpoint to a temporary file beside its target, syncs it, then renames it into place; reads
+    checkpoints weights-only and checked, as lstm_rec.checkpoint reads them.
 
     A crash or a full disk while saving leaves the previous checkpoint of that name intact; the
-    rename is atomic because the temporary file is on the same filesystem as the target.
+    rename is atomic because the temporary file is on the same filesystem as the target. Resuming and testing
+    (Lightning's ckpt_path) load through here, never running code from the file whatever the environment says
+    (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD), and a malformed file fails with a CheckpointError naming it.
     """
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        # Lightning's own arguments are ignored: always on the CPU (Lightning moves the state), always weights-only.
+        checkpoint, _ = load_checked(path)
+        return checkpoint
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lstm_rec.checkpoint_checks import (
+    WRITTEN_BY,
+    CheckpointError,
+    check_entry,
+    check_network_settings,
+    check_tensors,
+    check_weights,
+    network_shapes,
+)
 from lstm_rec.data.sessions import ItemIndex
 from lstm_rec.model import MEMBER_SETTINGS, SessionLSTM, build_network
 from lstm_rec.prior import ItemPrior, PriorScorer
@@ -23,9 +33,7 @@ from lstm_rec.prior import ItemPrior, PriorScorer
 CHECKPOINT_KEY = "lstm_rec"
 FORMAT_VERSION = 2
 
-
-class CheckpointError(ValueError):
-    """A file that is not a usable lstm_rec checkpoint."""
+__all__ = ["CheckpointError", "TrainedModel", "load_checked", "load_network", "read_checkpoint", "read_entry"]
 
 
 @dataclass
@@ -62,22 +70,23 @@ def write_entry(
 
 
 def read_entry(checkpoint: dict[str, Any], source: str) -> dict[str, Any]:
-    """lstm_rec's entry of a loaded checkpoint, in the current format (older formats are upgraded)."""
+    """lstm_rec's entry of a loaded checkpoint, in the current format (older formats are upgraded), checked."""
     entry = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(entry, dict) or "item_ids" not in entry:
         raise CheckpointError(
             f"{source} is not an lstm_rec checkpoint (it has no '{CHECKPOINT_KEY}' entry with an item index); "
-            "expected a .ckpt file written by scripts/train.py under <run dir>/checkpoints/"
+            f"{WRITTEN_BY} under <run dir>/checkpoints/"
         )
     version = entry.get("format_version")
-    if version == 1:
+    if version == 1 and not isinstance(version, bool):
         _upgrade_v1(checkpoint, source)
-        return checkpoint[CHECKPOINT_KEY]
-    if version != FORMAT_VERSION:
+        entry = checkpoint[CHECKPOINT_KEY]
+    elif version != FORMAT_VERSION or isinstance(version, bool):
         raise CheckpointError(
             f"{source} has checkpoint format version {version!r}; this lstm_rec reads versions 1 and "
             f"{FORMAT_VERSION}: load it with the lstm_rec that wrote it"
         )
+    check_entry(entry, source)
     return entry
 
 
@@ -88,30 +97,41 @@ def item_index_of(entry: dict[str, Any]) -> ItemIndex:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint at `path`, loaded without running code from the file (weights_only)."""
+    """The checkpoint at `path`, loaded without running code from the file.
+
+    weights_only=True is passed explicitly: torch then ignores TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which only
+    changes loads that leave weights_only unset (tests/test_checkpoint_safety.py sets it and checks).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path: no checkpoint at '{path}'")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(
-            f"ckpt_path: '{path}' is not a readable PyTorch checkpoint (corrupt, truncated, or another format): {error}"
+            f"ckpt_path '{path}' is not a readable PyTorch checkpoint of tensors and plain values (corrupt, "
+            f"truncated, another format, or it holds code, which lstm_rec never runs): {error}"
         ) from error
+    check_tensors(checkpoint, f"ckpt_path '{path}'")
+    return checkpoint
+
+
+def load_checked(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint at `path` and lstm_rec's entry, with its weights checked against its network settings."""
+    checkpoint = read_checkpoint(path)
+    source = f"ckpt_path '{path}'"
+    entry = read_entry(checkpoint, source)
+    shapes = network_shapes(len(entry["item_counts"]), entry["network"])
+    check_weights(checkpoint.get("state_dict"), shapes, source)
+    return checkpoint, entry
 
 
 def load_network(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """The trained network of a checkpoint written by scripts/train.py, in eval mode on `device`."""
-    checkpoint = read_checkpoint(path)
-    source = f"ckpt_path '{path}'"
-    entry = read_entry(checkpoint, source)
+    checkpoint, entry = load_checked(path)
     index = item_index_of(entry)
     network = build_network(len(index), entry["network"])
-    weights = {name[4:]: value for name, value in checkpoint["state_dict"].items() if name.startswith("net.")}
-    try:
-        network.load_state_dict(weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"{source}: its weights do not fit its network settings: {error}") from error
+    network.load_state_dict({name[4:]: value for name, value in checkpoint["state_dict"].items() if name[:4] == "net."})
     prior = ItemPrior.from_checkpoint(entry.get("prior"))
     return TrainedModel(network.to(device).eval(), index, prior, float(entry.get("train_seconds", 0.0)))
 
@@ -132,33 +152,51 @@ V1_NETWORK_KEYS = (
 def _upgrade_v1(checkpoint: dict[str, Any], source: str) -> None:
     """Rewrite a version 1 checkpoint in place: the network settings and the item prior move into lstm_rec's entry,
     and the members' weights are stacked as SessionLSTM keeps them."""
-    hparams = checkpoint.get("hyper_parameters", {})
-    network = {key: hparams[key] for key in V1_NETWORK_KEYS if key in hparams}
-    members = hparams.get("members") or None
-    if members:
-        differ = sorted({key for member in members for key in member} - set(MEMBER_SETTINGS))
-        if differ:
-            raise CheckpointError(
-                f"{source} (format version 1) is an ensemble whose members differ in {differ}; members now share "
-                f"everything but {list(MEMBER_SETTINGS)}, so it cannot be loaded: retrain it"
-            )
-        network["members"] = [dict(member) for member in members]
-    state = checkpoint["state_dict"]
+    source = f"{source} is a format version 1 checkpoint"
+    hparams, state = checkpoint.get("hyper_parameters", {}), checkpoint.get("state_dict")
+    network = _v1_network(hparams, source)
+    members = network.get("members")
     prefixes = [f"net.members.{m}." for m in range(len(members))] if members else ["net."]
-    parts = [{name[len(p) :]: value for name, value in state.items() if name.startswith(p)} for p in prefixes]
+    for prefix in prefixes:
+        if not isinstance(state, Mapping) or f"{prefix}item_embedding.weight" not in state:
+            raise CheckpointError(f"{source} without its weights (no '{prefix}item_embedding.weight'); {WRITTEN_BY}")
+    parts = [{n[len(p) :]: w for n, w in state.items() if isinstance(n, str) and n.startswith(p)} for p in prefixes]
     window = max([network.get("repeat_window", 0), *[m.get("repeat_window", 0) for m in members or []]])
-    weights = _stacked(parts, window)
+    try:
+        weights = _stacked(parts, window)
+    except (KeyError, IndexError, AttributeError, RuntimeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{source} whose weights do not fit together ({error!r}); {WRITTEN_BY}") from error
     prior_scores = state.get("net.item_prior")
-    entry = checkpoint[CHECKPOINT_KEY]
     prior = None
-    if prior_scores is not None and bool(prior_scores.ne(0).any()):
+    if isinstance(prior_scores, torch.Tensor) and bool(prior_scores.ne(0).any()):
         prior = {
             "scores": prior_scores,
             "weight": hparams.get("recent_weight", 0.0),
             "hours": hparams.get("recent_hours"),
         }
     checkpoint["state_dict"] = {f"net.{name}": value for name, value in weights.items()}
+    entry = checkpoint[CHECKPOINT_KEY]
     checkpoint[CHECKPOINT_KEY] = entry | {"format_version": 2, "network": network, "prior": prior, "upgraded_from": 1}
+
+
+def _v1_network(hparams: Any, source: str) -> dict[str, Any]:
+    """The network settings of version 1 hyperparameters, checked."""
+    if not isinstance(hparams, Mapping):
+        raise CheckpointError(f"{source} whose 'hyper_parameters' is not a mapping; {WRITTEN_BY}")
+    network = {key: hparams[key] for key in V1_NETWORK_KEYS if key in hparams}
+    members = hparams.get("members") or None
+    if members is not None and not (isinstance(members, list) and all(isinstance(m, Mapping) for m in members)):
+        raise CheckpointError(f"{source} whose 'members' is not a list of mappings; {WRITTEN_BY}")
+    if members:
+        differ = sorted({str(key) for member in members for key in member} - set(MEMBER_SETTINGS))
+        if differ:
+            raise CheckpointError(
+                f"{source}, an ensemble whose members differ in {differ}; members now share everything but "
+                f"{list(MEMBER_SETTINGS)}, so it cannot be loaded: retrain it"
+            )
+        network["members"] = [dict(member) for member in members]
+    check_network_settings(network, source)
+    return network
 
 
 def _stacked(parts: list[dict[str, Tensor]], window: int) -> dict[str, Tensor]:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from lstm_rec.checkpoint import CheckpointError, item_index_of, read_entry, write_entry
+from lstm_rec.checkpoint_checks import check_weights
 from lstm_rec.data.sessions import ItemIndex
 from lstm_rec.evaluation import rank_batch
 from lstm_rec.losses import CrossEntropy
@@ -208,18 +209,22 @@ class SessionRecModule(L.LightningModule):
         write_entry(checkpoint, self.item_index, self.network_settings, self.prior, self.train_seconds)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        entry = read_entry(checkpoint, "the checkpoint being loaded")
+        path = getattr(self._trainer, "ckpt_path", None)
+        source = "the checkpoint being loaded" if path is None else f"ckpt_path '{path}'"
+        entry = read_entry(checkpoint, source)
         if entry.get("upgraded_from") is not None:
             raise CheckpointError(
-                f"the checkpoint being loaded has format version {entry['upgraded_from']}: scripts/evaluate.py, "
+                f"{source} has format version {entry['upgraded_from']}: scripts/evaluate.py, "
                 "scripts/recommend.py, export and the Recommender read it, but training cannot resume from it"
             )
         self.train_seconds = entry.get("train_seconds", 0.0)
         if item_index_of(entry) != self.item_index:
-            raise ValueError(
-                f"the checkpoint's item index ({len(entry['item_counts'])} items) differs from this run's training "
+            raise CheckpointError(
+                f"{source}: its item index ({len(entry['item_counts'])} items) differs from this run's training "
                 f"data ({len(self.item_index)} items); resume with the data the checkpoint was trained on"
             )
+        shapes = ((name, tuple(weights.shape)) for name, weights in self.net.state_dict().items())
+        check_weights(checkpoint.get("state_dict"), shapes, source, needed_by="this run's model settings")
 
 
 def _plain(settings: dict[str, Any]) -> dict[str, Any]:
