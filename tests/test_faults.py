@@ -2,7 +2,10 @@
 
 import errno
 import json
+import logging
 import os
+import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +15,8 @@ from collections import namedtuple
 import lightning as L
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -169,3 +174,55 @@ def test_a_killed_run_resumes_with_ckpt_path_last_and_matches_an_uninterrupted_r
     assert resumed["epochs"] == expected["epochs"] == 3
     for name in ("test/recall@20", "test/mrr@20", "val/mrr@20"):
         assert resumed[name] == pytest.approx(expected[name], abs=1e-6)
+
+
+def test_an_unwritable_checkpoint_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a directory")
+    overrides = [*TINY, "trainer.max_epochs=1", f"callbacks.model_checkpoint.dirpath={blocker / 'ckpts'}"]
+    with pytest.raises(OutputDirError, match=r"^callbacks.model_checkpoint.dirpath: cannot write to .*a file/ckpts"):
+        train(compose_config("train", overrides, tmp_path / "run"))
+    assert not (tmp_path / "run" / "tensorboard").exists()  # stopped before the first epoch
+
+
+def run_train_script(monkeypatch, *args: str) -> None:
+    """scripts/train.py in this process, as a user runs it (Hydra makes the run directory and the log file)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["scripts/train.py", *args])
+    try:
+        runpy.run_path(str(ROOT / "scripts" / "train.py"), run_name="__main__")
+    finally:
+        for handler in set(root.handlers) - set(handlers):
+            handler.close()
+        root.handlers[:], root.level = handlers, level
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # as in a process that never ran Hydra's main
+
+
+def test_ckpt_path_last_resumes_a_chosen_run_dir_and_leaves_no_stray_run_dir(tmp_path, monkeypatch):
+    logs, chosen = tmp_path / "logs", tmp_path / "chosen"
+    args = [*TINY, "data.n_sessions=600", "trainer.max_epochs=1", f"paths.log_dir={logs}"]
+    run_train_script(monkeypatch, *args, f"hydra.run.dir={chosen}")
+
+    # The same command plus ckpt_path=last resumes in the directory it chose, outside paths.log_dir.
+    run_train_script(monkeypatch, *args, f"hydra.run.dir={chosen}", "ckpt_path=last")
+    metrics = json.loads((chosen / "metrics.json").read_text())
+    assert metrics["resumed_from"] == str(chosen / "checkpoints" / "last.ckpt")
+    assert (
+        f"ckpt_path=last: resuming the run in this run's own directory {chosen}" in (chosen / "train.log").read_text()
+    )
+
+    # Under paths.log_dir, the run is found by its configuration from a new time-stamped directory, which is then
+    # removed, its log moved into the run's own.
+    found = logs / "train" / "found"
+    shutil.copytree(chosen, found)
+    first_log = (found / "train.log").read_text()
+    run_train_script(monkeypatch, *args, "ckpt_path=last")
+    assert list((logs / "train" / "runs").iterdir()) == []
+    log = (found / "train.log").read_text()
+    assert log.startswith(first_log)
+    assert log.count(f"ckpt_path=last: resuming the run in {found} (1 matching runs found)") == 1
+    assert f"Restoring states from the checkpoint path at {found / 'checkpoints' / 'last.ckpt'}" in log
+    assert json.loads((found / "metrics.json").read_text())["output_dir"] == str(found)

@@ -14,6 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
+    import lightning as L
+
     from lstm_rec.data import SessionDataModule
     from lstm_rec.module import SessionRecModule
 
@@ -23,6 +25,8 @@ SAVED_CONFIG = Path(".hydra") / "config.yaml"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # Keys that tell runs apart without changing what they train.
 NOT_COMPARED = ("ckpt_path", "paths.output_dir")
+# What Hydra saves in a run's output_subdir (.hydra).
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 
 class OutputDirError(OSError):
@@ -66,12 +70,16 @@ def check_monitor(monitor: str, ks: list[int]) -> None:
         )
 
 
-def find_run_to_resume(search_dir: Path, config: dict[str, Any]) -> Path:
-    """The newest run under `search_dir` saved with this `config` (Hydra's .hydra/config.yaml) and a last.ckpt.
+def find_run_to_resume(search_dir: Path, config: dict[str, Any], own_dir: Path | None = None) -> Path:
+    """`own_dir` when it already holds a last.ckpt (a directory chosen with hydra.run.dir=DIR, run again); else the
+    newest run under `search_dir` saved with this `config` (Hydra's .hydra/config.yaml) and a last.ckpt.
 
     Runs are compared by their unresolved config, ignoring the keys in NOT_COMPARED, so the same
     command line plus ``ckpt_path=last`` finds the run it started before.
     """
+    if own_dir is not None and (own_dir / LAST_CHECKPOINT).is_file():
+        log.info("ckpt_path=last: resuming the run in this run's own directory %s", own_dir)
+        return own_dir
     wanted = _comparable(config)
     candidates = []
     for saved in Path(search_dir).glob(f"**/{SAVED_CONFIG}"):
@@ -79,13 +87,55 @@ def find_run_to_resume(search_dir: Path, config: dict[str, Any]) -> Path:
         if (run_dir / LAST_CHECKPOINT).is_file() and _comparable(_load(saved)) == wanted:
             candidates.append(run_dir)
     if not candidates:
+        own = "" if own_dir is None else f"this run's directory '{own_dir}' has no {LAST_CHECKPOINT}, and "
         raise FileNotFoundError(
-            f"ckpt_path=last: no run under '{search_dir}' has this configuration and a {LAST_CHECKPOINT}; "
-            "resume with the same overrides (and paths.log_dir) as the interrupted run, or give ckpt_path=PATH"
+            f"ckpt_path=last: {own}no run under '{search_dir}' has this configuration and a {LAST_CHECKPOINT}; "
+            "resume with the same overrides (and paths.log_dir or hydra.run.dir) as the interrupted run, or give "
+            "ckpt_path=PATH"
         )
     run_dir = max(candidates, key=lambda d: (d / LAST_CHECKPOINT).stat().st_mtime)
     log.info("ckpt_path=last: resuming the run in %s (%d matching runs found)", run_dir, len(candidates))
     return run_dir
+
+
+def continue_in(run_dir: Path, made_dir: Path, hydra_subdir: str | None) -> None:
+    """Continue this invocation in `run_dir`: its log files there, appended, and `made_dir` (the directory Hydra
+    made for it) removed when it holds nothing but Hydra's saved config (in `hydra_subdir`) and those logs."""
+    if not made_dir.is_dir() or made_dir.resolve() == run_dir.resolve():
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if (
+            isinstance(handler, logging.FileHandler)
+            and Path(handler.baseFilename).resolve().parent == made_dir.resolve()
+        ):
+            root.removeHandler(handler)
+            root.addHandler(_moved_file_handler(handler, run_dir))
+    if hydra_subdir:
+        saved = made_dir / hydra_subdir
+        for name in HYDRA_FILES:
+            (saved / name).unlink(missing_ok=True)
+        if saved.is_dir() and not any(saved.iterdir()):
+            saved.rmdir()
+    if any(made_dir.iterdir()):
+        log.warning("ckpt_path=last: keeping %s, which holds more than Hydra's files", made_dir)
+    else:
+        made_dir.rmdir()
+
+
+def _moved_file_handler(handler: logging.FileHandler, run_dir: Path) -> logging.FileHandler:
+    """A handler like `handler` that appends to the file of its name in `run_dir`, after what it wrote so far."""
+    handler.close()
+    written = Path(handler.baseFilename)
+    with open(run_dir / written.name, "ab") as target:
+        target.write(written.read_bytes())
+    written.unlink()
+    moved = logging.FileHandler(run_dir / written.name, mode="a", encoding=handler.encoding)
+    moved.setFormatter(handler.formatter)
+    moved.setLevel(handler.level)
+    for log_filter in handler.filters:
+        moved.addFilter(log_filter)
+    return moved
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -120,6 +170,23 @@ def check_writable(directory: str | Path, needed_bytes: int, role: str) -> None:
             f"{role}: only {free / 2**20:.0f} MiB free on the disk of '{directory}', but this run's checkpoints "
             f"need about {needed_bytes / 2**20:.0f} MiB; free some space or {hint}"
         )
+
+
+def check_outputs(trainer: L.Trainer, output_dir: str | Path, needed_bytes: int) -> None:
+    """Before training: the run directory and every checkpoint directory can be written and have room for the
+    checkpoints, and checkpoints are read weights-only (lstm_rec.callbacks.AtomicCheckpointIO)."""
+    from lstm_rec.callbacks import AtomicCheckpointIO
+
+    if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+        raise ValueError(
+            f"trainer.plugins: the trainer reads checkpoints with {type(trainer.strategy.checkpoint_io).__name__}; "
+            "keep lstm_rec.callbacks.AtomicCheckpointIO there (conf/trainer/default.yaml), which never runs code "
+            "from a checkpoint and writes them atomically"
+        )
+    check_writable(output_dir, needed_bytes, "paths.output_dir")
+    for callback in trainer.checkpoint_callbacks:
+        if callback.dirpath is not None:
+            check_writable(callback.dirpath, needed_bytes, "callbacks.model_checkpoint.dirpath")
 
 
 def checkpoint_bytes(model: SessionRecModule, files: int = 3) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -20,8 +21,9 @@ from lstm_rec.jobs.report import flatten, write_json
 from lstm_rec.jobs.runs import (
     LAST_CHECKPOINT,
     build_model,
-    check_writable,
+    check_outputs,
     checkpoint_bytes,
+    continue_in,
     find_run_to_resume,
     instantiate_all,
     prepare_run,
@@ -46,12 +48,12 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = build_model(cfg, datamodule)
-    check_writable(cfg.paths.output_dir, checkpoint_bytes(model), "paths.output_dir")
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=[*instantiate_all(cfg.get("callbacks")), *callbacks],
         logger=instantiate_all(cfg.get("logger")),
     )
+    check_outputs(trainer, cfg.paths.output_dir, checkpoint_bytes(model))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     test_ckpt = _checkpoint_to_test(trainer, cfg.test_ckpt)
@@ -85,11 +87,16 @@ def _validation_and_popularity(model: SessionRecModule, datamodule: SessionDataM
 
 
 def _checkpoint_to_resume(cfg: DictConfig) -> str | None:
-    """`ckpt_path`; "last" finds this configuration's latest run, whose directory the outputs then continue in."""
+    """`ckpt_path`; "last" resumes this run's own directory when it holds a last checkpoint (hydra.run.dir=DIR run
+    again), else this configuration's latest run under paths.log_dir, in whose directory the outputs continue."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path != "last":
         return ckpt_path
-    run_dir = find_run_to_resume(Path(cfg.paths.log_dir) / cfg.task_name, OmegaConf.to_container(cfg))
+    own_dir = Path(cfg.paths.output_dir)
+    run_dir = find_run_to_resume(Path(cfg.paths.log_dir) / cfg.task_name, OmegaConf.to_container(cfg), own_dir)
+    if HydraConfig.initialized():  # leave no stray directory from this invocation behind
+        hydra = HydraConfig.get()
+        continue_in(run_dir, Path(hydra.runtime.output_dir), hydra.output_subdir)
     cfg.paths.output_dir = str(run_dir)
     return str(run_dir / LAST_CHECKPOINT)
 
