@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lstm_rec.checkpoint import load_checked
+from lstm_rec.checkpoint_checks import check_training_state
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict:
         # Lightning's own arguments are ignored: always on the CPU (Lightning moves the state), always weights-only.
         checkpoint, _ = load_checked(path)
+        check_training_state(checkpoint, f"ckpt_path '{path}'", resuming=False)
         return checkpoint
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:

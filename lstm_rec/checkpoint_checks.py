@@ -203,3 +203,48 @@ def check_weights(
     if extra:
         raise CheckpointError(f"{source}: it holds {prefix}{extra[0]}, which {needed_by} do not have")
     return stored
+
+
+# Lightning's part of a checkpoint, as the trainer reads it when resuming or testing: key -> (type, described).
+TRAINING_STATE = {
+    "epoch": (int, "an integer"),
+    "global_step": (int, "an integer"),
+    "loops": (Mapping, "a mapping"),
+    "callbacks": (Mapping, "a mapping"),
+    "optimizer_states": (list, "a list of optimizer state_dicts"),
+    "lr_schedulers": (list, "a list of scheduler state_dicts"),
+}
+
+
+def check_training_state(checkpoint: Mapping[str, Any], source: str, resuming: bool) -> None:
+    """Lightning's part of `checkpoint` has the types the trainer reads; resuming also needs optimizer states."""
+    if not isinstance(checkpoint.get("pytorch-lightning_version"), str):
+        raise CheckpointError(
+            f"{source}: it has no 'pytorch-lightning_version', so Lightning cannot read it; {WRITTEN_BY}"
+        )
+    for key, (kind, described) in TRAINING_STATE.items():
+        value = checkpoint.get(key)
+        if key in checkpoint and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise CheckpointError(f"{source}: its '{key}' must be {described}, got {type(value).__name__}")
+    missing = [key for key in ("optimizer_states", "lr_schedulers") if key not in checkpoint]
+    if resuming and missing:
+        raise CheckpointError(
+            f"{source} holds no {missing} (saved with weights only?), so training cannot resume from it; resume "
+            "from a run's checkpoints/last.ckpt, or score this one with scripts/evaluate.py"
+        )
+    for position, state in enumerate(checkpoint.get("optimizer_states", [])):
+        if not _is_optimizer_state(state):
+            raise CheckpointError(f"{source}: its optimizer_states[{position}] is not an optimizer's state_dict")
+    for position, scheduler in enumerate(checkpoint.get("lr_schedulers", [])):
+        if not isinstance(scheduler, Mapping):
+            raise CheckpointError(f"{source}: its lr_schedulers[{position}] is not a scheduler's state_dict")
+
+
+def _is_optimizer_state(state: Any) -> bool:
+    """An optimizer's state_dict: a `state` mapping and `param_groups`, mappings each with a list of `params`."""
+    if not isinstance(state, Mapping) or not isinstance(state.get("state"), Mapping):
+        return False
+    groups = state.get("param_groups")
+    return isinstance(groups, list) and all(
+        isinstance(g, Mapping) and isinstance(g.get("params"), list) for g in groups
+    )

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from lstm_rec.checkpoint import CheckpointError, item_index_of, read_entry, write_entry
-from lstm_rec.checkpoint_checks import check_weights
+from lstm_rec.checkpoint_checks import check_training_state, check_weights
 from lstm_rec.data.sessions import ItemIndex
 from lstm_rec.evaluation import rank_batch
 from lstm_rec.losses import CrossEntropy
@@ -225,6 +225,8 @@ class SessionRecModule(L.LightningModule):
             )
         shapes = ((name, tuple(weights.shape)) for name, weights in self.net.state_dict().items())
         check_weights(checkpoint.get("state_dict"), shapes, source, needed_by="this run's model settings")
+        if self._trainer is not None and self._trainer.state.fn == "fit":
+            check_training_state(checkpoint, source, resuming=True)
 
 
 def _plain(settings: dict[str, Any]) -> dict[str, Any]:

@@ -258,3 +258,38 @@ def test_a_trainer_without_the_weights_only_checkpoint_io_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"trainer.plugins: the trainer reads checkpoints with TorchCheckpointIO"):
         train(cfg)
     assert not list(tmp_path.glob("**/*.ckpt"))
+
+
+RESUME = [*TINY, "data.n_sessions=600", "trainer.max_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def last_checkpoint(tmp_path_factory) -> dict:
+    """The last.ckpt of a one-epoch run of RESUME, loaded."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train(compose_config("train", RESUME, out))
+    return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+LIGHTNING_CORRUPTIONS = [
+    ("no version", lambda c: c.pop("pytorch-lightning_version"), r"it has no 'pytorch-lightning_version'"),
+    ("loops a list", lambda c: c.__setitem__("loops", [1]), r"its 'loops' must be a mapping, got list"),
+    ("epoch as text", lambda c: c.__setitem__("epoch", "one"), r"its 'epoch' must be an integer, got str"),
+    ("no optimizer", lambda c: c.pop("optimizer_states"), r"holds no \['optimizer_states'\] \(saved with weights"),
+    ("optimizer junk", lambda c: c.__setitem__("optimizer_states", [{"x": 1}]), r"optimizer_states\[0\] is not an"),
+    ("schedulers a number", lambda c: c.__setitem__("lr_schedulers", 5), r"its 'lr_schedulers' must be a list"),
+]
+
+
+@pytest.mark.parametrize("name, corrupt, message", LIGHTNING_CORRUPTIONS, ids=[c[0] for c in LIGHTNING_CORRUPTIONS])
+def test_resuming_from_a_malformed_training_state_fails_with_a_checkpoint_error(
+    last_checkpoint, tmp_path, name, corrupt, message
+):
+    checkpoint = copy.deepcopy(last_checkpoint)
+    corrupt(checkpoint)
+    path = tmp_path / "broken.ckpt"
+    torch.save(checkpoint, path)
+    cfg = compose_config("train", [*RESUME, "trainer.max_epochs=2", f"ckpt_path={path}"], tmp_path / "run")
+    with pytest.raises(CheckpointError, match=rf"^ckpt_path '{re.escape(str(path))}'.*{message}"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
