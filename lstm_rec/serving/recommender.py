@@ -198,7 +198,8 @@ class Recommender:
             scores[torch.tensor(exclude, device=scores.device) - 1] = float("-inf")
         top = scores.topk(min(k, self.n_items))
         ids = self.item_index.ids[top.indices.cpu().numpy()]
-        pairs = [(_plain(i), float(s)) for i, s in zip(ids, top.values.cpu(), strict=True) if s > float("-inf")]
+        values = top.values.cpu().tolist()  # at once: a 0-d tensor per score was a third of per_position's time
+        pairs = [(_plain(i), s) for i, s in zip(ids.tolist(), values, strict=True) if s > float("-inf")]
         return Recommendations(pairs, fallback, unknown)
 
 
