@@ -57,7 +57,10 @@ def main() -> None:
                 alone = min(run_once(model, setting, False, Path(tmp)) for _ in range(args.repeats))
                 busy = min(run_once(model, setting, True, Path(tmp)) for _ in range(args.repeats))
                 rows.append((model, setting, alone, busy))
-                print(f"{model} num_threads={setting}: alone {alone:.1f} s, next to a busy process {busy:.1f} s", flush=True)
+                print(
+                    f"{model} num_threads={setting}: alone {alone:.1f} s, next to a busy process {busy:.1f} s",
+                    flush=True,
+                )
     print("\n| model | num_threads | alone (s) | next to a busy process (s) | slowdown |")
     print("|---|---|---:|---:|---:|")
     for model, setting, alone, busy in rows:

@@ -21,7 +21,9 @@ def test_other_running_processes_is_zero_without_proc(tmp_path):
     assert threads.other_running_processes(samples=1, stat=str(tmp_path / "missing")) == 0
 
 
-@pytest.mark.parametrize(("cores", "busy", "default", "expected"), [(2, 0, 2, 2), (2, 1, 2, 1), (2, 3, 2, 1), (16, 1, 8, 8), (16, 10, 8, 6)])
+@pytest.mark.parametrize(
+    ("cores", "busy", "default", "expected"), [(2, 0, 2, 2), (2, 1, 2, 1), (2, 3, 2, 1), (16, 1, 8, 8), (16, 10, 8, 6)]
+)
 def test_auto_takes_the_free_cores_up_to_torchs_default(monkeypatch, cores, busy, default, expected):
     monkeypatch.setattr(threads, "usable_cores", lambda: cores)
     monkeypatch.setattr(threads, "other_running_processes", lambda: busy)
