@@ -10,14 +10,13 @@ import pandas as pd
 import pyarrow as pa
 
 from lstm_rec.data.quality import DEFAULT_REUSE_GAP, count_merged, log_merged
-from lstm_rec.data.readable import DataFileError, check_text_file, find_bad_utf8
+from lstm_rec.data.readable import COMPRESSIONS, DataFileError, check_text_file, find_bad_utf8
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, is_sorted, sort_events
 
 log = logging.getLogger(__name__)
 
 TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
-COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst", ".lz4"}
 # Canonical decimal integers that may fit int64: text ids like these become integers when all of a column are.
 INTEGER_ID = r"^(0|-?[1-9][0-9]{0,18})$"
 
@@ -32,7 +31,7 @@ __all__ = ["DataFileError", "file_format", "is_id_type", "read_events"]
 def file_format(path: Path) -> str:
     """The suffix that names a file's format, past any compression suffix: "data.csv.gz" -> ".csv"."""
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+    if suffixes and suffixes[-1] in COMPRESSIONS:
         suffixes = suffixes[:-1]
     return suffixes[-1] if suffixes else ""
 

@@ -147,11 +147,12 @@ def _integer_if_all(ids: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def _read_parquet(path: Path, wanted: list[str]) -> pa.Table:
     try:
-        names = pq.read_schema(path).names
+        schema = pq.read_schema(path)
     except Exception as error:  # pyarrow raises several types for a file that is not Parquet
         raise PrepareError(
             f"input: '{path}' is not a readable Parquet file ({error}); expected a Parquet file with columns {wanted}"
         ) from error
+    names = schema.names
     missing = [name for name in wanted if name not in names]
     if missing:
         raise PrepareError(
@@ -159,7 +160,7 @@ def _read_parquet(path: Path, wanted: list[str]) -> pa.Table:
             "item_col, time_col (or user_col) to its column names"
         )
     for name in wanted[:2]:  # ids: no lists, structs or bytes
-        kind = pq.read_schema(path).field(name).type
+        kind = schema.field(name).type
         if not is_id_type(kind):
             raise PrepareError(
                 f"input: column '{name}' of '{path}' holds {kind} values; expected integer or text ids, one per row"

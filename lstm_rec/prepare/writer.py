@@ -41,7 +41,8 @@ def check_output(output: Path, output_format: str, overwrite: bool) -> None:
         raise PrepareError(
             f"output: '{output}' exists and is not a prepare_data output (no {STATS_FILE}); {_NEW_OUTPUT}"
         )
-    others = sorted(entry.name for entry in present if entry not in _written_files(output))
+    written = set(_written_files(output))
+    others = sorted(entry.name for entry in present if entry not in written)
     if others:
         raise PrepareError(
             f"output: '{output}' holds {others} besides an earlier prepare_data output; overwrite=true replaces "

@@ -14,13 +14,14 @@ from torch import Tensor
 from lstm_rec.checkpoint import TrainedModel, load_network
 from lstm_rec.data.ids import warn_unknown
 from lstm_rec.data.sessions import ItemIndex
+from lstm_rec.evaluation import CHUNK_SCORES
 from lstm_rec.model import Carry, PrefixStates
 from lstm_rec.prior import ItemPrior, PriorScorer
 
 log = logging.getLogger(__name__)
 
-# Scores held at once when ranking every position of sessions: as the evaluation's CHUNK_SCORES (16 MB of float32).
-POSITION_SCORES = 2**22
+# Scores held at once when ranking every position of sessions: the evaluation's own chunk (16 MB of float32).
+POSITION_SCORES = CHUNK_SCORES
 
 
 class Recommendations(list):
