@@ -1,9 +1,11 @@
-"""Lightning plugins and callbacks that make runs reproducible across a crash and safe to write."""
+"""Lightning plugins and callbacks that make runs reproducible across a crash and safe to write, and draw their
+curves."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,50 @@ class EpochSeed(L.Callback):
             return
         entropy = [self.seed % 2**32, trainer.current_epoch, trainer.global_rank]
         torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]))
+
+
+class TrainingCurves(L.Callback):
+    """Keeps the per-epoch values the run logs (train/loss_epoch, every val/ metric) and draws them into `path` when
+    fitting ends, early stopping included, or fails.
+
+    The values travel in checkpoints, so a resumed run draws all of its epochs; they are the logged values
+    whichever logger (or none) the run has. A figure that cannot be drawn is a warning, never a failed run.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.epochs: dict[int, dict[str, float]] = {}  # epoch (1, 2, ...) -> metric -> value
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, lambda name: name.startswith("val/"))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs before the checkpoint of this epoch is saved (ModelCheckpoint saves after the other callbacks).
+        self._record(trainer, lambda name: name == "train/loss_epoch")
+
+    def _record(self, trainer: L.Trainer, wanted: Callable[[str], bool]) -> None:
+        values = {name: float(value) for name, value in trainer.callback_metrics.items() if wanted(name)}
+        self.epochs.setdefault(trainer.current_epoch + 1, {}).update(values)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._draw(trainer)
+
+    def _draw(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero or not self.epochs:
+            return
+        try:
+            from lstm_rec.jobs.plots import training_curves  # matplotlib only when drawing
+
+            training_curves(self.epochs, self.path)
+        except Exception as error:  # the run's results matter more than its figure
+            log.warning("could not draw the training curves into %s: %s: %s", self.path, type(error).__name__, error)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": {epoch: dict(values) for epoch, values in self.epochs.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = {int(epoch): dict(values) for epoch, values in state_dict.get("epochs", {}).items()}

@@ -5,13 +5,13 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 
 from lstm_rec.checkpoint import CheckpointError, item_index_of, read_entry, write_entry
 from lstm_rec.checkpoint_checks import check_training_state, check_weights
@@ -19,10 +19,14 @@ from lstm_rec.data.sessions import ItemIndex
 from lstm_rec.evaluation import rank_batch
 from lstm_rec.losses import CrossEntropy
 from lstm_rec.metrics import ranking_metrics
-from lstm_rec.model import build_network
+from lstm_rec.model import PrefixStates, build_network
 from lstm_rec.prior import ItemPrior, PriorScorer
 
 log = logging.getLogger(__name__)
+
+# The seed of a sampled loss's draws on validation batch 0 (batch i: this + i): every validation draws the same
+# candidates, so that val/loss moves only with the weights.
+VALIDATION_SEED = 0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,6 +50,8 @@ class SessionRecModule(L.LightningModule):
             (read every `nonfinite_check_every` steps and before any checkpoint: no host sync per step);
             "skip" drops such batches without an update (it reads the loss at every step).
         prior: an item prior added to the scores at evaluation (see lstm_rec.prior), stored in checkpoints.
+        loss_batch_size: sessions per batch of val/loss, the training's batch size (None: a whole validation
+            batch).
         network: the network's settings, SessionLSTM's arguments (model.hidden, model.members, ...).
     """
 
@@ -62,6 +68,7 @@ class SessionRecModule(L.LightningModule):
         nonfinite_loss: str = "stop",
         nonfinite_check_every: int = 50,
         prior: ItemPrior | None = None,
+        loss_batch_size: int | None = None,
         **network: Any,
     ) -> None:
         super().__init__()
@@ -73,6 +80,7 @@ class SessionRecModule(L.LightningModule):
         self.ks, self.ties, self.max_scores = list(ks), ties, max_scores
         self.nonfinite_loss, self.nonfinite_check_every = nonfinite_loss, nonfinite_check_every
         self.scheduler_interval = scheduler_interval
+        self.loss_batch_size = loss_batch_size
         self.network_settings = _plain(network)
         self.net = build_network(len(item_index), self.network_settings)
         self.loss = loss if loss is not None else CrossEntropy()
@@ -84,6 +92,9 @@ class SessionRecModule(L.LightningModule):
         counts = torch.from_numpy(item_index.counts)
         self.val_metrics = ranking_metrics(self.ks, "val/", counts)
         self.test_metrics = ranking_metrics(self.ks, "test/", counts)
+        # val/loss per prediction. Lightning's own weighted mean would average the processes' prediction counts as
+        # integers (truncated). A NaN loss stays NaN (torchmetrics 1.9 drops the weights under "disable").
+        self.val_loss_mean = MeanMetric(nan_strategy=float("nan"))
         # (global step, epoch, batch) of the first non-finite loss, -1 while there is none; on the device.
         self.register_buffer("first_nonfinite", torch.full((3,), -1, dtype=torch.long), persistent=False)
         self.skipped_batches = 0
@@ -151,6 +162,61 @@ class SessionRecModule(L.LightningModule):
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         self._evaluation_step(batch, self.val_metrics)
+        loss_sum, n_predictions = self.prediction_loss(batch, batch_idx)
+        if n_predictions:  # weighted by predictions (summed over processes): the epoch's mean per prediction
+            self.val_loss_mean.update(loss_sum / n_predictions, weight=n_predictions)
+            self.log("val/loss", self.val_loss_mean, on_step=False, on_epoch=True, prog_bar=True)
+
+    def prediction_loss(self, batch: Tensor, batch_idx: int) -> tuple[Tensor, int]:
+        """The training loss (the members' mean) summed over a batch's predictions, and their number.
+
+        The batch is cut into batches of `loss_batch_size` sessions, so that a sampled loss shares its candidates
+        among about as many targets as in training. It draws them from torch's stream seeded with
+        VALIDATION_SEED + `batch_idx` and restored afterwards: every evaluation of a batch draws the same ones, and
+        the training's random stream goes on as if nothing was drawn.
+        """
+        total, count = torch.zeros((), device=batch.device), 0
+        with self._forked_rng():
+            torch.manual_seed(VALIDATION_SEED + batch_idx)
+            for sessions in batch.split(self.loss_batch_size or len(batch)):
+                loss_sum, n_predictions = self._loss_sum(sessions)
+                total, count = total + loss_sum, count + n_predictions
+        return total, count
+
+    def _loss_sum(self, sessions: Tensor) -> tuple[Tensor, int]:
+        """The loss summed over the predictions of `sessions` (B, T), scored `max_scores` scores at a time."""
+        inputs, targets = sessions[:, :-1], sessions[:, 1:]  # (B, T - 1) each
+        is_target = targets > 0
+        states = self.net.encode(inputs)[is_target]  # (M, N, H): one row per prediction
+        recent = None if states.recent is None else states.recent[None]
+        states = PrefixStates(states.hidden[:, None], recent)  # (M, 1, N, H): the predictions as one row
+        targets = targets[is_target][None]  # (1, N)
+        members = self.net.n_members
+        chunk = max(1, self.max_scores // (self.net.n_items * members))
+        total = torch.zeros((), device=sessions.device)
+        for begin in range(0, targets.shape[1], chunk):
+            part = targets[:, begin : begin + chunk]
+            total = total + self.loss(self.net, states[:, begin : begin + chunk], part) * (part.shape[1] / members)
+        return total, targets.shape[1]
+
+    def _forked_rng(self) -> Any:
+        """A context that restores torch's random state of the CPU and of this module's device on leaving."""
+        if self.device.type == "cpu":
+            return torch.random.fork_rng(devices=[])
+        return torch.random.fork_rng(devices=[self.device], device_type=self.device.type)
+
+    @torch.no_grad()
+    def validation_loss(self, batches: Iterable[Tensor]) -> float:
+        """The training loss per prediction over `batches` with dropout off, drawn as in validation (val/loss)."""
+        was_training, total, count = self.training, 0.0, 0
+        self.eval()
+        try:
+            for batch_idx, batch in enumerate(batches):
+                loss_sum, n_predictions = self.prediction_loss(batch.to(self.device), batch_idx)
+                total, count = total + float(loss_sum), count + n_predictions
+        finally:
+            self.train(was_training)
+        return total / count if count else float("nan")
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         self._evaluation_step(batch, self.test_metrics)

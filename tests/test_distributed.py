@@ -1,12 +1,14 @@
 """Several training processes: each gets its own share of the batches, and the metrics cover every session once."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, run_script
 from lstm_rec.checkpoint import load_network
@@ -82,3 +84,8 @@ def test_ddp_on_two_cpu_processes_tests_every_prediction_once(tmp_path):
     for name in ("recall@5", "mrr@5", "recall@20", "mrr@20", "ndcg@20"):
         assert metrics[f"test/{name}"] == pytest.approx(alone[f"test/{name}"], abs=1e-6)
     assert metrics["test/recall@20"] > 1.5 * metrics["pop/test/recall@20"]  # it learned
+    # The per-epoch val/loss is the mean per prediction over both processes' shares: at the tested epoch, the value
+    # one process computes on all validation sessions for metrics.json.
+    tested_epoch = int(Path(metrics["checkpoint"]).stem.split("_")[1])
+    logged = [e.value for e in EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("val/loss")]
+    assert logged[tested_epoch] == pytest.approx(metrics["val/loss"], rel=1e-6)

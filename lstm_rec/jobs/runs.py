@@ -57,7 +57,8 @@ def build_model(cfg: DictConfig, datamodule: SessionDataModule) -> SessionRecMod
     prior = None
     if cfg.get("prior") is not None:
         prior = instantiate(cfg.prior).fit(datamodule.train_sessions, datamodule.n_items)
-    return instantiate(cfg.model, item_index=datamodule.item_index, prior=prior)
+    # val/loss in batches of the training's size (sampled losses share candidates within a batch).
+    return instantiate(cfg.model, item_index=datamodule.item_index, prior=prior, loss_batch_size=datamodule.batch_size)
 
 
 def check_monitor(monitor: str, ks: list[int]) -> None:

@@ -61,6 +61,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     if not trainer.is_global_zero:
         return metrics
     metrics |= _validation_and_popularity(model, datamodule)
+    with trainer.precision_plugin.forward_context():  # the training's precision, as in the per-epoch val/loss
+        metrics["val/loss"] = model.validation_loss(datamodule.full_dataloader("valid"))
     metrics |= {
         "epochs": trainer.current_epoch,
         "train_seconds": model.train_seconds,
