@@ -7,8 +7,8 @@ import torch
 import uvicorn
 from omegaconf import DictConfig
 
-from lstm_rec import Recommender
 from lstm_rec.serving.http import create_app
+from lstm_rec.serving.live import LiveModel
 from lstm_rec.serving.server import server_config
 
 
@@ -19,9 +19,9 @@ def main(cfg: DictConfig) -> None:
     sys.setswitchinterval(0.001)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    rec = Recommender.from_checkpoint(cfg.ckpt_path, device=cfg.device)
+    model = LiveModel.from_checkpoint(cfg.ckpt_path, device=cfg.device)
     app = create_app(
-        rec,
+        model,
         max_items=cfg.max_items,
         max_k=cfg.max_k,
         recent_clicks=cfg.recent_clicks,
@@ -30,6 +30,9 @@ def main(cfg: DictConfig) -> None:
         max_id_chars=cfg.max_id_chars,
         max_body_bytes=cfg.max_body_bytes,
         api_docs=cfg.api_docs,
+        reload=cfg.reload,
+        max_batch=cfg.max_batch,
+        max_wait_ms=cfg.max_wait_ms,
     )
     config = server_config(
         app,

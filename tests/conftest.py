@@ -3,15 +3,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 import torch
+import uvicorn
+from fastapi import FastAPI
 from omegaconf import DictConfig
 
 from lstm_rec.jobs.config import CONF_DIR, load_config
+from lstm_rec.serving.http import free_port
+from lstm_rec.serving.server import server_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
@@ -67,6 +75,24 @@ def write_events(path: Path, rows: list[tuple], columns=("SessionId", "ItemId", 
     else:
         frame.to_csv(path, sep=sep, index=False)
     return path
+
+
+@contextmanager
+def serving(app: FastAPI, **server_settings: Any) -> Iterator[str]:
+    """The app on a real uvicorn server (the settings of scripts/serve.py) in a thread; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(server_config(app, port=port, **{"log_level": "warning", **server_settings}))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
 
 
 def run_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -44,6 +44,7 @@ def test_round_trip_matches_the_python_api(client, rec):
 
 def test_health(client, rec):
     expected = {"status": "ok", "n_items": rec.n_items, "max_items": 50, "max_k": 30, "recent_clicks": False}
+    expected |= {"reload": False, "model_version": 1}
     assert client.get("/health").json() == expected
 
 
@@ -137,5 +138,7 @@ def test_load_benchmark_reports_its_numbers(served, tmp_path):
         "scripts/benchmark_serve.py", "--ckpt", served, "--requests", "60", "--concurrency", "2", "--output", str(bench)
     )
     numbers = json.loads((tmp_path / "bench.json").read_text())
-    assert numbers["requests"] == 60 and numbers["errors"] == 0
-    assert numbers["requests_per_second"] > 0 and 0 < numbers["p50_ms"] <= numbers["p99_ms"]
+    assert [run["max_batch"] for run in numbers["runs"]] == [1, 32]  # unbatched and batched, in one run
+    for run in numbers["runs"]:
+        assert run["requests"] == 60 and run["errors"] == 0
+        assert run["requests_per_second"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"]

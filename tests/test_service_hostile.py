@@ -11,21 +11,18 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT
+from conftest import CONF, ROOT, serving
 from lstm_rec import Recommender
 from lstm_rec.checkpoint import TrainedModel, write_entry
 from lstm_rec.data.sessions import ItemIndex
@@ -175,24 +172,6 @@ def test_bad_limits_are_refused_with_their_name():
         create_app(tiny_recommender(), max_body_bytes=0)
     with pytest.raises(ValueError, match=r"^the server's request_timeout must be a positive number of seconds, got 0$"):
         server_config(create_app(tiny_recommender()), request_timeout=0)
-
-
-@contextmanager
-def serving(app: FastAPI, **server_settings) -> Iterator[str]:
-    """The app on a real uvicorn server (the settings of scripts/serve.py) in a thread; yields its URL."""
-    port = free_port()
-    server = uvicorn.Server(server_config(app, port=port, **{"log_level": "warning", **server_settings}))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 def largest_recent_clicks_body(max_body_bytes: int) -> bytes:

@@ -55,9 +55,12 @@ class BodyLimit:
         return f"the request body is over {self.max_bytes} bytes (max_body_bytes): send less"
 
 
-async def read_body(request: Request, model: type[Model]) -> Model:
+async def read_body(request: Request, model: type[Model], optional: bool = False) -> Model:
     """The request's JSON body as a `model`, parsed and validated in the thread pool so that the event loop (and
-    /health) keeps answering meanwhile; BodyLimit bounds its size before."""
+    /health) keeps answering meanwhile; BodyLimit bounds its size before. With `optional`, a request that has no
+    body at all, whatever its content type, is `model()`."""
+    if optional and request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
+        return model()
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (media_type == "application/json" or media_type.endswith("+json")):
         raise HTTPException(

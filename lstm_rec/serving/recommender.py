@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 # Scores held at once when ranking every position of sessions: the evaluation's own chunk (16 MB of float32).
 POSITION_SCORES = CHUNK_SCORES
+# Sessions go through the network in batches of a multiple of this many rows (padded with empty sessions). On the
+# CPU, products of a few rows take other kernels (matrix-vector for one row) that round differently, and the rows are
+# split between threads: alone, a session would score in other last bits than in a batch. Padded so, a session's
+# answer is the same whichever sessions share its batch (tests/test_service_batching.py, with 1 and 2 threads).
+BATCH_ROWS = 8
 
 
 class Recommendations(list):
@@ -36,6 +41,16 @@ class Recommendations(list):
         super().__init__(pairs)
         self.fallback = fallback
         self.unknown = unknown
+
+
+@dataclass(frozen=True)
+class Query:
+    """One question to a Recommender: the top k after the session `items` (original ids, oldest first), without
+    the session's own items when `exclude_seen`."""
+
+    items: Sequence[Hashable]
+    k: int = 20
+    exclude_seen: bool = False
 
 
 @dataclass
@@ -105,16 +120,25 @@ class Recommender:
         self, sessions: Sequence[Sequence[Hashable]], k: int = 20, exclude_seen: bool = False
     ) -> list[Recommendations]:
         """The top k after each session, all sessions scored in one padded batch."""
-        mapped = [self._indices(items) for items in sessions]
-        batch = self._padded([indices for indices, _ in mapped])
-        lengths = (batch > 0).sum(dim=1)
-        last = (lengths - 1).clamp(min=0)
-        states = self.scorer.encode(batch)[torch.arange(len(batch), device=self.device), last]  # B prefixes
-        scores = self.scorer.score(states).float()  # (B, n_items)
-        scores = torch.where((lengths > 0)[:, None], scores, self.popularity)
+        return self.answer([Query(items, k, exclude_seen) for items in sessions])
+
+    @torch.no_grad()
+    def answer(self, queries: Sequence[Query]) -> list[Recommendations]:
+        """Each query's top k, all sessions scored in one padded batch; a session's answer is the same, to the last
+        bit of its scores, whichever sessions share the batch (BATCH_ROWS)."""
+        if not queries:
+            return []
+        mapped = [self._indices(query.items) for query in queries]
+        rows = -(-len(queries) // BATCH_ROWS) * BATCH_ROWS
+        batch = self._padded([indices for indices, _ in mapped] + [[]] * (rows - len(queries)))  # (rows, T)
+        last = ((batch > 0).sum(dim=1) - 1).clamp(min=0)
+        states = self.scorer.encode(batch)[torch.arange(rows, device=self.device), last]  # one prefix per row
+        scores = self.scorer.score(states).float()[: len(queries)]  # (B, n_items)
+        known = torch.tensor([bool(indices) for indices, _ in mapped], device=self.device)
+        scores = torch.where(known[:, None], scores, self.popularity)
         return [
-            self._top(scores[row], k, indices if exclude_seen else [], not indices, unknown)
-            for row, (indices, unknown) in enumerate(mapped)
+            self._top(scores[row], query.k, indices if query.exclude_seen else [], not indices, unknown)
+            for row, (query, (indices, unknown)) in enumerate(zip(queries, mapped, strict=True))
         ]
 
     def _padded(self, sessions: Sequence[Sequence[int]]) -> Tensor:
