@@ -25,7 +25,9 @@ class SessionDataModule(L.LightningDataModule):
     The item index comes from the training part only; validation and test rows with unknown
     items are dropped. Without a validation frame, the sessions of train that start last
     (`valid_fraction` of them; 0 for none) become validation. A caller that already has an item index (a
-    checkpoint's) sets ``item_index`` before ``setup`` and then needs no training data. With `valid_sample`,
+    checkpoint's) sets ``item_index`` before ``setup`` and then needs no training data; one that continues training
+    a checkpoint sets ``known_items`` (its index), and the index then keeps those items at their positions and
+    appends the training data's new ones (ItemIndex.grown). With `valid_sample`,
     the per-epoch validation takes that many of the validation sessions (drawn once from `seed`).
     """
 
@@ -50,6 +52,7 @@ class SessionDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.item_index: ItemIndex | None = None
+        self.known_items: ItemIndex | None = None
         self.train_sessions: Sessions | None = None
         self.valid_sessions: Sessions | None = None
         self.test_sessions: Sessions | None = None
@@ -76,7 +79,10 @@ class SessionDataModule(L.LightningDataModule):
                     "data.train is not set: the item index (and any baseline) comes from training data; "
                     "set data.train=PATH, or evaluate a checkpoint with ckpt_path=PATH"
                 )
-            self.item_index = ItemIndex.from_items(train[ITEM])
+            if self.known_items is None:
+                self.item_index = ItemIndex.from_items(train[ITEM])
+            else:
+                self.item_index = self.known_items.grown(train[ITEM])
             log.info("item index: %d items from training data", len(self.item_index))
         if train is not None:
             self.train_sessions = to_sessions(train, self.item_index, "train", self.sources.get("train"))

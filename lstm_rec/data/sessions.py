@@ -32,6 +32,18 @@ class ItemIndex:
         ids, counts = np.unique(np.asarray(item_ids), return_counts=True)
         return cls(ids=ids, counts=counts.astype(np.int64))
 
+    def grown(self, item_ids: np.ndarray | pd.Series) -> ItemIndex:
+        """This index's items at their positions, then the items of `item_ids` it lacks (sorted); every count is
+        the item's clicks in `item_ids` (0 for items of this index that are not there any more)."""
+        ids, clicks = np.unique(np.asarray(item_ids), return_counts=True)
+        positions = self.lookup(ids)  # 0 where new
+        new = positions == 0
+        added = _in_type_of(ids[new], self.ids)
+        counts = np.zeros(len(self) + len(added), dtype=np.int64)
+        counts[positions[~new] - 1] = clicks[~new]
+        counts[len(self) :] = clicks[new]
+        return ItemIndex(ids=np.concatenate([self.ids, added]), counts=counts)
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -53,6 +65,22 @@ class ItemIndex:
         return np.array_equal(self.ids, other.ids) and np.array_equal(self.counts, other.counts)
 
     __hash__ = None  # mutable arrays inside: not hashable
+
+
+def _in_type_of(ids: np.ndarray, index_ids: np.ndarray) -> np.ndarray:
+    """`ids` as ids of `index_ids`' type, so that the grown index keeps one id type (lstm_rec.data.ids)."""
+    kind = id_kind(index_ids)
+    if len(ids) == 0 or kind == "other" or id_kind(ids) == kind:
+        return ids.astype(index_ids.dtype) if kind == "integer" else ids
+    if kind == "text":
+        return np.array([str(i) for i in ids], dtype=object)
+    try:
+        return np.array([int(i) for i in ids], dtype=index_ids.dtype)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ValueError(
+            f"new item ids such as {ids[:3].tolist()} cannot join an item index of integer ids ({error}); give "
+            "the new data in the id type the model was trained with"
+        ) from error
 
 
 @dataclass(frozen=True)

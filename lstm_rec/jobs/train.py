@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_rec.baselines import Popularity
 from lstm_rec.data import SessionDataModule
 from lstm_rec.evaluation import evaluate
+from lstm_rec.jobs.init_from import model_from_checkpoint
 from lstm_rec.jobs.report import flatten, write_json
 from lstm_rec.jobs.runs import (
     LAST_CHECKPOINT,
@@ -44,10 +45,13 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     """
     start = time.perf_counter()
     prepare_run(cfg)
-    ckpt_path = _checkpoint_to_resume(cfg)
     datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    model = build_model(cfg, datamodule)
+    if cfg.get("init_from") is not None:  # a checkpoint's weights on new data (lstm_rec.jobs.init_from)
+        ckpt_path, model = None, model_from_checkpoint(cfg, datamodule)
+    else:
+        ckpt_path = _checkpoint_to_resume(cfg)
+        datamodule.setup("fit")
+        model = build_model(cfg, datamodule)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=[*instantiate_all(cfg.get("callbacks")), *callbacks],
@@ -69,6 +73,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         "wall_seconds": time.perf_counter() - start,
         "checkpoint": str(test_ckpt),
         "resumed_from": ckpt_path,
+        "init_from": cfg.get("init_from"),
         "skipped_batches": model.skipped_batches,
         "output_dir": cfg.paths.output_dir,
     }

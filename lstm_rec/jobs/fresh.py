@@ -1,0 +1,196 @@
+"""Keeping a model fresh, measured as a shop would: day by day, fine-tune (a), retrain from scratch (b) or keep (c).
+
+The log's last `n_days` days (by session start; a day is 86,400 s of its Time column) follow an initial part. One
+model is trained on the initial part; then, after each later day but the last, (a) fine-tunes the previous (a)
+model on that day's sessions with init_from, (b) trains a new model from scratch on everything so far, and (c)
+keeps the initial model; all three are ranked on the following day's sessions.
+
+All three rank the same predictions: the day's sessions on the items seen so far (the catalog of (a) and (b)).
+(c) never recommends the items it does not know, and a click on one is a blank step of its input (the padding
+row), as a running service without the new items would see them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from lstm_rec.checkpoint import load_network
+from lstm_rec.data import FileDataModule, ItemIndex
+from lstm_rec.data.io import read_events
+from lstm_rec.data.sessions import SESSION, TIME
+from lstm_rec.evaluation import evaluate
+from lstm_rec.jobs.config import load_config
+from lstm_rec.jobs.report import write_json
+
+log = logging.getLogger(__name__)
+
+DAY_SECONDS = 86_400.0
+STRATEGIES = {"a": "fine-tune the previous model on the day", "b": "retrain from scratch on all so far", "c": "keep"}
+COLUMNS = {"session": "SessionId", "item": "ItemId", "time": "Time"}
+# Every training run: validation on a sample of its own latest day (an in-sample progress monitor, as in the
+# yoochoose preset), a fixed number of epochs, the last checkpoint, nothing else written.
+RUN = [
+    "data=files",
+    "data.valid_sample=200",
+    "test_ckpt=last",
+    "callbacks.early_stopping=null",
+    "callbacks.progress_bar=null",
+    "callbacks.training_curves=null",
+    "~logger",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+class CatalogScorer(nn.Module):
+    """A trained model's scorer on a catalog that holds its items and maybe more, in any order.
+
+    A click on an item the model does not know is a blank step (its padding row); such items score -inf, so they
+    are never recommended and a target among them ranks last.
+    """
+
+    def __init__(self, scorer: Any, own: ItemIndex, catalog: ItemIndex) -> None:
+        super().__init__()
+        self.scorer, self.n_items = scorer, len(catalog)
+        own_of = torch.from_numpy(own.lookup(catalog.ids))  # (n_catalog,) the model's index, 0 where unknown
+        self.register_buffer("to_own", torch.cat([torch.zeros(1, dtype=torch.long), own_of]))
+        self.register_buffer("known", own_of > 0)
+        self.register_buffer("own_columns", own_of[own_of > 0] - 1)
+
+    def encode(self, items: Tensor) -> Any:
+        return self.scorer.encode(self.to_own[items])
+
+    def score(self, states: Any) -> Tensor:
+        own = self.scorer.score(states)  # (N, n_own)
+        scores = own.new_full((len(own), self.n_items), float("-inf"))
+        scores[:, self.known] = own[:, self.own_columns]
+        return scores
+
+
+def split_days(events: pd.DataFrame, n_days: int) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """The sessions that start before the log's last `n_days` days, and those that start on each of those days."""
+    starts = events.groupby(SESSION, sort=False)[TIME].transform("min")
+    end = events[TIME].max()
+    day = np.ceil((end - starts) / DAY_SECONDS).clip(lower=1)  # 1: the last day, 2: the one before, ...
+    parts = [events[(day == d).to_numpy()].reset_index(drop=True) for d in range(n_days, 0, -1)]
+    initial = events[(day > n_days).to_numpy()].reset_index(drop=True)
+    if initial.empty or any(part.empty for part in parts):
+        raise ValueError(
+            f"the log spans {(end - events[TIME].min()) / DAY_SECONDS:.1f} days: it needs sessions before its last "
+            f"{n_days} days and on each of them; give fewer days"
+        )
+    return initial, parts
+
+
+def benchmark_fresh(
+    data: Path,
+    output_dir: Path,
+    n_days: int,
+    epochs: int,
+    fine_tune_epochs: int,
+    overrides: list[str],
+    fine_tune_overrides: list[str] = (),
+) -> dict[str, Any]:
+    """Run the protocol on the log at `data`; returns (and writes fresh.json) each day's metrics and training
+    seconds per strategy. `overrides` configure every run; `fine_tune_overrides` come after them in (a)'s runs."""
+    initial, days = split_days(read_events(data, "data"), n_days)
+    files = output_dir / "data"
+    files.mkdir(parents=True, exist_ok=True)
+    day_files = [_write(part, files / f"day_{d + 1}.parquet") for d, part in enumerate(days)]
+    so_far = initial
+    first = _train("initial", _write(initial, files / "initial.parquet"), day_files[0], epochs, overrides, output_dir)
+    checkpoints = {"a": first["checkpoint"], "b": first["checkpoint"], "c": first["checkpoint"]}
+    rows, seconds = [], {name: 0.0 for name in STRATEGIES}
+    for d in range(1, n_days):
+        so_far = pd.concat([so_far, days[d - 1]], ignore_index=True)
+        runs = {
+            "a": _train(f"a_day_{d}", day_files[d - 1], day_files[d], fine_tune_epochs,
+                        [*overrides, *fine_tune_overrides, f"init_from={checkpoints['a']}"], output_dir),
+            "b": _train(f"b_day_{d}", _write(so_far, files / f"up_to_day_{d}.parquet"), day_files[d], epochs,
+                        overrides, output_dir),
+        }  # fmt: skip
+        for name, run in runs.items():
+            checkpoints[name] = run["checkpoint"]
+            seconds[name] += run["train_seconds"]
+        catalog = load_network(checkpoints["a"]).item_index
+        for name in STRATEGIES:
+            metrics = _evaluate(checkpoints[name], catalog, day_files[d])
+            run = runs.get(name, {"train_seconds": 0.0, "wall_seconds": 0.0})
+            rows.append({"trained_on_day": d, "tested_on_day": d + 1, "strategy": name, **metrics,
+                         "train_seconds": run["train_seconds"], "wall_seconds": run["wall_seconds"]})  # fmt: skip
+            log.info("day %d, %s: %s", d + 1, name, rows[-1])
+    results = {
+        "data": str(data),
+        "n_days": n_days,
+        "epochs": epochs,
+        "fine_tune_epochs": fine_tune_epochs,
+        "overrides": list(overrides),
+        "fine_tune_overrides": list(fine_tune_overrides),
+        "initial": {"sessions": int(initial[SESSION].nunique()), "train_seconds": first["train_seconds"]},
+        "day_sessions": [int(part[SESSION].nunique()) for part in days],
+        "days": rows,
+        "total_train_seconds": seconds,
+        "mean": {name: _mean([r for r in rows if r["strategy"] == name]) for name in STRATEGIES},
+    }
+    write_json(results, output_dir / "fresh.json")
+    return results
+
+
+def _write(events: pd.DataFrame, path: Path) -> Path:
+    events.rename(columns=COLUMNS).to_parquet(path, index=False)
+    return path
+
+
+def _train(name: str, train: Path, test: Path, epochs: int, overrides: list[str], output_dir: Path) -> dict[str, Any]:
+    """One training run (the train job itself) on `train`, validated on its own latest day."""
+    from lstm_rec.jobs.train import train as train_job
+
+    frame = pd.read_parquet(train)
+    valid = train.with_suffix(".valid.parquet")
+    frame[frame["Time"] >= frame["Time"].max() - DAY_SECONDS].to_parquet(valid, index=False)
+    data = [f"data.train={train}", f"data.valid={valid}", f"data.test={test}", f"trainer.max_epochs={epochs}"]
+    cfg = load_config("train", [*RUN, *data, *overrides], output_dir=str(output_dir / "runs" / name))
+    log.info("training %s on %s for %d epochs", name, train.name, epochs)
+    return train_job(cfg)
+
+
+def _evaluate(checkpoint: str, catalog: ItemIndex, day: Path) -> dict[str, float]:
+    """Recall@20 and MRR@20 of a checkpoint on a day's sessions over `catalog`."""
+    trained = load_network(checkpoint)
+    datamodule = FileDataModule(test=str(day))
+    datamodule.item_index = catalog
+    datamodule.setup("test")
+    scorer = CatalogScorer(trained.scorer(), trained.item_index, catalog)
+    metrics = evaluate(scorer, datamodule.full_dataloader("test"), [20], "")
+    return {key: metrics[key] for key in ("recall@20", "mrr@20", "n_predictions")}
+
+
+def _mean(rows: list[dict[str, Any]]) -> dict[str, float]:
+    return {key: float(np.mean([r[key] for r in rows])) for key in ("recall@20", "mrr@20")}
+
+
+def table(results: dict[str, Any]) -> str:
+    """The per-day results and totals as a Markdown table."""
+    lines = [
+        "| tested on day | strategy | recall@20 | mrr@20 | predictions | training s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in results["days"]:
+        lines.append(
+            f"| {row['tested_on_day']} | {row['strategy']}: {STRATEGIES[row['strategy']]} | {row['recall@20']:.4f} | "
+            f"{row['mrr@20']:.4f} | {int(row['n_predictions'])} | {row['train_seconds']:.1f} |"
+        )
+    for name, label in STRATEGIES.items():
+        mean = results["mean"][name]
+        lines.append(
+            f"| mean | {name}: {label} | {mean['recall@20']:.4f} | {mean['mrr@20']:.4f} | | "
+            f"{results['total_train_seconds'][name]:.1f} |"
+        )
+    return "\n".join(lines)
