@@ -21,12 +21,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs of the initial and the from-scratch runs")
     parser.add_argument("--fine-tune-epochs", type=int, default=3, help="epochs of each fine-tuning run")
     parser.add_argument("--fine-tune", nargs="*", default=[], help="train overrides for the fine-tuning runs only")
+    parser.add_argument("--replay-days", type=int, default=0, help="fine-tune on the day and this many days before")
     parser.add_argument("--output", type=Path, required=True, help="directory of the runs and fresh.json")
     parser.add_argument("overrides", nargs="*", help="train overrides for every run (after --)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     results = benchmark_fresh(
-        args.data, args.output, args.days, args.epochs, args.fine_tune_epochs, args.overrides, args.fine_tune
+        args.data,
+        args.output,
+        args.days,
+        args.epochs,
+        args.fine_tune_epochs,
+        args.overrides,
+        args.fine_tune,
+        args.replay_days,
     )
     print(json.dumps({key: results[key] for key in ("total_train_seconds", "mean")}, indent=2))
     print(table(results))

@@ -43,6 +43,7 @@ RUN = [
     "callbacks.early_stopping=null",
     "callbacks.progress_bar=null",
     "callbacks.training_curves=null",
+    "callbacks.lr_monitor=null",
     "~logger",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
@@ -97,9 +98,11 @@ def benchmark_fresh(
     fine_tune_epochs: int,
     overrides: list[str],
     fine_tune_overrides: list[str] = (),
+    replay_days: int = 0,
 ) -> dict[str, Any]:
     """Run the protocol on the log at `data`; returns (and writes fresh.json) each day's metrics and training
-    seconds per strategy. `overrides` configure every run; `fine_tune_overrides` come after them in (a)'s runs."""
+    seconds per strategy. `overrides` configure every run; `fine_tune_overrides` come after them in (a)'s runs,
+    which fine-tune on the sessions of the day and of the `replay_days` days before it."""
     initial, days = split_days(read_events(data, "data"), n_days)
     files = output_dir / "data"
     files.mkdir(parents=True, exist_ok=True)
@@ -111,7 +114,8 @@ def benchmark_fresh(
     for d in range(1, n_days):
         so_far = pd.concat([so_far, days[d - 1]], ignore_index=True)
         runs = {
-            "a": _train(f"a_day_{d}", day_files[d - 1], day_files[d], fine_tune_epochs,
+            "a": _train(f"a_day_{d}", _write(_window(initial, days, d, replay_days), files / f"a_{d}.parquet"),
+                        day_files[d], fine_tune_epochs,
                         [*overrides, *fine_tune_overrides, f"init_from={checkpoints['a']}"], output_dir),
             "b": _train(f"b_day_{d}", _write(so_far, files / f"up_to_day_{d}.parquet"), day_files[d], epochs,
                         overrides, output_dir),
@@ -133,6 +137,7 @@ def benchmark_fresh(
         "fine_tune_epochs": fine_tune_epochs,
         "overrides": list(overrides),
         "fine_tune_overrides": list(fine_tune_overrides),
+        "replay_days": replay_days,
         "initial": {"sessions": int(initial[SESSION].nunique()), "train_seconds": first["train_seconds"]},
         "day_sessions": [int(part[SESSION].nunique()) for part in days],
         "days": rows,
@@ -141,6 +146,21 @@ def benchmark_fresh(
     }
     write_json(results, output_dir / "fresh.json")
     return results
+
+
+def _window(initial: pd.DataFrame, days: list[pd.DataFrame], d: int, replay_days: int) -> pd.DataFrame:
+    """The sessions of later day `d` (1-based) and of the `replay_days` days before it."""
+    first = d - 1 - replay_days
+    parts = days[max(first, 0) : d]
+    if first < 0:
+        parts = [_latest(initial, -first), *parts]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _latest(events: pd.DataFrame, n_days: int) -> pd.DataFrame:
+    """The sessions that start in the last `n_days` days of `events`."""
+    starts = events.groupby(SESSION, sort=False)[TIME].transform("min")
+    return events[(starts > events[TIME].max() - n_days * DAY_SECONDS).to_numpy()].reset_index(drop=True)
 
 
 def _write(events: pd.DataFrame, path: Path) -> Path:
