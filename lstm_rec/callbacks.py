@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lstm_rec.checkpoint import load_checked
@@ -52,6 +53,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             partial.unlink(missing_ok=True)
             raise
         log.debug("saved checkpoint %s", path)
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, whose last checkpoint (save_last) is always the latest epoch's state.
+
+    Lightning 2.6 rewrites last.ckpt only at a step where it also kept a best (top-k) checkpoint, so once the
+    monitored metric stops improving, last.ckpt silently stays at the best epoch: test_ckpt=last would test that
+    epoch, and ckpt_path=last would resume from it and train its later epochs again.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_latest(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_latest(trainer)
+
+    def _save_latest(self, trainer: L.Trainer) -> None:
+        # The skip test is also true when this step was saved already (then last.ckpt was written with it).
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class EpochSeed(L.Callback):
