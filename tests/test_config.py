@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from conftest import CONF, compose_config
 from lstm_rec.data import ItemIndex
@@ -78,8 +79,10 @@ def test_gpu_flags_compose_as_the_readme_shows(tmp_path):
 @pytest.mark.parametrize("option", options("callbacks"))
 def test_callbacks_options(option, tmp_path):
     cfg = compose_config("train", [f"callbacks={option}"], tmp_path)
-    names = {type(c).__name__ for c in instantiate_all(cfg.callbacks)}
-    assert {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor"} <= names
+    callbacks = instantiate_all(cfg.callbacks)
+    names = {type(c).__name__ for c in callbacks}
+    assert {"LatestCheckpoint", "EarlyStopping", "LearningRateMonitor"} <= names
+    assert any(isinstance(c, ModelCheckpoint) for c in callbacks)  # what trainer.checkpoint_callback finds
     assert cfg.callbacks.model_checkpoint.monitor == cfg.monitor == cfg.callbacks.early_stopping.monitor
 
 
