@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader
 
 from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches
@@ -113,6 +114,9 @@ class SessionDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self._on_cuda(),
+            # Each new iterator draws a seed for its workers; from the global stream it would shift the dropout masks
+            # and negatives that EpochSeed fixes per epoch, so that a resumed run would draw other ones.
+            generator=torch.Generator().manual_seed(self.seed or 0),
         )
 
     def _on_cuda(self) -> bool:
