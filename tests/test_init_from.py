@@ -36,6 +36,8 @@ def test_grown_index_keeps_positions_appends_new_ids_in_the_index_type():
     assert base.grown(np.array(["20", "7"], dtype=object)).ids.tolist() == [30, 10, 20, 7]  # decimal text
     with pytest.raises(ValueError, match="cannot join an item index of integer ids"):
         base.grown(np.array(["20", "abc"], dtype=object))
+    with pytest.raises(ValueError, match="cannot join an item index of integer ids"):  # not truncated into id 7
+        base.grown(np.array([20.0, 7.5]))
 
 
 def _write(events: pd.DataFrame, path: Path) -> Path:

@@ -42,7 +42,7 @@ def index_positions(index: pd.Index, kind: str, ids: np.ndarray) -> np.ndarray:
     if len(ids) == 0 or kind == "other" or id_kind(ids) == kind:
         return index.get_indexer(ids)
     codes, distinct = pd.factorize(ids.astype(object) if ids.dtype.kind == "U" else ids)  # -1: missing
-    converted = [_as_integer(i) if kind == "integer" else _as_text(i) for i in distinct]
+    converted = as_kind(distinct, kind)
     if kind == "integer":
         bounds = np.iinfo(index.dtype)
         converted = [i if i is not None and bounds.min <= i <= bounds.max else None for i in converted]
@@ -52,6 +52,11 @@ def index_positions(index: pd.Index, kind: str, ids: np.ndarray) -> np.ndarray:
         values = [i for i in converted if i is not None]
         found[:-1][fits] = index.get_indexer(np.array(values, dtype=index.dtype if kind == "integer" else object))
     return found[codes]
+
+
+def as_kind(values: Sequence[Hashable] | np.ndarray, kind: str) -> list[Hashable | None]:
+    """Each value as an id of `kind` ("integer" or "text") by the matching rules above, None where it is not one."""
+    return [_as_integer(value) if kind == "integer" else _as_text(value) for value in values]
 
 
 def _as_integer(value: Hashable) -> int | None:

@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from lstm_rec.data.ids import check_known, id_kind, index_positions
+from lstm_rec.data.ids import as_kind, check_known, id_kind, index_positions
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,19 @@ class ItemIndex:
 
 
 def _in_type_of(ids: np.ndarray, index_ids: np.ndarray) -> np.ndarray:
-    """`ids` as ids of `index_ids`' type, so that the grown index keeps one id type (lstm_rec.data.ids)."""
+    """`ids` as ids of `index_ids`' type, by the rules that match ids (lstm_rec.data.ids), so that the grown index
+    keeps one id type."""
     kind = id_kind(index_ids)
     if len(ids) == 0 or kind == "other" or id_kind(ids) == kind:
         return ids.astype(index_ids.dtype) if kind == "integer" else ids
-    if kind == "text":
-        return np.array([str(i) for i in ids], dtype=object)
+    values = as_kind(ids, kind)
     try:
-        return np.array([int(i) for i in ids], dtype=index_ids.dtype)
-    except (TypeError, ValueError, OverflowError) as error:
+        if None in values:
+            raise ValueError(f"{ids[values.index(None)]!r} is not an id of this type")
+        return np.array(values, dtype=index_ids.dtype if kind == "integer" else object)
+    except (ValueError, OverflowError) as error:
         raise ValueError(
-            f"new item ids such as {ids[:3].tolist()} cannot join an item index of integer ids ({error}); give "
+            f"new item ids such as {ids[:3].tolist()} cannot join an item index of {kind} ids ({error}); give "
             "the new data in the id type the model was trained with"
         ) from error
 
