@@ -29,12 +29,24 @@ YOOCHOOSE = SHARED_DATA / "yoochoose-100k"
 torch.set_num_threads(2)
 
 # A small, fast version of every run; tests add their own overrides after these.
+# The recipe most tests train with: full-softmax cross-entropy, Adam at a constant rate, separate output weights, no
+# dropout (plain and deterministic); the defaults' recipe (BPR-max, Adagrad, warm-up and cosine, tied, dropout) has
+# tests of its own (test_defaults.py). Tests that pick another schedule group leave out "model.scheduler=null".
+TINY_RECIPE = [
+    "model/loss=cross_entropy",
+    "model/optimizer=adam",
+    "model.scheduler=null",
+    "model.tie_weights=false",
+    "model.dropout=0.0",
+    "model.embedding_dropout=0.0",
+]
 TINY = [
     "data.n_sessions=3000",
     "data.n_items=200",
     "data.batch_size=64",
     "model.hidden=32",
     "model.embedding_dim=32",
+    *TINY_RECIPE,
     "model.optimizer.lr=0.01",
     "trainer.max_epochs=3",
     "callbacks.progress_bar=null",

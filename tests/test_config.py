@@ -50,7 +50,8 @@ def test_yoochoose_paths_follow_the_shared_data_setting(tmp_path):
 @pytest.mark.parametrize("optimizer", options("model/optimizer"))
 @pytest.mark.parametrize("scheduler", [None, *options("model/scheduler")])
 def test_model_optimizer_scheduler_options(optimizer, scheduler, tmp_path):
-    overrides = [f"model/optimizer={optimizer}"] + ([f"model/scheduler={scheduler}"] if scheduler else [])
+    schedule = f"model/scheduler={scheduler}" if scheduler else "model.scheduler=null"  # null: a constant rate
+    overrides = [f"model/optimizer={optimizer}", schedule]
     cfg = compose_config("train", ["model.hidden=12", *overrides], tmp_path)
     model = instantiate(cfg.model, item_index=ItemIndex.from_items(np.arange(10)))
     assert model.net.hidden_size == 12

@@ -69,6 +69,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         metrics["val/loss"] = model.validation_loss(datamodule.full_dataloader("valid"))
     metrics |= {
         "epochs": trainer.current_epoch,
+        "max_epochs": trainer.max_epochs,  # the number trainer.max_epochs=auto chose, or the one given
         "train_seconds": model.train_seconds,
         "wall_seconds": time.perf_counter() - start,
         "checkpoint": str(test_ckpt),

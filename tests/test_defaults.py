@@ -1,0 +1,65 @@
+"""What a user gets with no model overrides: the recipe of conf/model/lstm.yaml and trainer.max_epochs=auto."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_config
+from lstm_rec.jobs.train import train
+
+SMALL_DATA = ["data.n_sessions=3000", "data.n_items=200"]
+QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+def test_the_default_recipe():
+    cfg = compose_config("train", [], Path("unused"))
+    model = cfg.model
+    assert model.loss._target_ == "lstm_rec.losses.BPRMax" and model.loss.score_regularization == 0.5
+    assert model.optimizer._target_ == "torch.optim.Adagrad" and model.optimizer.lr == 0.15
+    assert model.scheduler._target_ == "lstm_rec.schedules.warmup_decay" and model.scheduler.warmup_steps == 200
+    assert (model.embedding_dim, model.hidden, model.tie_weights) == (224, 224, True)
+    assert (model.dropout, model.embedding_dropout) == (0.5, 0.25)
+    assert cfg.trainer.max_epochs == "auto" and cfg.callbacks.early_stopping.patience == 3
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("defaults") / "run"
+    return train(compose_config("train", [*SMALL_DATA, *QUIET], out)), out
+
+
+@pytest.mark.slow
+def test_the_defaults_learn_the_synthetic_sessions_far_better_than_popularity(default_run):
+    metrics, _ = default_run
+    assert metrics["test/recall@20"] > 2 * metrics["pop/test/recall@20"]
+    assert metrics["test/mrr@20"] > 2 * metrics["pop/test/mrr@20"]
+
+
+@pytest.mark.slow
+def test_auto_epochs_are_derived_from_the_training_predictions_and_saved(default_run):
+    metrics, _ = default_run
+    # 2,400 training sessions of about 5 predictions: far fewer than 2,000,000 / 14, so the upper bound, 14 epochs,
+    # unless early stopping (patience 3) ended the run sooner.
+    assert metrics["max_epochs"] == 14
+    assert 1 <= metrics["epochs"] <= 14
+
+
+def test_auto_epochs_are_logged(tmp_path, caplog):
+    cfg = compose_config("train", [*SMALL_DATA, *QUIET, "model.hidden=8", "model.embedding_dim=8"], tmp_path)
+    from hydra.utils import instantiate
+
+    from lstm_rec.jobs.runs import build_model
+
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.auto"):
+        build_model(cfg, datamodule)
+    n_targets = datamodule.train_sessions.n_targets
+    assert cfg.trainer.max_epochs == 14
+    assert (
+        f"14 epochs ({n_targets:,} training predictions an epoch, about 2,000,000 in all; the upper bound"
+        in caplog.text
+    )
