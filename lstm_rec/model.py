@@ -59,6 +59,27 @@ class Carry:
     recent: Tensor | None = None
 
 
+class RowLookup(torch.autograd.Function):
+    """Rows of a member-stacked table (M, R, E) by flat index m * R + r, with a sparse gradient: only the rows
+    looked up get one, so an optimizer that takes sparse gradients (Adagrad) updates those rows alone instead of
+    the whole table. The values equal a dense lookup's; the gradient equals the dense one where it is not zero."""
+
+    @staticmethod
+    def forward(ctx: Any, table: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.table_shape = table.shape
+        return F.embedding(index, table.view(-1, table.shape[-1]))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        members, rows, width = ctx.table_shape
+        flat = index.reshape(-1)
+        where = torch.stack([torch.div(flat, rows, rounding_mode="floor"), flat % rows])
+        values = grad.reshape(-1, width)
+        return torch.sparse_coo_tensor(where, values, (members, rows, width), check_invariants=False), None
+
+
 class SessionLSTM(nn.Module):
     """Next-item scorer over click sessions: M >= 1 member networks of one shape, run as one batched computation.
 
@@ -96,6 +117,8 @@ class SessionLSTM(nn.Module):
         settings = member_settings(members, common)
         self.n_items, self.n_members, self.hidden_size = n_items, len(settings), hidden
         self.tie_weights = tie_weights
+        # Training sets this (SessionRecModule.sparse_item_grad): lookups of the item table give sparse gradients.
+        self.sparse_item_grad = False
         self.item_embedding = nn.Parameter(torch.empty(self.n_members, n_items + 1, embedding_dim))
         self.embedding_dropout = MemberDropout([s["embedding_dropout"] for s in settings])
         self.lstms = nn.ModuleList(
@@ -153,8 +176,7 @@ class SessionLSTM(nn.Module):
     def forward(self, items: Tensor, carry: Carry | None = None) -> tuple[PrefixStates, Carry]:
         """Like encode, continuing from `carry` (None: new sessions); also returns the carry after the last step."""
         offsets = torch.arange(self.n_members, device=items.device).view(-1, 1, 1) * (self.n_items + 1)
-        table = self.item_embedding.view(-1, self.item_embedding.shape[-1])
-        embedded = self.embedding_dropout(F.embedding(items + offsets, table))  # (M, B, T, E)
+        embedded = self.embedding_dropout(self._rows(items + offsets))  # (M, B, T, E)
         states = [None] * self.n_members if carry is None else _split(carry, self.n_members)
         results = [lstm(x, s) for lstm, x, s in zip(self.lstms, embedded, states, strict=True)]
         outputs, finals = [output for output, _ in results], [final for _, final in results]
@@ -204,7 +226,7 @@ class SessionLSTM(nn.Module):
         if self.tie_weights:
             # A lookup (not a slice of the table) gives a lean backward: no full-size gradient of a slice.
             offsets = torch.arange(self.n_members, device=columns.device)[:, None] * (self.n_items + 1)
-            weight = F.embedding(columns + 1 + offsets, self.item_embedding.view(-1, self.item_embedding.shape[-1]))
+            weight = self._rows(columns + 1 + offsets)
             bias = self.output_bias.gather(1, columns.clamp(min=0))  # (M, C)
             scores = torch.baddbmm(bias[:, None], self._query(states.hidden), weight.transpose(1, 2))
         else:
@@ -212,6 +234,13 @@ class SessionLSTM(nn.Module):
         if self.repeat_window > 0:
             scores = scores + self._placed_bonus(states, columns, distinct)
         return scores
+
+    def _rows(self, index: Tensor) -> Tensor:
+        """The item table's rows at flat indices member * (n_items + 1) + item: (*index.shape, E)."""
+        table = self.item_embedding
+        if self.sparse_item_grad and table.requires_grad and torch.is_grad_enabled():
+            return RowLookup.apply(table, index)
+        return F.embedding(index, table.view(-1, table.shape[-1]))
 
     def _query(self, hidden: Tensor) -> Tensor:
         """(M, N, H) -> (M, N, E): what tied scores multiply with the item embeddings."""

@@ -52,6 +52,9 @@ class SessionRecModule(L.LightningModule):
         prior: an item prior added to the scores at evaluation (see lstm_rec.prior), stored in checkpoints.
         loss_batch_size: sessions per batch of val/loss, the training's batch size (None: a whole validation
             batch).
+        sparse_item_grad: true: the item table's gradient holds only the rows a batch looked up, and Adagrad
+            updates those rows alone (the same update as the dense one, whose other rows it leaves unchanged);
+            false: dense; auto: true where it applies and pays (see `sparse_rows_blockers`), else false.
         network: the network's settings, SessionLSTM's arguments (model.hidden, model.members, ...).
     """
 
@@ -69,6 +72,7 @@ class SessionRecModule(L.LightningModule):
         nonfinite_check_every: int = 50,
         prior: ItemPrior | None = None,
         loss_batch_size: int | None = None,
+        sparse_item_grad: bool | str = "auto",
         **network: Any,
     ) -> None:
         super().__init__()
@@ -81,6 +85,9 @@ class SessionRecModule(L.LightningModule):
         self.nonfinite_loss, self.nonfinite_check_every = nonfinite_loss, nonfinite_check_every
         self.scheduler_interval = scheduler_interval
         self.loss_batch_size = loss_batch_size
+        if sparse_item_grad not in (True, False, "auto"):
+            raise ValueError(f"sparse_item_grad must be true, false or auto, got {sparse_item_grad!r}")
+        self.sparse_item_grad = sparse_item_grad
         self.network_settings = _plain(network)
         self.net = build_network(len(item_index), self.network_settings)
         self.loss = loss if loss is not None else CrossEntropy()
@@ -221,8 +228,46 @@ class SessionRecModule(L.LightningModule):
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         self._evaluation_step(batch, self.test_metrics)
 
+    def sparse_rows_blockers(self) -> list[str]:
+        """Why the item table cannot (or, under auto, should not) take sparse gradients here; [] when it can."""
+        factory = self.optimizer_factory
+        settings = getattr(factory, "keywords", {})
+        trainer = self._trainer
+        blockers = []
+        if getattr(factory, "func", factory) is not torch.optim.Adagrad:
+            blockers.append("the optimizer is not torch.optim.Adagrad (model/optimizer=adagrad)")
+        if settings.get("weight_decay", 0):
+            blockers.append("Adagrad's weight_decay is not 0")
+        if isinstance(self.loss, CrossEntropy):
+            blockers.append("the full-softmax loss scores every item, so every row gets a gradient")
+        if trainer is not None and getattr(trainer, "world_size", 1) > 1:
+            blockers.append("training runs in several processes")
+        precision = getattr(getattr(trainer, "precision_plugin", None), "precision", "32-true")
+        if precision not in ("32-true", "32", "bf16-mixed"):
+            blockers.append(f"trainer.precision={precision} (a float16 loss scaler takes dense gradients)")
+        if self.device.type != "cpu":
+            blockers.append("not on the CPU (the fused dense update is fast on accelerators)")
+        return blockers
+
+    def _use_sparse_rows(self) -> bool:
+        blockers = self.sparse_rows_blockers()
+        if self.sparse_item_grad is True and blockers:
+            raise ValueError(f"model.sparse_item_grad=true cannot apply: {'; '.join(blockers)}")
+        use = self.sparse_item_grad is True or (self.sparse_item_grad == "auto" and not blockers)
+        if self.sparse_item_grad == "auto":
+            log.info(
+                "model.sparse_item_grad=auto: %s",
+                "sparse (only the item rows a batch looks up are updated)" if use else "dense: " + "; ".join(blockers),
+            )
+        return use
+
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        self.net.sparse_item_grad = self._use_sparse_rows()
+        # The fused Adagrad takes no sparse gradient; the per-tensor one updates the looked-up rows alone.
+        fused = {"fused": False} if self.net.sparse_item_grad else {}
+        if self.net.sparse_item_grad:  # Adagrad's sparse update warns unless the (default) choice is explicit
+            torch.sparse.check_sparse_tensor_invariants.disable()
+        optimizer = self.optimizer_factory(params=self.parameters(), **fused)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         per_step = "total_steps" in inspect.signature(self.scheduler_factory).parameters
@@ -240,6 +285,9 @@ class SessionRecModule(L.LightningModule):
         # Lightning's mixed-precision plugin refuses to clip for a fused optimizer (model/optimizer/adagrad.yaml),
         # since one that unscales a float16 loss scaler's gradients itself would see them clipped while scaled.
         # Under bf16 there is no scaler, so the gradients are clipped here as they are.
+        if gradient_clip_val and self.net.sparse_item_grad:
+            clip_sparse_gradients(self.parameters(), gradient_clip_val, gradient_clip_algorithm or "norm")
+            return
         fused = getattr(optimizer, "_step_supports_amp_scaling", False)
         bf16 = getattr(self.trainer.precision_plugin, "precision", None) == "bf16-mixed"
         if gradient_clip_val and fused and bf16:
@@ -293,6 +341,30 @@ class SessionRecModule(L.LightningModule):
         check_weights(checkpoint.get("state_dict"), shapes, source, needed_by="this run's model settings")
         if self._trainer is not None and self._trainer.state.fn == "fit":
             check_training_state(checkpoint, source, resuming=True)
+
+
+def clip_sparse_gradients(parameters: Iterable[nn.Parameter], clip_val: float, algorithm: str) -> None:
+    """torch.nn.utils.clip_grad_norm_ / clip_grad_value_ for gradients of which some are sparse (coalesced here,
+    so that repeated rows count once, summed, as in the dense gradient)."""
+    grads = []
+    for parameter in parameters:
+        if parameter.grad is not None:
+            if parameter.grad.is_sparse:
+                parameter.grad = parameter.grad.coalesce()
+            grads.append(parameter.grad)
+    values = [grad.values() if grad.is_sparse else grad for grad in grads]
+    if algorithm == "value":
+        for value in values:
+            value.clamp_(-clip_val, clip_val)
+        return
+    if algorithm != "norm":
+        raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {algorithm!r}")
+    if not values:
+        return
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in values]))
+    coefficient = (clip_val / (total + 1e-6)).clamp(max=1.0)
+    for value in values:
+        value.mul_(coefficient)
 
 
 def _plain(settings: dict[str, Any]) -> dict[str, Any]:
