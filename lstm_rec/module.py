@@ -276,6 +276,12 @@ class SessionRecModule(L.LightningModule):
         interval = "step" if per_step else self.scheduler_interval
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
+    def on_train_start(self) -> None:
+        # A resumed optimizer takes its settings from the checkpoint, "fused" among them: a checkpoint written with
+        # the other kind of item-table update must not switch this run's update back.
+        for optimizer in self.trainer.optimizers:
+            match_fused_setting(optimizer, sparse=self.net.sparse_item_grad)
+
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
@@ -341,6 +347,14 @@ class SessionRecModule(L.LightningModule):
         check_weights(checkpoint.get("state_dict"), shapes, source, needed_by="this run's model settings")
         if self._trainer is not None and self._trainer.state.fn == "fit":
             check_training_state(checkpoint, source, resuming=True)
+
+
+def match_fused_setting(optimizer: torch.optim.Optimizer, sparse: bool) -> None:
+    """Sparse gradients need the per-tensor update: turn off a fused setting that a loaded state brought back."""
+    if sparse:
+        for group in optimizer.param_groups:
+            if group.get("fused"):
+                group["fused"] = False
 
 
 def clip_sparse_gradients(parameters: Iterable[nn.Parameter], clip_val: float, algorithm: str) -> None:

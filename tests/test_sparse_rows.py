@@ -13,7 +13,7 @@ import torch
 from lstm_rec.data.sessions import ItemIndex
 from lstm_rec.losses import BPRMax, CrossEntropy, SampledSoftmax
 from lstm_rec.model import RowLookup
-from lstm_rec.module import SessionRecModule, clip_sparse_gradients
+from lstm_rec.module import SessionRecModule, clip_sparse_gradients, match_fused_setting
 
 N_ITEMS = 200
 NETWORKS = {
@@ -130,3 +130,16 @@ def test_evaluation_and_inference_take_the_plain_lookup(monkeypatch):
         model.net.encode(items)  # no gradient: the plain lookup
     with pytest.raises(AssertionError, match="the sparse lookup ran"):
         model.net.encode(items)
+
+
+def test_a_checkpoint_of_the_fused_dense_update_resumes_into_the_sparse_one():
+    dense, sparse = module(False), module(True)
+    dense_optimizer = train_steps(dense, 1.0, steps=2)
+    assert dense_optimizer.param_groups[0]["fused"]
+    sparse_optimizer = sparse.configure_optimizers()["optimizer"]
+    sparse_optimizer.load_state_dict(dense_optimizer.state_dict())  # as Lightning restores it, "fused" and all
+    assert sparse_optimizer.param_groups[0]["fused"]
+    match_fused_setting(sparse_optimizer, sparse=True)
+    sparse.training_step(torch.randint(1, N_ITEMS + 1, (8, 6)), 0).backward()
+    sparse_optimizer.step()  # the fused Adagrad would refuse the sparse gradient
+    assert not sparse_optimizer.param_groups[0]["fused"]
