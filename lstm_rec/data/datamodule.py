@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches
+from lstm_rec.data.batching import ORDERS, LengthGroupedBatchSampler, SessionBatches
 from lstm_rec.data.io import read_events
 from lstm_rec.data.quality import DEFAULT_REUSE_GAP
 from lstm_rec.data.sessions import ITEM, ItemIndex, Sessions, split_by_start_time, to_sessions
@@ -29,7 +29,8 @@ class SessionDataModule(L.LightningDataModule):
     checkpoint's) sets ``item_index`` before ``setup`` and then needs no training data; one that continues training
     a checkpoint sets ``known_items`` (its index), and the index then keeps those items at their positions and
     appends the training data's new ones (ItemIndex.grown). With `valid_sample`,
-    the per-epoch validation takes that many of the validation sessions (drawn once from `seed`).
+    the per-epoch validation takes that many of the validation sessions (drawn once from `seed`). `order` is how
+    training batches are drawn (lstm_rec.data.batching.LengthGroupedBatchSampler: "shuffle" or "time").
     """
 
     def __init__(
@@ -41,8 +42,12 @@ class SessionDataModule(L.LightningDataModule):
         valid_sample: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        order: str = "shuffle",
     ) -> None:
         super().__init__()
+        if order not in ORDERS:
+            raise ValueError(f"data.order must be one of {list(ORDERS)}, got {order!r}")
+        self.order = order
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.max_len = max_len
@@ -106,6 +111,8 @@ class SessionDataModule(L.LightningDataModule):
             seed=self.seed,
             num_replicas=self.trainer.world_size if distributed else 1,
             rank=self.trainer.global_rank if distributed else 0,
+            order=self.order if train else "shuffle",
+            times=dataset.times,
         )
         return DataLoader(
             dataset,
