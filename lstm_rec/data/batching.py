@@ -62,6 +62,14 @@ class SessionBatches(Dataset):
 
 # How training batches are drawn: "shuffle" (random, by length within pools) or "time" (consecutive by time).
 ORDERS = ("shuffle", "time")
+
+
+def check_order(order: str) -> None:
+    """data.order must name one of ORDERS."""
+    if order not in ORDERS:
+        raise ValueError(f"data.order must be one of {list(ORDERS)}, got {order!r}")
+
+
 UNSHUFFLED_POSITIONS = 8  # times batch_size: the padded positions an evaluation batch may hold
 
 
@@ -98,8 +106,7 @@ class LengthGroupedBatchSampler(Sampler[np.ndarray]):
         order: str = "shuffle",
         times: np.ndarray | None = None,
     ) -> None:
-        if order not in ORDERS:
-            raise ValueError(f"data.order must be one of {list(ORDERS)}, got {order!r}")
+        check_order(order)
         if order == "time" and times is None:
             raise ValueError("data.order=time needs click times (a Time column); these sessions have none")
         if batch_size < 1:

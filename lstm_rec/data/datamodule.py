@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from lstm_rec.data.batching import ORDERS, LengthGroupedBatchSampler, SessionBatches
+from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches, check_order
 from lstm_rec.data.io import read_events
 from lstm_rec.data.quality import DEFAULT_REUSE_GAP
 from lstm_rec.data.sessions import ITEM, ItemIndex, Sessions, split_by_start_time, to_sessions
@@ -45,8 +45,7 @@ class SessionDataModule(L.LightningDataModule):
         order: str = "shuffle",
     ) -> None:
         super().__init__()
-        if order not in ORDERS:
-            raise ValueError(f"data.order must be one of {list(ORDERS)}, got {order!r}")
+        check_order(order)
         self.order = order
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
