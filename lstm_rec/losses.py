@@ -110,13 +110,22 @@ class SampledSoftmax(SampledLoss):
 
 class BPRMax(SampledLoss):
     """BPR-max (Hidasi & Karatzoglou, CIKM 2018) over the shared candidates, with score regularisation
-    `score_regularization` (GRU4Rec's bpreg)."""
+    `score_regularization` (GRU4Rec's bpreg).
 
-    def __init__(self, score_regularization: float = 1.0, **sampling) -> None:
+    `elu` > 0 passes the scores through an ELU with that alpha before the loss (GRU4Rec's elu_param): scores
+    below 0 are squashed towards -alpha, so the regulariser's pull on very negative scores fades. The ELU is
+    increasing, so it changes training only, never how items rank.
+    """
+
+    def __init__(self, score_regularization: float = 1.0, elu: float = 0.0, **sampling) -> None:
         super().__init__(**sampling)
-        self.score_regularization = score_regularization
+        if elu < 0:
+            raise ValueError(f"model.loss.elu must be 0 (off) or the ELU's positive alpha, got {elu}")
+        self.score_regularization, self.elu = score_regularization, elu
 
     def value(self, scores: Tensor, candidates: Candidates) -> Tensor:
+        if self.elu > 0:
+            scores = F.elu(scores, self.elu)
         return bpr_max_loss(scores, candidates, self.score_regularization)
 
 

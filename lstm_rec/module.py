@@ -234,8 +234,9 @@ class SessionRecModule(L.LightningModule):
         settings = getattr(factory, "keywords", {})
         trainer = self._trainer
         blockers = []
-        if getattr(factory, "func", factory) is not torch.optim.Adagrad:
-            blockers.append("the optimizer is not torch.optim.Adagrad (model/optimizer=adagrad)")
+        optimizer_class = getattr(factory, "func", factory)
+        if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Adagrad)):
+            blockers.append("the optimizer is not Adagrad (model/optimizer=adagrad)")
         if settings.get("weight_decay", 0):
             blockers.append("Adagrad's weight_decay is not 0")
         if isinstance(self.loss, CrossEntropy):

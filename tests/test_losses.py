@@ -75,6 +75,23 @@ def test_bpr_max_by_hand(reg):
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_bpr_max_with_an_elu_on_the_scores_by_hand():
+    """model.loss.elu: GRU4Rec's ELU on the scores before BPR-max; negative scores become alpha * (e^x - 1)."""
+
+    def elu(x: float, alpha: float) -> float:
+        return x if x > 0 else alpha * (math.exp(x) - 1)
+
+    scores = torch.tensor([[[2.0, -0.5, -3.0], [-1.0, 1.0, 0.5]]])
+    loss = BPRMax(n_negatives=1, elu=0.5, score_regularization=1.95).value(scores, per_proposal([4, 7], [9]))
+    rows = [[elu(x, 0.5) for x in row] for row in scores[0].tolist()]
+    expected = (bpr_max_by_hand(rows[0], 0, 1.95) + bpr_max_by_hand(rows[1], 1, 1.95)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    plain = BPRMax(n_negatives=1, score_regularization=1.95).value(scores, per_proposal([4, 7], [9]))
+    assert plain.item() != pytest.approx(expected)
+    with pytest.raises(ValueError, match="model.loss.elu must be 0"):
+        BPRMax(n_negatives=1, elu=-0.5)
+
+
 def test_bpr_max_backward_is_the_gradient_of_its_formula():
     # The hand-written backward pass against finite differences, in float64, with repeated and own columns.
     torch.manual_seed(0)

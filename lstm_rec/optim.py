@@ -1,0 +1,91 @@
+"""Adagrad with heavy-ball momentum, dense and row-sparse (model/optimizer=adagrad with momentum > 0).
+
+torch.optim.Adagrad has no momentum. GRU4Rec trains with Adagrad plus momentum (its IndexedAdagradM), where a
+row of the item table that a step does not look up keeps its velocity until it is looked up again. This is the
+same update, written for lstm_rec:
+
+    sum += g^2;  velocity = momentum * velocity + g / (sqrt(sum) + eps);  param -= lr * velocity
+
+for every element of a dense gradient, and for the looked-up rows alone of a sparse one. With momentum 0 it is
+torch.optim.Adagrad (without lr_decay), which the module uses instead: the fused kernel is faster.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class AdagradMomentum(torch.optim.Adagrad):
+    """Adagrad (`lr`, `eps`, `initial_accumulator_value`) with heavy-ball `momentum` in [0, 1).
+
+    Takes dense and sparse gradients (a sparse one updates only its rows: their squared-gradient sums, their
+    velocities and their values). No weight decay, lr decay or fused kernel.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+        weight_decay: float = 0.0,
+        fused: bool | None = None,
+    ) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"model.optimizer.momentum must be in [0, 1), got {momentum}")
+        if weight_decay:
+            raise ValueError(
+                f"model.optimizer.weight_decay={weight_decay}: Adagrad with momentum takes no weight decay "
+                "(set model.optimizer.momentum=0 for torch.optim.Adagrad, which does)"
+            )
+        if fused:
+            raise ValueError("Adagrad with momentum has no fused kernel: set model.optimizer.fused=false")
+        super().__init__(params, lr=lr, initial_accumulator_value=initial_accumulator_value, eps=eps)
+        for group in self.param_groups:
+            group["momentum"] = momentum
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                state["step"] += 1
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(param)
+                if param.grad.is_sparse:
+                    self._sparse_step(param, param.grad.coalesce(), state, lr, momentum, eps)
+                else:
+                    _dense_step(param, param.grad, state, lr, momentum, eps)
+        return loss
+
+    @staticmethod
+    def _sparse_step(param: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float) -> None:
+        # The gradient is sparse in its first k dimensions (k = 2 for a member-stacked item table): flatten
+        # those into one row index, over views that share the parameter's and the state's memory.
+        k = grad.sparse_dim()
+        rows = grad.indices()[0]
+        for dim in range(1, k):
+            rows = rows * param.shape[dim] + grad.indices()[dim]
+        width = param.shape[k:]
+        values = grad.values()
+        total = state["sum"].view(-1, *width).index_select(0, rows).addcmul_(values, values)
+        state["sum"].view(-1, *width).index_copy_(0, rows, total)
+        velocity = state["velocity"].view(-1, *width).index_select(0, rows).mul_(momentum)
+        velocity.add_(values / total.sqrt_().add_(eps))
+        state["velocity"].view(-1, *width).index_copy_(0, rows, velocity)
+        param.view(-1, *width).index_add_(0, rows, velocity, alpha=-lr)
+
+
+def _dense_step(param: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float) -> None:
+    total = state["sum"].addcmul_(grad, grad)
+    state["velocity"].mul_(momentum).addcdiv_(grad, total.sqrt().add_(eps))
+    param.add_(state["velocity"], alpha=-lr)

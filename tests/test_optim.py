@@ -1,0 +1,116 @@
+"""Adagrad with momentum (lstm_rec.optim.AdagradMomentum): the update by hand, dense against sparse, momentum 0
+against torch.optim.Adagrad, and its checks."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from lstm_rec.optim import AdagradMomentum
+
+
+def test_two_steps_by_hand():
+    weight = torch.tensor([1.0, -2.0], requires_grad=True)
+    optimizer = AdagradMomentum([weight], lr=0.1, momentum=0.5, eps=0.0)
+    weight.grad = torch.tensor([3.0, 4.0])
+    optimizer.step()
+    # sum = g^2, velocity = g / |g| = sign(g): each weight moves by lr against its gradient's sign.
+    assert weight.tolist() == pytest.approx([0.9, -2.1])
+    weight.grad = torch.tensor([4.0, -3.0])
+    optimizer.step()
+    # sum = 9 + 16 = 25 for both; velocity = 0.5 * old + g / 5.
+    v = [0.5 * 1 + 4 / 5, 0.5 * 1 - 3 / 5]
+    assert weight.tolist() == pytest.approx([0.9 - 0.1 * v[0], -2.1 - 0.1 * v[1]])
+    assert optimizer.state[weight]["sum"].tolist() == pytest.approx([25.0, 25.0])
+
+
+def test_momentum_zero_is_torch_adagrad():
+    torch.manual_seed(0)
+    start = torch.randn(5, 3)
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    mine = AdagradMomentum([ours], lr=0.2, initial_accumulator_value=0.1)
+    reference = torch.optim.Adagrad([theirs], lr=0.2, initial_accumulator_value=0.1)
+    for _ in range(4):
+        grad = torch.randn(5, 3)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        mine.step()
+        reference.step()
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("shape, sparse_dims", [((6, 3), 1), ((2, 6, 3), 2)])
+def test_sparse_rows_match_dense_where_looked_up(shape, sparse_dims):
+    """A row-sparse gradient updates its rows as the dense update would, and leaves the others (value, sum and
+    velocity) alone: an untouched row keeps its velocity for later, as GRU4Rec's indexed update does."""
+    torch.manual_seed(1)
+    start = torch.randn(*shape)
+    dense, sparse = start.clone().requires_grad_(), start.clone().requires_grad_()
+    dense_opt = AdagradMomentum([dense], lr=0.1, momentum=0.4)
+    sparse_opt = AdagradMomentum([sparse], lr=0.1, momentum=0.4)
+    for _ in range(3):  # every row looked up: the two agree exactly
+        grad = torch.randn(*shape)
+        dense.grad, sparse.grad = grad.clone(), grad.to_sparse(sparse_dims)
+        dense_opt.step()
+        sparse_opt.step()
+    torch.testing.assert_close(sparse, dense)
+    before = {key: sparse_opt.state[sparse][key].clone() for key in ("sum", "velocity")}
+    value_before = sparse.detach().clone()
+    grad = torch.zeros(*shape)
+    looked_up = (slice(None), 2) if sparse_dims == 2 else (2,)
+    grad[looked_up] = 1.0
+    sparse.grad = grad.to_sparse(sparse_dims)
+    sparse_opt.step()
+    changed = (sparse.detach() != value_before).any(dim=-1)
+    expected = torch.zeros(changed.shape, dtype=torch.bool)
+    expected[looked_up] = True
+    assert torch.equal(changed, expected)
+    for key in ("sum", "velocity"):
+        untouched = ~expected
+        torch.testing.assert_close(sparse_opt.state[sparse][key][untouched], before[key][untouched])
+    # The looked-up rows: sum + 1, velocity = 0.4 * old + 1 / sqrt(sum).
+    row_sum = before["sum"][looked_up] + 1.0
+    torch.testing.assert_close(sparse_opt.state[sparse]["sum"][looked_up], row_sum)
+    velocity = 0.4 * before["velocity"][looked_up] + 1.0 / (row_sum.sqrt() + 1e-10)
+    torch.testing.assert_close(sparse.detach()[looked_up], value_before[looked_up] - 0.1 * velocity)
+
+
+def test_duplicate_sparse_entries_are_summed_first():
+    weight = torch.zeros(3, 1, requires_grad=True)
+    optimizer = AdagradMomentum([weight], lr=1.0, eps=0.0)
+    with torch.sparse.check_sparse_tensor_invariants(enable=True):
+        weight.grad = torch.sparse_coo_tensor([[1, 1]], torch.tensor([[1.0], [2.0]]), (3, 1))  # row 1 twice: g = 3
+    optimizer.step()
+    assert optimizer.state[weight]["sum"][:, 0].tolist() == [0.0, 9.0, 0.0]
+    assert weight[:, 0].tolist() == pytest.approx([0.0, -1.0, 0.0])
+
+
+def test_state_survives_a_checkpoint():
+    torch.manual_seed(2)
+    weight = torch.randn(4, 2, requires_grad=True)
+    optimizer = AdagradMomentum([weight], lr=0.1, momentum=0.4)
+    weight.grad = torch.randn(4, 2)
+    optimizer.step()
+    twin = weight.detach().clone().requires_grad_()
+    restored = AdagradMomentum([twin], lr=0.1, momentum=0.4)
+    restored.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as saved and read back
+    grad = torch.randn(4, 2)
+    weight.grad, twin.grad = grad.clone(), grad.clone()
+    optimizer.step()
+    restored.step()
+    torch.testing.assert_close(twin, weight)
+    assert not math.isclose(restored.state[twin]["velocity"].abs().sum().item(), 0.0)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+        ({"momentum": -0.1}, r"momentum must be in \[0, 1\)"),
+        ({"momentum": 0.4, "weight_decay": 0.01}, "takes no weight decay"),
+        ({"momentum": 0.4, "fused": True}, "no fused kernel"),
+    ],
+)
+def test_bad_settings_are_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        AdagradMomentum([torch.zeros(2, requires_grad=True)], lr=0.1, **settings)
