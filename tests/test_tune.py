@@ -47,11 +47,17 @@ def test_without_a_validation_file_the_last_sessions_by_start_validate(log_files
 def test_a_trial_is_stopped_when_the_pruner_says_so_or_the_time_is_up():
     reported = []
     trial = SimpleNamespace(report=lambda value, step: reported.append((value, step)), should_prune=lambda: False)
-    trainer = SimpleNamespace(sanity_checking=False, current_epoch=2, callback_metrics={"val/mrr@20": 0.25})
+    trainer = SimpleNamespace(
+        sanity_checking=False, current_epoch=2, max_epochs=5, callback_metrics={"val/mrr@20": 0.25}
+    )
     PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() + 60).on_validation_end(trainer, None)
     assert reported == [(0.25, 2)]
     with pytest.raises(optuna.TrialPruned, match="time is up"):
         PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() - 1).on_validation_end(trainer, None)
+    # After its last epoch a trial is complete: the deadline no longer discards it.
+    last = SimpleNamespace(**{**vars(trainer), "current_epoch": 4})
+    PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() - 1).on_validation_end(last, None)
+    assert reported[-1] == (0.25, 4)
     trial.should_prune = lambda: True
     with pytest.raises(optuna.TrialPruned, match=r"val/mrr@20=0\.2500 after epoch 3"):
         PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() + 60).on_validation_end(trainer, None)

@@ -43,7 +43,9 @@ class PruneTrial(L.Callback):
         self.trial.report(float(value), trainer.current_epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.monitor}={float(value):.4f} after epoch {trainer.current_epoch + 1}")
-        if time.monotonic() > self.deadline:
+        # A trial that has trained its last epoch completes even past the deadline: its result is whole.
+        last_epoch = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+        if time.monotonic() > self.deadline and not last_epoch:
             raise optuna.TrialPruned("the search's time is up")
 
 
