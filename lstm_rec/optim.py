@@ -1,4 +1,4 @@
-"""Adagrad with heavy-ball momentum, dense and row-sparse (model/optimizer=adagrad with momentum > 0).
+"""Adagrad with heavy-ball momentum, dense and row-sparse (model/optimizer=adagrad_momentum).
 
 torch.optim.Adagrad has no momentum. GRU4Rec trains with Adagrad plus momentum (its IndexedAdagradM), where a
 row of the item table that a step does not look up keeps its velocity until it is looked up again. This is the
@@ -7,7 +7,7 @@ same update, written for lstm_rec:
     sum += g^2;  velocity = momentum * velocity + g / (sqrt(sum) + eps);  param -= lr * velocity
 
 for every element of a dense gradient, and for the looked-up rows alone of a sparse one. With momentum 0 it is
-torch.optim.Adagrad (without lr_decay), which the module uses instead: the fused kernel is faster.
+torch.optim.Adagrad without lr_decay; model/optimizer=adagrad is then faster (its fused kernel).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class AdagradMomentum(torch.optim.Adagrad):
         if weight_decay:
             raise ValueError(
                 f"model.optimizer.weight_decay={weight_decay}: Adagrad with momentum takes no weight decay "
-                "(set model.optimizer.momentum=0 for torch.optim.Adagrad, which does)"
+                "(model/optimizer=adagrad, torch.optim.Adagrad, does)"
             )
         if fused:
             raise ValueError("Adagrad with momentum has no fused kernel: set model.optimizer.fused=false")
