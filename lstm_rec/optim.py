@@ -62,30 +62,30 @@ class AdagradMomentum(torch.optim.Adagrad):
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(param)
                 if param.grad.is_sparse:
-                    self._sparse_step(param, param.grad.coalesce(), state, lr, momentum, eps)
+                    _sparse_step(param, param.grad.coalesce(), state, lr, momentum, eps)
                 else:
                     _dense_step(param, param.grad, state, lr, momentum, eps)
         return loss
-
-    @staticmethod
-    def _sparse_step(param: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float) -> None:
-        # The gradient is sparse in its first k dimensions (k = 2 for a member-stacked item table): flatten
-        # those into one row index, over views that share the parameter's and the state's memory.
-        k = grad.sparse_dim()
-        rows = grad.indices()[0]
-        for dim in range(1, k):
-            rows = rows * param.shape[dim] + grad.indices()[dim]
-        width = param.shape[k:]
-        values = grad.values()
-        total = state["sum"].view(-1, *width).index_select(0, rows).addcmul_(values, values)
-        state["sum"].view(-1, *width).index_copy_(0, rows, total)
-        velocity = state["velocity"].view(-1, *width).index_select(0, rows).mul_(momentum)
-        velocity.add_(values / total.sqrt_().add_(eps))
-        state["velocity"].view(-1, *width).index_copy_(0, rows, velocity)
-        param.view(-1, *width).index_add_(0, rows, velocity, alpha=-lr)
 
 
 def _dense_step(param: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float) -> None:
     total = state["sum"].addcmul_(grad, grad)
     state["velocity"].mul_(momentum).addcdiv_(grad, total.sqrt().add_(eps))
     param.add_(state["velocity"], alpha=-lr)
+
+
+def _sparse_step(param: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float) -> None:
+    """The update of the rows of a coalesced `grad`, sparse in its first k dimensions (k = 2 for a member-stacked
+    item table): those are flattened into one row index over views sharing the parameter's and the state's
+    memory."""
+    k = grad.sparse_dim()
+    rows = grad.indices()[0]
+    for dim in range(1, k):
+        rows = rows * param.shape[dim] + grad.indices()[dim]
+    param, sums, velocities = (t.view(-1, *param.shape[k:]) for t in (param, state["sum"], state["velocity"]))
+    values = grad.values()
+    total = sums.index_select(0, rows).addcmul_(values, values)
+    sums.index_copy_(0, rows, total)
+    velocity = velocities.index_select(0, rows).mul_(momentum).add_(values / total.sqrt_().add_(eps))
+    velocities.index_copy_(0, rows, velocity)
+    param.index_add_(0, rows, velocity, alpha=-lr)

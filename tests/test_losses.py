@@ -88,7 +88,7 @@ def test_bpr_max_with_an_elu_on_the_scores_by_hand():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     plain = BPRMax(n_negatives=1, score_regularization=1.95).value(scores, per_proposal([4, 7], [9]))
     assert plain.item() != pytest.approx(expected)
-    with pytest.raises(ValueError, match="model.loss.elu must be 0"):
+    with pytest.raises(ValueError, match=r"model\.loss\.elu must be 0"):
         BPRMax(n_negatives=1, elu=-0.5)
 
 
