@@ -82,10 +82,11 @@ def _sparse_step(param: Tensor, grad: Tensor, state: dict, lr: float, momentum: 
     rows = grad.indices()[0]
     for dim in range(1, k):
         rows = rows * param.shape[dim] + grad.indices()[dim]
-    param, sums, velocities = (t.view(-1, *param.shape[k:]) for t in (param, state["sum"], state["velocity"]))
+    row_shape = (-1, *param.shape[k:])
+    table, sums, velocities = param.view(row_shape), state["sum"].view(row_shape), state["velocity"].view(row_shape)
     values = grad.values()
     total = sums.index_select(0, rows).addcmul_(values, values)
     sums.index_copy_(0, rows, total)
     velocity = velocities.index_select(0, rows).mul_(momentum).add_(values / total.sqrt_().add_(eps))
     velocities.index_copy_(0, rows, velocity)
-    param.index_add_(0, rows, velocity, alpha=-lr)
+    table.index_add_(0, rows, velocity, alpha=-lr)
