@@ -12,11 +12,14 @@ pytestmark = pytest.mark.slow
 
 # Small data and one epoch; the searched parameters are left to the sweeper.
 QUICK = [o for o in TINY if o.startswith(("data.n_", "callbacks.", "trainer."))] + ["trainer.max_epochs=1"]
+# The command line narrows the preset's space (the sweeper merges it in): small networks train in a moment.
+SMALL_SPACE = ["model.hidden=choice(16,32)", "model.embedding_dim=choice(16,32)", "model.num_layers=choice(1)"]
 
 
 def test_optuna_search_in_sqlite_resumes_and_reports(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     search = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}", *QUICK]
+    search += SMALL_SPACE
     run_script("scripts/train.py", *search, f"hydra.sweep.dir={tmp_path / 'first'}")
     results = yaml.safe_load((tmp_path / "first" / "optimization_results.yaml").read_text())
     with open(tmp_path / "first" / "summary.csv") as f:
@@ -47,7 +50,7 @@ def test_optuna_search_in_sqlite_resumes_and_reports(tmp_path):
 def test_a_grid_in_parallel_processes_gives_one_directory_per_job_and_a_summary(tmp_path):
     sweep = tmp_path / "grid"
     run_script("scripts/train.py", "-m", "hydra/launcher=parallel", "num_threads=1", *QUICK, "model.hidden=16,32",
-               f"hydra.sweep.dir={sweep}")  # fmt: skip
+               "model.embedding_dim=16", f"hydra.sweep.dir={sweep}")  # fmt: skip
     for job in ("0", "1"):
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
         assert any((sweep / job / "tensorboard").glob("events.out.tfevents.*"))

@@ -30,16 +30,18 @@ def test_protocol_and_popularity_match_the_reference(yoochoose, tmp_path):
     assert metrics["pop/mrr@20"] == pytest.approx(0.026, abs=5e-4)
 
 
-# The yoochoose_100k preset on its tuning split (train_tr -> train_valid), cut to 2 epochs: its warm-up and
-# cosine decay then span those 2 epochs. Measured on the 2-core CPU with
-#   python scripts/train.py experiment=yoochoose_100k_tuning trainer.max_epochs=2 num_threads=2
+# The yoochoose_100k preset on its tuning split (train_tr -> train_valid), cut to 1 epoch: its warm-up and
+# cosine decay then span that epoch; no per-epoch validation, the last weights are tested. Measured on the 2-core CPU
+#   python scripts/train.py experiment=yoochoose_100k_tuning trainer.max_epochs=1 +trainer.limit_val_batches=0
+#     test_ckpt=last num_threads=2
 # The full 14-epoch preset scores 0.670 / 0.366 on train_valid (docs/tuning-log.md).
-SHORT_RUN = {"recall@20": 0.6097, "mrr@20": 0.3499}
+SHORT_RUN = {"recall@20": 0.5238, "mrr@20": 0.3267}
 SHORT_RUN_TOLERANCE = 0.005  # the same CPU build gives the same numbers; this covers other CPUs' float sums
 
 
 def test_preset_reproduces_its_validation_score_on_a_short_run(yoochoose, tmp_path):
-    overrides = ["experiment=yoochoose_100k_tuning", shared(yoochoose), "trainer.max_epochs=2", "num_threads=2"]
+    overrides = ["experiment=yoochoose_100k_tuning", shared(yoochoose), "trainer.max_epochs=1", "num_threads=2"]
+    overrides += ["+trainer.limit_val_batches=0", "test_ckpt=last"]
     overrides += ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
     metrics = train(compose_config("train", overrides, tmp_path))
     assert metrics["test/n_predictions"] == 12455  # the tuning "test" is train_valid
