@@ -15,11 +15,12 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from lstm_rec.checkpoint import CheckpointError, item_index_of, read_entry, write_entry
 from lstm_rec.checkpoint_checks import check_training_state, check_weights
+from lstm_rec.data.batching import ParallelStep
 from lstm_rec.data.sessions import ItemIndex
 from lstm_rec.evaluation import rank_batch
 from lstm_rec.losses import CrossEntropy
 from lstm_rec.metrics import ranking_metrics
-from lstm_rec.model import PrefixStates, build_network
+from lstm_rec.model import Carry, PrefixStates, build_network
 from lstm_rec.prior import ItemPrior, PriorScorer
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,10 @@ class SessionRecModule(L.LightningModule):
         self.loss.set_item_counts(item_index.counts)
         self.optimizer_factory = optimizer or torch.optim.Adam
         self.scheduler_factory = scheduler
+        # The lanes' states between session-parallel steps (data.batching=parallel).
+        self._lanes: Carry | None = None
+        # A checkpoint's optimizer state that training starts from (init_from with init_optimizer=carry).
+        self.carried_optimizer_state: dict[str, Any] | None = None
         self.register_buffer("prior_scores", None if prior is None else prior.scores, persistent=False)
         self.prior_settings = None if prior is None else {"weight": prior.weight, "hours": prior.hours}
         counts = torch.from_numpy(item_index.counts)
@@ -121,10 +126,13 @@ class SessionRecModule(L.LightningModule):
         if hasattr(self.loss, "resolve_layout"):  # the sampled losses' layout follows the device (see there)
             self.loss.resolve_layout(self.device)
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor | None:
-        inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
-        # The sum of the members' losses, so that each member learns as if alone.
-        loss = self.loss(self.net, self.net.encode(inputs), targets)
+    def training_step(self, batch: Tensor | ParallelStep, batch_idx: int) -> Tensor | None:
+        if isinstance(batch, ParallelStep):
+            loss = self._parallel_step_loss(batch)
+        else:
+            inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
+            # The sum of the members' losses, so that each member learns as if alone.
+            loss = self.loss(self.net, self.net.encode(inputs), targets)
         if self.nonfinite_loss == "skip" and not torch.isfinite(loss):
             self.skipped_batches += 1
             log.warning("%s; skipping this batch (%d skipped so far)", self._nonfinite_message(batch_idx),
@@ -132,7 +140,25 @@ class SessionRecModule(L.LightningModule):
             return None  # Lightning then runs no backward pass and no optimizer step
         self._watch_loss(loss.detach(), batch_idx)
         batch_loss = loss.detach() / self.net.n_members
-        self.log("train/loss", batch_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
+        size = len(batch.targets) if isinstance(batch, ParallelStep) else len(batch)
+        self.log("train/loss", batch_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        return loss
+
+    def _parallel_step_loss(self, step: ParallelStep) -> Tensor:
+        """The loss of one session-parallel step (data.batching=parallel): each lane's state goes on from its
+        previous step (zero where a new session starts), reads one click and predicts the next; the new states are
+        kept, detached, for the lanes' next step, so the gradient reaches back one click."""
+        lanes = int(step.slots.max()) + 1
+        if self._lanes is None or self._lanes.h.shape[1] < lanes:  # an epoch's first step uses every lane
+            self._lanes = self.net.initial_carry(lanes, step.inputs.device)
+        carried, keep = self._lanes, (~step.reset)[None, :, None]
+        recent = None if carried.recent is None else carried.recent[step.slots] * keep[0]
+        carry = Carry(carried.h[:, step.slots] * keep, carried.c[:, step.slots] * keep, recent)
+        states, after = self.net(step.inputs[:, None], carry)  # states (M, n, 1, H)
+        loss = self.loss(self.net, states, step.targets[:, None])
+        carried.h[:, step.slots], carried.c[:, step.slots] = after.h.detach(), after.c.detach()
+        if carried.recent is not None:
+            carried.recent[step.slots] = after.recent
         return loss
 
     def _nonfinite_message(self, batch_idx: int) -> str:
@@ -282,6 +308,12 @@ class SessionRecModule(L.LightningModule):
         # the other kind of item-table update must not switch this run's update back.
         for optimizer in self.trainer.optimizers:
             match_fused_setting(optimizer, sparse=self.net.sparse_item_grad)
+        if self.carried_optimizer_state is not None:  # init_from with init_optimizer=carry (lstm_rec/jobs/init_from.py)
+            from lstm_rec.jobs.init_from import carry_optimizer_state
+
+            (optimizer,) = self.trainer.optimizers
+            carry_optimizer_state(optimizer, self.carried_optimizer_state)
+            self.carried_optimizer_state = None
 
     def configure_gradient_clipping(
         self,
@@ -308,6 +340,7 @@ class SessionRecModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start: float | None = time.perf_counter()
+        self._lanes = None  # session-parallel lanes start every epoch empty
 
     def _stop_training_clock(self) -> None:
         if getattr(self, "_epoch_start", None) is not None:

@@ -14,7 +14,7 @@ from lstm_rec.data import ItemIndex
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.evaluation import rank_batch
 from lstm_rec.jobs.fresh import CatalogScorer
-from lstm_rec.jobs.init_from import model_from_checkpoint
+from lstm_rec.jobs.init_from import carry_optimizer_state, model_from_checkpoint
 from lstm_rec.jobs.runs import build_model, prepare_run
 from lstm_rec.jobs.train import train
 
@@ -190,3 +190,48 @@ def test_fine_tuned_model_learns_the_new_items_with_a_fresh_optimizer(days, old_
     assert (old_ranks[is_new] > 20).all()
     assert (tuned_ranks[is_new] <= 20).float().mean() > 0.3
     assert (tuned_ranks <= 20).float().mean() > (old_ranks <= 20).float().mean() + 0.05
+
+
+def test_init_optimizer_carry_continues_the_checkpoints_state_with_fresh_rows_for_new_items(days, old_run, tmp_path):
+    name, old_metrics = old_run
+    if name != "untied":
+        pytest.skip("one network suffices for the behaviour")
+    old = read_checkpoint(old_metrics["checkpoint"])
+    (old_state,) = old["optimizer_states"]
+    cfg = continued(days, old_metrics["checkpoint"], tmp_path, "init_optimizer=carry")
+    prepare_run(cfg)
+    model = model_from_checkpoint(cfg, instantiate(cfg.data))
+    assert model.carried_optimizer_state["param_groups"] == old_state["param_groups"]
+    optimizer = torch.optim.Adam(model.parameters())  # the recipe's (TINY): its state starts empty
+    carry_optimizer_state(optimizer, model.carried_optimizer_state)
+    n_old = len(load_network(old_metrics["checkpoint"]).item_index)
+    names = [name for name, _ in model.named_parameters()]
+    for position, param in enumerate(model.parameters()):
+        was, now = old_state["state"][position], optimizer.state[param]
+        assert int(now["step"]) == int(was["step"]) > 0
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert now[key].shape == param.shape
+            if names[position] == "net.item_embedding":  # padding row 0, the known items, then the new ones
+                torch.testing.assert_close(now[key][:, : n_old + 1], was[key], rtol=0, atol=0)
+                assert not now[key][:, n_old + 1 :].any()
+            elif names[position].startswith("net.output."):
+                torch.testing.assert_close(now[key][:, :n_old], was[key], rtol=0, atol=0)
+                assert not now[key][:, n_old:].any()
+            else:
+                torch.testing.assert_close(now[key], was[key], rtol=0, atol=0)
+
+    # Training continues the step count (a fresh optimizer's would be this run's steps alone, test above).
+    metrics = train(continued(days, old_metrics["checkpoint"], tmp_path / "trained", "init_optimizer=carry"))
+    new = read_checkpoint(Path(metrics["output_dir"]) / "checkpoints" / "last.ckpt")
+    steps = new["global_step"]
+    assert all(
+        int(state["step"]) == int(old_state["state"][0]["step"]) + steps
+        for state in new["optimizer_states"][0]["state"].values()
+    )
+
+    with pytest.raises(ValueError, match=r"init_optimizer=carry: init_from's optimizer is not this run's Adagrad"):
+        carry_optimizer_state(torch.optim.Adagrad(model.parameters()), old_state)
+    with pytest.raises(ValueError, match=r"init_optimizer='keep': expected fresh .* or carry"):
+        model_from_checkpoint(
+            continued(days, old_metrics["checkpoint"], tmp_path / "bad", "init_optimizer=keep"), instantiate(cfg.data)
+        )

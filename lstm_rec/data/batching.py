@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -196,3 +198,130 @@ def split_to_multiple(batches: list[np.ndarray], multiple: int) -> list[np.ndarr
         pair = min(range(len(batches) - 1), key=lambda b: len(batches[b]) + len(batches[b + 1]))
         batches[pair : pair + 2] = [np.concatenate(batches[pair : pair + 2])]
     return batches
+
+
+# How training sessions become batches: "windows" (padded windows of whole sessions, the state starting fresh in each)
+# or "parallel" (session-parallel steps, the state carried from step to step; see ParallelSteps).
+BATCHINGS = ("windows", "parallel")
+
+
+def check_batching(batching: str) -> None:
+    """data.batching must name one of BATCHINGS."""
+    if batching not in BATCHINGS:
+        raise ValueError(f"data.batching must be one of {list(BATCHINGS)}, got {batching!r}")
+
+
+class ParallelStep(NamedTuple):
+    """One step of session-parallel training: for each of n lanes in use, the click it reads and the next one.
+
+    slots: (n,) the lane (a row of the carried state) of each pair; reset: (n,) true where the lane starts a new
+    session at this step (its state starts from zero); inputs, targets: (n,) item indices.
+    """
+
+    slots: Tensor
+    reset: Tensor
+    inputs: Tensor
+    targets: Tensor
+
+
+class ParallelSteps(Dataset):
+    """Indexed by a (n, 2) array of [target position, lane] rows (from ParallelStepSampler); returns a ParallelStep."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self.items = torch.from_numpy(sessions.items)
+        first_target = np.zeros(sessions.n_events, dtype=bool)
+        long_enough = sessions.lengths > 1
+        first_target[sessions.offsets[:-1][long_enough] + 1] = True
+        self.first_target = torch.from_numpy(first_target)
+        self.lengths = sessions.lengths
+        self.offsets = sessions.offsets
+        self.times = None if sessions.times is None else sessions.times[sessions.offsets[:-1]]
+
+    def __len__(self) -> int:
+        return int(np.maximum(self.lengths - 1, 0).sum())
+
+    def __getitem__(self, rows: np.ndarray) -> ParallelStep:
+        rows = torch.as_tensor(rows)
+        positions, slots = rows[:, 0], rows[:, 1]
+        return ParallelStep(slots, self.first_target[positions], self.items[positions - 1], self.items[positions])
+
+
+class ParallelStepSampler(Sampler[np.ndarray]):
+    """Session-parallel steps (GRU4Rec's mini-batches): `width` lanes each read one session click by click; at
+    every step each lane in use contributes one (click, next click) pair, and a lane whose session has ended takes
+    the next session in the epoch's order, its state reset. When no session is left, lanes fall idle one by one, so
+    every target of every session is trained on once an epoch and the last steps are narrower.
+
+    The sessions' order is a permutation drawn from `seed` and the epoch (order="shuffle"), or the time of their
+    first click (order="time", the same every epoch). Yields (n, 2) arrays of [target position, lane] rows, the
+    target position indexing the sessions' item array.
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        offsets: np.ndarray,
+        width: int,
+        seed: int = 0,
+        order: str = "shuffle",
+        times: np.ndarray | None = None,
+        num_replicas: int = 1,
+    ) -> None:
+        check_order(order)
+        if order == "time" and times is None:
+            raise ValueError("data.order=time needs click times (a Time column); these sessions have none")
+        if width < 1:
+            raise ValueError(f"batch size (the lanes of session-parallel steps) must be positive, got {width}")
+        if num_replicas > 1:
+            raise ValueError(
+                "data.batching=parallel trains in one process (its lanes carry state from step to step); use "
+                "data.batching=windows with several devices, or trainer.devices=1"
+            )
+        self.lengths, self.offsets = np.asarray(lengths), np.asarray(offsets)
+        self.width, self.seed, self.order = width, seed, order
+        self.times = None if times is None else np.asarray(times)
+        self.epoch = 0
+        self._schedule: tuple[int, list[np.ndarray]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self._steps())
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        yield from self._steps()
+
+    def _session_order(self) -> np.ndarray:
+        trained = np.flatnonzero(self.lengths > 1)  # a one-click session has no target
+        if self.order == "time":
+            return trained[np.argsort(self.times[trained], kind="stable")]
+        return np.random.default_rng((self.seed, self.epoch)).permutation(trained)
+
+    def _steps(self) -> list[np.ndarray]:
+        """This epoch's steps, computed once per epoch."""
+        if self._schedule is None or self._schedule[0] != self.epoch:
+            self._schedule = (self.epoch, self._build())
+        return self._schedule[1]
+
+    def _build(self) -> list[np.ndarray]:
+        sessions = self._session_order()
+        targets = self.lengths[sessions] - 1
+        lanes = min(self.width, len(sessions))
+        # Each session goes to the lane that falls free first (the lowest lane on a tie): lanes start together.
+        free = [(0, lane) for lane in range(lanes)]
+        heapq.heapify(free)
+        first_step, lane_of = np.empty(len(sessions), dtype=np.int64), np.empty(len(sessions), dtype=np.int64)
+        for i, n in enumerate(targets.tolist()):
+            step, lane = heapq.heappop(free)
+            first_step[i], lane_of[i] = step, lane
+            heapq.heappush(free, (step + n, lane))
+        # One row per target: its step, lane and position in the item array.
+        within = np.arange(targets.sum()) - np.repeat(np.cumsum(targets) - targets, targets)
+        steps = np.repeat(first_step, targets) + within
+        positions = np.repeat(self.offsets[sessions] + 1, targets) + within
+        rows = np.stack([positions, np.repeat(lane_of, targets)], axis=1)
+        order = np.lexsort((rows[:, 1], steps))
+        rows, steps = rows[order], steps[order]
+        cuts = np.flatnonzero(np.diff(steps)) + 1
+        return np.split(rows, cuts)

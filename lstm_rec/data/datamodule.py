@@ -9,9 +9,16 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches, check_order
+from lstm_rec.data.batching import (
+    LengthGroupedBatchSampler,
+    ParallelSteps,
+    ParallelStepSampler,
+    SessionBatches,
+    check_batching,
+    check_order,
+)
 from lstm_rec.data.io import read_events
 from lstm_rec.data.quality import DEFAULT_REUSE_GAP
 from lstm_rec.data.sessions import ITEM, ItemIndex, Sessions, split_by_start_time, to_sessions
@@ -30,7 +37,9 @@ class SessionDataModule(L.LightningDataModule):
     a checkpoint sets ``known_items`` (its index), and the index then keeps those items at their positions and
     appends the training data's new ones (ItemIndex.grown). With `valid_sample`,
     the per-epoch validation takes that many of the validation sessions (drawn once from `seed`). `order` is how
-    training batches are drawn (lstm_rec.data.batching.LengthGroupedBatchSampler: "shuffle" or "time").
+    training sessions are ordered ("shuffle" or "time"), `batching` how they become batches: "windows" (padded
+    windows of `batch_size` sessions, LengthGroupedBatchSampler) or "parallel" (session-parallel steps over
+    `batch_size` lanes, the state carried from step to step, ParallelStepSampler).
     """
 
     def __init__(
@@ -43,10 +52,12 @@ class SessionDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         order: str = "shuffle",
+        batching: str = "windows",
     ) -> None:
         super().__init__()
         check_order(order)
-        self.order = order
+        check_batching(batching)
+        self.order, self.batching = order, batching
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.max_len = max_len
@@ -100,9 +111,16 @@ class SessionDataModule(L.LightningDataModule):
     def _loader(self, sessions: Sessions | None, name: str, train: bool, shard: bool = True) -> DataLoader:
         if sessions is None:
             raise ValueError(f"no {name} data: set data.{name}=PATH")
-        dataset = SessionBatches(sessions, self.max_len if train else None)
         # Under a distributed trainer each process loads its own share; evaluation metrics sum over processes.
         distributed = shard and self.trainer is not None and self.trainer.world_size > 1
+        if train and self.batching == "parallel":
+            dataset = ParallelSteps(sessions)
+            sampler = ParallelStepSampler(
+                sessions.lengths, sessions.offsets, self.batch_size, seed=self.seed, order=self.order,
+                times=dataset.times, num_replicas=self.trainer.world_size if distributed else 1,
+            )  # fmt: skip
+            return self._data_loader(dataset, sampler)
+        dataset = SessionBatches(sessions, self.max_len if train else None)
         sampler = LengthGroupedBatchSampler(
             dataset.lengths,
             self.batch_size if train else self.eval_batch_size,
@@ -113,6 +131,9 @@ class SessionDataModule(L.LightningDataModule):
             order=self.order if train else "shuffle",
             times=dataset.times,
         )
+        return self._data_loader(dataset, sampler)
+
+    def _data_loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
         return DataLoader(
             dataset,
             sampler=sampler,

@@ -1,0 +1,115 @@
+"""data.batching=parallel: session-parallel steps, the state carried from step to step (GRU4Rec's mini-batches)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from lstm_rec.data import FileDataModule
+from lstm_rec.data.batching import ParallelStep, ParallelSteps, ParallelStepSampler
+from lstm_rec.data.sessions import ItemIndex, Sessions
+from lstm_rec.jobs.train import train
+from lstm_rec.losses import CrossEntropy
+from lstm_rec.module import SessionRecModule
+
+# Sessions of 3, 2, 1 (no target), 4 and 5 clicks: 2 + 1 + 3 + 4 = 10 targets.
+LENGTHS = np.array([3, 2, 1, 4, 5])
+OFFSETS = np.concatenate([[0], np.cumsum(LENGTHS)])
+ITEMS = np.arange(1, OFFSETS[-1] + 1)
+
+
+def walk(sampler: ParallelStepSampler) -> list[list[tuple[int, int]]]:
+    """Each step's [target position, lane] rows as tuples."""
+    return [[tuple(row) for row in step.tolist()] for step in sampler]
+
+
+def test_each_lane_reads_its_sessions_click_by_click_and_every_target_comes_once():
+    sampler = ParallelStepSampler(LENGTHS, OFFSETS, width=2, seed=3)
+    steps = walk(sampler)
+    assert len(sampler) == len(steps)
+    positions = [position for step in steps for position, _ in step]
+    targets = [p for s in range(len(LENGTHS)) for p in range(OFFSETS[s] + 1, OFFSETS[s + 1])]
+    assert sorted(positions) == targets  # every target once; the one-click session has none
+    assert all(len({lane for _, lane in step}) == len(step) <= 2 for step in steps)  # a lane once per step
+    session_of = np.repeat(np.arange(len(LENGTHS)), LENGTHS)
+    for lane in (0, 1):  # a lane's positions: whole sessions, one after the other, without gaps
+        mine = [(t, p) for t, step in enumerate(steps) for p, used in step if used == lane]
+        for (t0, p0), (t1, p1) in itertools.pairwise(mine):
+            assert t1 == t0 + 1  # a lane never idles before its last session
+            assert p1 == p0 + 1 or (session_of[p1] != session_of[p0] and p1 == OFFSETS[session_of[p1]] + 1)
+    # Lanes fill greedily: 10 targets over 2 lanes take at least 5 steps, and the lanes' loads differ by one session.
+    assert 5 <= len(steps) <= 5 + LENGTHS.max()
+    assert len(steps[0]) == 2
+
+
+def test_the_order_follows_the_seed_and_epoch_or_the_time():
+    sampler = ParallelStepSampler(LENGTHS, OFFSETS, width=2, seed=3)
+    first = walk(sampler)
+    assert walk(ParallelStepSampler(LENGTHS, OFFSETS, width=2, seed=3)) == first  # reproducible
+    orders = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        orders.add(tuple(map(tuple, walk(sampler))))
+    assert len(orders) > 1  # a new permutation each epoch
+    # order=time: sessions by the time of their first click, the same every epoch
+    starts = np.array([40.0, 10.0, 0.0, 30.0, 20.0])
+    timed = ParallelStepSampler(LENGTHS, OFFSETS, width=1, order="time", times=starts)
+    first_clicks = [position for step in walk(timed) for position, _ in step if position - 1 in OFFSETS[:-1]]
+    assert first_clicks == [OFFSETS[s] + 1 for s in (1, 4, 3, 0)]  # session 2 has no target
+    timed.set_epoch(1)
+    assert [p for step in walk(timed) for p, _ in step if p - 1 in OFFSETS[:-1]] == first_clicks
+
+
+def test_more_lanes_than_sessions_and_bad_settings():
+    steps = walk(ParallelStepSampler(LENGTHS, OFFSETS, width=16, seed=0))
+    assert len(steps) == LENGTHS.max() - 1 and len(steps[0]) == 4  # four sessions with targets, side by side
+    with pytest.raises(ValueError, match=r"lanes of session-parallel steps\) must be positive, got 0"):
+        ParallelStepSampler(LENGTHS, OFFSETS, width=0)
+    with pytest.raises(ValueError, match=r"data\.batching=parallel trains in one process"):
+        ParallelStepSampler(LENGTHS, OFFSETS, width=2, num_replicas=2)
+    with pytest.raises(ValueError, match=r"data\.order=time needs click times"):
+        ParallelStepSampler(LENGTHS, OFFSETS, width=2, order="time")
+    with pytest.raises(ValueError, match=r"data\.batching must be one of \['windows', 'parallel'\], got 'steps'"):
+        FileDataModule(batching="steps")
+
+
+def test_a_step_holds_each_lanes_click_its_next_one_and_whether_a_session_starts():
+    dataset = ParallelSteps(Sessions(ITEMS * 10, OFFSETS))
+    step = dataset[np.array([[1, 0], [4, 1], [2, 0]])]
+    assert isinstance(step, ParallelStep)
+    assert step.slots.tolist() == [0, 1, 0] and step.reset.tolist() == [True, True, False]
+    assert step.inputs.tolist() == [10, 40, 20] and step.targets.tolist() == [20, 50, 30]
+    assert len(dataset) == 10
+
+
+def test_carried_states_give_the_whole_sessions_states_and_loss():
+    """With dropout off, the steps' losses, weighted by their pairs, sum to the loss of the whole sessions: each
+    lane's state went on from its previous step, and restarted at zero for each new session."""
+    torch.manual_seed(0)
+    sessions = Sessions(ITEMS % 7 + 1, OFFSETS)
+    module = SessionRecModule(net_items(), loss=CrossEntropy(), embedding_dim=8, hidden=8)
+    module.eval()  # no dropout
+    module.on_train_epoch_start()
+    dataset, sampler = ParallelSteps(sessions), ParallelStepSampler(sessions.lengths, sessions.offsets, 2, seed=1)
+    with torch.no_grad():
+        total = sum(float(module._parallel_step_loss(dataset[rows])) * len(rows) for rows in sampler)
+        padded = torch.zeros(len(LENGTHS), LENGTHS.max(), dtype=torch.long)
+        for s in range(len(LENGTHS)):
+            padded[s, : LENGTHS[s]] = torch.from_numpy(sessions.items[OFFSETS[s] : OFFSETS[s + 1]])
+        whole = float(module.loss(module.net, module.net.encode(padded[:, :-1]), padded[:, 1:])) * 10
+    assert total == pytest.approx(whole, rel=1e-5)
+    assert not module._lanes.h.requires_grad  # the gradient reaches back one click only
+
+
+def net_items() -> ItemIndex:
+    return ItemIndex(ids=np.arange(1, 8), counts=np.ones(7, dtype=np.int64))
+
+
+def test_parallel_training_learns_the_synthetic_shop(train_config):
+    metrics = train(train_config("data.batching=parallel", "data.batch_size=32"))
+    assert metrics["test/recall@20"] > 2 * metrics["pop/test/recall@20"]
+    assert metrics["test/mrr@20"] > 2 * metrics["pop/test/mrr@20"]
+    assert metrics["epochs"] == 3
