@@ -229,6 +229,10 @@ def test_init_optimizer_carry_continues_the_checkpoints_state_with_fresh_rows_fo
         for state in new["optimizer_states"][0]["state"].values()
     )
 
+    scheduled = torch.optim.Adam(model.parameters())
+    torch.optim.lr_scheduler.LambdaLR(scheduled, lambda step: 1.0)  # a schedule adds initial_lr to the groups
+    carry_optimizer_state(scheduled, model.carried_optimizer_state)
+    assert int(scheduled.state[next(iter(model.parameters()))]["step"]) == int(old_state["state"][0]["step"])
     with pytest.raises(ValueError, match=r"init_optimizer=carry: init_from's optimizer is not this run's Adagrad"):
         carry_optimizer_state(torch.optim.Adagrad(model.parameters()), old_state)
     with pytest.raises(ValueError, match=r"init_optimizer='keep': expected fresh .* or carry"):
