@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lstm_rec.data import FileDataModule
-from lstm_rec.data.batching import ParallelStep, ParallelSteps, ParallelStepSampler
+from lstm_rec.data.batching import ParallelStep, ParallelSteps, ParallelStepSampler, resolve_batching
 from lstm_rec.data.sessions import ItemIndex, Sessions
 from lstm_rec.jobs.train import train
 from lstm_rec.losses import CrossEntropy
@@ -72,8 +72,18 @@ def test_more_lanes_than_sessions_and_bad_settings():
         ParallelStepSampler(LENGTHS, OFFSETS, width=2, num_replicas=2)
     with pytest.raises(ValueError, match=r"data\.order=time needs click times"):
         ParallelStepSampler(LENGTHS, OFFSETS, width=2, order="time")
-    with pytest.raises(ValueError, match=r"data\.batching must be one of \['windows', 'parallel'\], got 'steps'"):
+    with pytest.raises(
+        ValueError, match=r"data\.batching must be one of \['auto', 'windows', 'parallel'\], got 'steps'"
+    ):
         FileDataModule(batching="steps")
+
+
+def test_auto_batching_is_parallel_in_one_process_and_windows_in_several(caplog):
+    with caplog.at_level("INFO", logger="lstm_rec.data.batching"):
+        assert resolve_batching("auto", 1) == "parallel"
+        assert resolve_batching("auto", 2) == "windows"
+    assert "data.batching=auto: windows (2 processes" in caplog.text
+    assert resolve_batching("windows", 1) == "windows" and resolve_batching("parallel", 1) == "parallel"
 
 
 def test_a_step_holds_each_lanes_click_its_next_one_and_whether_a_session_starts():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import logging
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -12,6 +13,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from lstm_rec.data.sessions import Sessions
+
+log = logging.getLogger(__name__)
 
 
 def session_windows(sessions: Sessions, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -202,13 +205,25 @@ def split_to_multiple(batches: list[np.ndarray], multiple: int) -> list[np.ndarr
 
 # How training sessions become batches: "windows" (padded windows of whole sessions, the state starting fresh in each)
 # or "parallel" (session-parallel steps, the state carried from step to step; see ParallelSteps).
-BATCHINGS = ("windows", "parallel")
+# auto: parallel in one process, windows with several (a lane's state cannot be shared between processes).
+BATCHINGS = ("auto", "windows", "parallel")
 
 
 def check_batching(batching: str) -> None:
     """data.batching must name one of BATCHINGS."""
     if batching not in BATCHINGS:
         raise ValueError(f"data.batching must be one of {list(BATCHINGS)}, got {batching!r}")
+
+
+def resolve_batching(batching: str, processes: int) -> str:
+    """The batching that data.batching=`batching` means for a run in `processes` processes; auto is logged."""
+    check_batching(batching)
+    if batching != "auto":
+        return batching
+    chosen = "parallel" if processes == 1 else "windows"
+    why = "one process" if processes == 1 else f"{processes} processes: lanes cannot carry state across processes"
+    log.info("data.batching=auto: %s (%s)", chosen, why)
+    return chosen
 
 
 class ParallelStep(NamedTuple):
@@ -275,7 +290,7 @@ class ParallelStepSampler(Sampler[np.ndarray]):
         if num_replicas > 1:
             raise ValueError(
                 "data.batching=parallel trains in one process (its lanes carry state from step to step); use "
-                "data.batching=windows with several devices, or trainer.devices=1"
+                "data.batching=windows or auto (windows with several devices), or trainer.devices=1"
             )
         self.lengths, self.offsets = np.asarray(lengths), np.asarray(offsets)
         self.width, self.seed, self.order = width, seed, order

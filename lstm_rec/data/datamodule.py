@@ -18,6 +18,7 @@ from lstm_rec.data.batching import (
     SessionBatches,
     check_batching,
     check_order,
+    resolve_batching,
 )
 from lstm_rec.data.io import read_events
 from lstm_rec.data.quality import DEFAULT_REUSE_GAP
@@ -113,11 +114,12 @@ class SessionDataModule(L.LightningDataModule):
             raise ValueError(f"no {name} data: set data.{name}=PATH")
         # Under a distributed trainer each process loads its own share; evaluation metrics sum over processes.
         distributed = shard and self.trainer is not None and self.trainer.world_size > 1
-        if train and self.batching == "parallel":
+        processes = self.trainer.world_size if distributed else 1
+        if train and resolve_batching(self.batching, processes) == "parallel":
             dataset = ParallelSteps(sessions)
             sampler = ParallelStepSampler(
                 sessions.lengths, sessions.offsets, self.batch_size, seed=self.seed, order=self.order,
-                times=dataset.times, num_replicas=self.trainer.world_size if distributed else 1,
+                times=dataset.times, num_replicas=processes,
             )  # fmt: skip
             return self._data_loader(dataset, sampler)
         dataset = SessionBatches(sessions, self.max_len if train else None)
