@@ -30,8 +30,9 @@ torch.set_num_threads(2)
 
 # A small, fast version of every run; tests add their own overrides after these.
 # The recipe most tests train with: full-softmax cross-entropy, Adam at a constant rate, separate output weights, no
-# dropout (plain and deterministic); the defaults' recipe (BPR-max, Adagrad, warm-up and cosine, tied, dropout) has
-# tests of its own (test_defaults.py). Tests that pick another schedule group leave out "model.scheduler=null".
+# dropout, window batches, clipped gradients (plain and deterministic); the defaults' recipe (session-parallel steps,
+# BPR-max, Adagrad with momentum, warm-up and cosine, tied, dropout) has tests of its own (test_defaults.py,
+# test_parallel.py). Tests that pick another schedule group leave out "model.scheduler=null".
 TINY_RECIPE = [
     "model/loss=cross_entropy",
     "model/optimizer=adam",
@@ -39,6 +40,8 @@ TINY_RECIPE = [
     "model.tie_weights=false",
     "model.dropout=0.0",
     "model.embedding_dropout=0.0",
+    "data.batching=windows",
+    "trainer.gradient_clip_val=1.0",
 ]
 TINY = [
     "data.n_sessions=3000",

@@ -17,11 +17,14 @@ QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "tr
 def test_the_default_recipe():
     cfg = compose_config("train", [], Path("unused"))
     model = cfg.model
-    assert model.loss._target_ == "lstm_rec.losses.BPRMax" and model.loss.score_regularization == 0.5
-    assert model.optimizer._target_ == "torch.optim.Adagrad" and model.optimizer.lr == 0.15
+    assert model.loss._target_ == "lstm_rec.losses.BPRMax"
+    assert (model.loss.score_regularization, model.loss.elu, model.loss.sample_alpha) == (1.95, 0.5, 0.4)
+    assert model.optimizer._target_ == "lstm_rec.optim.AdagradMomentum"
+    assert (model.optimizer.lr, model.optimizer.momentum) == (0.05, 0.4)
     assert model.scheduler._target_ == "lstm_rec.schedules.warmup_decay" and model.scheduler.warmup_steps == 200
     assert (model.embedding_dim, model.hidden, model.tie_weights) == (224, 224, True)
-    assert (model.dropout, model.embedding_dropout) == (0.5, 0.25)
+    assert (model.dropout, model.embedding_dropout) == (0.05, 0.5)
+    assert (cfg.data.batching, cfg.data.batch_size, cfg.trainer.gradient_clip_val) == ("auto", 80, None)
     assert cfg.trainer.max_epochs == "auto" and cfg.callbacks.early_stopping.patience == 3
 
 
