@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from typing import ClassVar
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,30 @@ def test_parallel_training_learns_the_synthetic_shop(train_config):
     assert metrics["test/recall@20"] > 2 * metrics["pop/test/recall@20"]
     assert metrics["test/mrr@20"] > 2 * metrics["pop/test/mrr@20"]
     assert metrics["epochs"] == 3
+
+
+class CountSteps(L.Callback):
+    """Test helper: each training epoch's steps, the steps Lightning expected, and the validations run."""
+
+    runs: ClassVar[list[dict]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        CountSteps.runs.append({"expected": trainer.num_training_batches, "steps": 0, "validated": False})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        CountSteps.runs[-1]["steps"] += 1
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            CountSteps.runs[-1]["validated"] = True
+
+
+def test_every_epoch_runs_its_own_steps_and_validates(train_config):
+    CountSteps.runs = []
+    counter = ["+callbacks.count._target_=test_parallel.CountSteps"]
+    train(train_config("data.batching=parallel", "data.batch_size=32", "data.n_sessions=1500", *counter))
+    assert len(CountSteps.runs) == 3
+    assert all(run["steps"] == run["expected"] and run["validated"] for run in CountSteps.runs)
+    assert len({run["steps"] for run in CountSteps.runs}) > 1  # the epochs' steps differ: the check has teeth
+    with pytest.raises(ValueError, match=r"needs trainer.reload_dataloaders_every_n_epochs=1, got 0"):
+        train(train_config("data.batching=parallel", "trainer.reload_dataloaders_every_n_epochs=0"))

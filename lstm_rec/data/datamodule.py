@@ -116,11 +116,19 @@ class SessionDataModule(L.LightningDataModule):
         distributed = shard and self.trainer is not None and self.trainer.world_size > 1
         processes = self.trainer.world_size if distributed else 1
         if train and resolve_batching(self.batching, processes) == "parallel":
+            reload = None if self.trainer is None else self.trainer.reload_dataloaders_every_n_epochs
+            if reload not in (None, 1):
+                raise ValueError(
+                    f"data.batching=parallel needs trainer.reload_dataloaders_every_n_epochs=1, got {reload}: its "
+                    "epochs differ in their number of steps, which Lightning counts when it makes the loader"
+                )
             dataset = ParallelSteps(sessions)
             sampler = ParallelStepSampler(
                 sessions.lengths, sessions.offsets, self.batch_size, seed=self.seed, order=self.order,
                 times=dataset.times, num_replicas=processes,
             )  # fmt: skip
+            # This epoch's steps: Lightning reads the loader's length before it sets the sampler's epoch.
+            sampler.set_epoch(0 if self.trainer is None else self.trainer.current_epoch)
             return self._data_loader(dataset, sampler)
         dataset = SessionBatches(sessions, self.max_len if train else None)
         sampler = LengthGroupedBatchSampler(
