@@ -68,7 +68,7 @@ def days(tmp_path_factory) -> dict[str, Path]:
 
 def overrides(train: Path, test: Path, *extra: str) -> list[str]:
     tiny = [o for o in TINY if not o.startswith(("data.", "model.tie_weights"))]
-    data = ["data=files", f"data.train={train}", f"data.test={test}", "data.batch_size=64"]
+    data = ["data=files", f"data.train={train}", f"data.test={test}", "data.batch_size=64", "data.batching=windows"]
     return [*tiny, "num_threads=1", *data, *extra]
 
 
