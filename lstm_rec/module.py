@@ -135,6 +135,8 @@ class SessionRecModule(L.LightningModule):
             loss = self.loss(self.net, self.net.encode(inputs), targets)
         if self.nonfinite_loss == "skip" and not torch.isfinite(loss):
             self.skipped_batches += 1
+            if isinstance(batch, ParallelStep):  # the skipped step's lanes carry no non-finite state on
+                self._lanes.h[:, batch.slots], self._lanes.c[:, batch.slots] = 0.0, 0.0
             log.warning("%s; skipping this batch (%d skipped so far)", self._nonfinite_message(batch_idx),
                         self.skipped_batches)  # fmt: skip
             return None  # Lightning then runs no backward pass and no optimizer step

@@ -152,3 +152,11 @@ def test_every_epoch_runs_its_own_steps_and_validates(train_config):
     assert len({run["steps"] for run in CountSteps.runs}) > 1  # the epochs' steps differ: the check has teeth
     with pytest.raises(ValueError, match=r"needs trainer.reload_dataloaders_every_n_epochs=1, got 0"):
         train(train_config("data.batching=parallel", "trainer.reload_dataloaders_every_n_epochs=0"))
+
+
+def test_a_skipped_step_leaves_no_nan_state_in_its_lanes(train_config):
+    # The poisoned step's loss is NaN; its lanes restart from zero, so their sessions' next steps train normally.
+    poison = ["+callbacks.poison._target_=test_faults.PoisonBatches", "+callbacks.poison.batches=[[0,5]]"]
+    metrics = train(train_config("data.batching=parallel", "data.batch_size=32", "model.nonfinite_loss=skip", *poison))
+    assert metrics["skipped_batches"] == 1
+    assert metrics["test/recall@20"] > 2 * metrics["pop/test/recall@20"]
