@@ -127,22 +127,22 @@ class SessionRecModule(L.LightningModule):
             self.loss.resolve_layout(self.device)
 
     def training_step(self, batch: Tensor | ParallelStep, batch_idx: int) -> Tensor | None:
-        if isinstance(batch, ParallelStep):
-            loss = self._parallel_step_loss(batch)
+        parallel = isinstance(batch, ParallelStep)
+        if parallel:
+            loss, size = self._parallel_step_loss(batch), len(batch.targets)
         else:
             inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T - 1) each
             # The sum of the members' losses, so that each member learns as if alone.
-            loss = self.loss(self.net, self.net.encode(inputs), targets)
+            loss, size = self.loss(self.net, self.net.encode(inputs), targets), len(batch)
         if self.nonfinite_loss == "skip" and not torch.isfinite(loss):
             self.skipped_batches += 1
-            if isinstance(batch, ParallelStep):  # the skipped step's lanes carry no non-finite state on
+            if parallel:  # the skipped step's lanes carry no non-finite state on
                 self._lanes.h[:, batch.slots], self._lanes.c[:, batch.slots] = 0.0, 0.0
             log.warning("%s; skipping this batch (%d skipped so far)", self._nonfinite_message(batch_idx),
                         self.skipped_batches)  # fmt: skip
             return None  # Lightning then runs no backward pass and no optimizer step
         self._watch_loss(loss.detach(), batch_idx)
         batch_loss = loss.detach() / self.net.n_members
-        size = len(batch.targets) if isinstance(batch, ParallelStep) else len(batch)
         self.log("train/loss", batch_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         return loss
 
@@ -150,9 +150,8 @@ class SessionRecModule(L.LightningModule):
         """The loss of one session-parallel step (data.batching=parallel): each lane's state goes on from its
         previous step (zero where a new session starts), reads one click and predicts the next; the new states are
         kept, detached, for the lanes' next step, so the gradient reaches back one click."""
-        lanes = int(step.slots.max()) + 1
-        if self._lanes is None or self._lanes.h.shape[1] < lanes:  # an epoch's first step uses every lane
-            self._lanes = self.net.initial_carry(lanes, step.inputs.device)
+        if self._lanes is None:  # an epoch's first step holds every lane once (ParallelStepSampler)
+            self._lanes = self.net.initial_carry(len(step.slots), step.inputs.device)
         carried, keep = self._lanes, (~step.reset)[None, :, None]
         recent = None if carried.recent is None else carried.recent[step.slots] * keep[0]
         carry = Carry(carried.h[:, step.slots] * keep, carried.c[:, step.slots] * keep, recent)

@@ -69,10 +69,12 @@ class SessionBatches(Dataset):
 ORDERS = ("shuffle", "time")
 
 
-def check_order(order: str) -> None:
-    """data.order must name one of ORDERS."""
+def check_order(order: str, has_times: bool = True) -> None:
+    """data.order must name one of ORDERS, and order=time needs click times (`has_times`)."""
     if order not in ORDERS:
         raise ValueError(f"data.order must be one of {list(ORDERS)}, got {order!r}")
+    if order == "time" and not has_times:
+        raise ValueError("data.order=time needs click times (a Time column); these sessions have none")
 
 
 UNSHUFFLED_POSITIONS = 8  # times batch_size: the padded positions an evaluation batch may hold
@@ -111,9 +113,7 @@ class LengthGroupedBatchSampler(Sampler[np.ndarray]):
         order: str = "shuffle",
         times: np.ndarray | None = None,
     ) -> None:
-        check_order(order)
-        if order == "time" and times is None:
-            raise ValueError("data.order=time needs click times (a Time column); these sessions have none")
+        check_order(order, has_times=times is not None)
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         if not 0 <= rank < num_replicas:
@@ -245,15 +245,13 @@ class ParallelSteps(Dataset):
     def __init__(self, sessions: Sessions) -> None:
         self.items = torch.from_numpy(sessions.items)
         first_target = np.zeros(sessions.n_events, dtype=bool)
-        long_enough = sessions.lengths > 1
-        first_target[sessions.offsets[:-1][long_enough] + 1] = True
+        first_target[sessions.offsets[:-1][sessions.lengths > 1] + 1] = True
         self.first_target = torch.from_numpy(first_target)
-        self.lengths = sessions.lengths
-        self.offsets = sessions.offsets
+        self.n_targets = sessions.n_targets
         self.times = None if sessions.times is None else sessions.times[sessions.offsets[:-1]]
 
     def __len__(self) -> int:
-        return int(np.maximum(self.lengths - 1, 0).sum())
+        return self.n_targets
 
     def __getitem__(self, rows: np.ndarray) -> ParallelStep:
         rows = torch.as_tensor(rows)
@@ -282,9 +280,7 @@ class ParallelStepSampler(Sampler[np.ndarray]):
         times: np.ndarray | None = None,
         num_replicas: int = 1,
     ) -> None:
-        check_order(order)
-        if order == "time" and times is None:
-            raise ValueError("data.order=time needs click times (a Time column); these sessions have none")
+        check_order(order, has_times=times is not None)
         if width < 1:
             raise ValueError(f"batch size (the lanes of session-parallel steps) must be positive, got {width}")
         if num_replicas > 1:
