@@ -121,6 +121,43 @@ def test_split_takes_the_sessions_that_start_last():
     assert sorted(train["session"].unique()) == [2, 4]
 
 
+def test_split_holds_out_no_more_than_max_predictions(caplog):
+    # Sessions by start time: 2 (3 clicks), 4 (2), 1 (4), 3 (3) -> predictions, latest first: 2, 3, 1, 2.
+    events = pd.DataFrame(
+        {
+            "session": [1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4],
+            "item": list("abababababab"),
+            "time": [5.0, 5.5, 6, 6.5, 1, 2, 2.5, 9, 10, 11, 3, 4],
+        }
+    )
+    caplog.set_level(logging.INFO)
+    # 3 predictions: the latest session (2) is not enough, the latest two (5) reach it.
+    train, held = split_by_start_time(events, 0.75, "validation", max_predictions=3)
+    assert sorted(held["session"].unique()) == [1, 3] and sorted(train["session"].unique()) == [2, 4]
+    assert "the last 2 of 4 sessions by start time (7 events; capped at 3 predictions)" in caplog.text
+    # The fraction still rules when it holds out fewer.
+    _, held = split_by_start_time(events, 0.25, "validation", max_predictions=3)
+    assert held["session"].unique().tolist() == [3]
+    # A cap above everything leaves the fraction's split.
+    _, held = split_by_start_time(events, 0.75, "validation", max_predictions=100)
+    assert sorted(held["session"].unique()) == [1, 3, 4]
+    with pytest.raises(ValueError, match="most predictions held out for validation must be positive"):
+        split_by_start_time(events, 0.5, "validation", max_predictions=0)
+
+
+def test_file_datamodule_caps_the_validation_split(tmp_path):
+    # 20 sessions of 3 clicks (2 predictions each), starting in session order: 10 % is 2 sessions, a cap of 3
+    # predictions holds out the latest 2 as well, a cap of 2 only the latest one.
+    rows = [(s, 1 + (s + k) % 4, 100 * s + k) for s in range(20) for k in range(3)]
+    train = write_events(tmp_path / "train.tsv", rows)
+    test = write_events(tmp_path / "test.tsv", [(99, 1, 5000), (99, 2, 5001)])
+    for cap, held in ((None, [18, 19]), (3, [18, 19]), (2, [19])):
+        datamodule = FileDataModule(train=str(train), test=str(test), valid_fraction=0.1, valid_max_predictions=cap)
+        datamodule.setup("fit")
+        assert datamodule.valid_sessions.n_sessions == len(held)
+        assert datamodule.train_sessions.n_sessions == 20 - len(held)
+
+
 def test_windows_keep_every_target_once():
     # Lengths 2, 5, 7 with max_len 3: targets 1, 4, 6 -> windows 1, 2 (3 + 1), 2 (3 + 3).
     sessions = Sessions(items=np.arange(1, 15), offsets=np.array([0, 2, 7, 14]))

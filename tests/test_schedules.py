@@ -22,6 +22,16 @@ def test_warmup_then_cosine_or_linear_decay():
         WarmupDecay(10, 2, "exp", 0.0)
 
 
+def test_hold_at_the_base_rate_before_the_decay():
+    # 4 warm-up steps, then 10: the first half (5 steps) at the base rate, then a linear decay over the other 5.
+    held = WarmupDecay(total_steps=14, warmup_steps=4, decay="linear", min_factor=0.0, hold_fraction=0.5)
+    assert [held(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [held(s) for s in (4, 6, 9)] == [1.0, 1.0, 1.0]
+    assert [held(s) for s in (10, 11, 14)] == pytest.approx([0.8, 0.6, 0.0])
+    with pytest.raises(ValueError, match="hold_fraction must be in"):
+        WarmupDecay(10, 2, "cosine", 0.0, hold_fraction=1.0)
+
+
 def test_a_run_warms_up_and_decays_over_its_own_length(tmp_path):
     schedule = ["model/scheduler=warmup_cosine", "model.scheduler.warmup_steps=10", "model.scheduler.min_factor=0.1"]
     overrides = [*(o for o in TINY if o != "model.scheduler=null"), *schedule]

@@ -33,7 +33,8 @@ class SessionDataModule(L.LightningDataModule):
 
     The item index comes from the training part only; validation and test rows with unknown
     items are dropped. Without a validation frame, the sessions of train that start last
-    (`valid_fraction` of them; 0 for none) become validation. A caller that already has an item index (a
+    (`valid_fraction` of them, 0 for none, but no more than hold `valid_max_predictions` predictions when that is
+    set) become validation. A caller that already has an item index (a
     checkpoint's) sets ``item_index`` before ``setup`` and then needs no training data; one that continues training
     a checkpoint sets ``known_items`` (its index), and the index then keeps those items at their positions and
     appends the training data's new ones (ItemIndex.grown). With `valid_sample`,
@@ -49,6 +50,7 @@ class SessionDataModule(L.LightningDataModule):
         eval_batch_size: int = 512,
         max_len: int | None = 50,
         valid_fraction: float = 0.1,
+        valid_max_predictions: int | None = None,
         valid_sample: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
@@ -62,7 +64,7 @@ class SessionDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.max_len = max_len
-        self.valid_fraction = valid_fraction
+        self.valid_fraction, self.valid_max_predictions = valid_fraction, valid_max_predictions
         if valid_sample is not None and valid_sample < 1:
             raise ValueError(f"data.valid_sample must be a positive number of sessions or null, got {valid_sample}")
         self.valid_sample = valid_sample
@@ -89,7 +91,7 @@ class SessionDataModule(L.LightningDataModule):
             return
         train, valid, test = self.load_frames()
         if train is not None and valid is None and self.item_index is None and self.valid_fraction > 0:
-            train, valid = split_by_start_time(train, self.valid_fraction, "validation")
+            train, valid = split_by_start_time(train, self.valid_fraction, "validation", self.valid_max_predictions)
         if self.item_index is None:
             if train is None:
                 raise ValueError(

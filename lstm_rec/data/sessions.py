@@ -141,25 +141,41 @@ def is_sorted(session: np.ndarray, time: np.ndarray) -> bool:
     return bool(np.all((session[1:] > session[:-1]) | (same & (time[1:] >= time[:-1]))))
 
 
-def split_by_start_time(events: pd.DataFrame, fraction: float, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_by_start_time(
+    events: pd.DataFrame, fraction: float, name: str, max_predictions: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split off the sessions that start last, `fraction` of all sessions, as a held-out part.
 
     Args:
         events: sorted event frame.
         fraction: share of sessions, in (0, 1), that go to the held-out part.
         name: what the held-out part is, for the log.
+        max_predictions: None, or hold out no more of the latest sessions than reach this many next-item
+            predictions (a session of n clicks holds n - 1), so that a large log keeps its recent sessions for
+            training.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"split fraction for {name} must be in (0, 1), got {fraction}")
-    starts = events.groupby(SESSION, sort=False)[TIME].min().sort_values(kind="stable")
+    if max_predictions is not None and max_predictions < 1:
+        raise ValueError(f"the most predictions held out for {name} must be positive or null, got {max_predictions}")
+    grouped = events.groupby(SESSION, sort=False)[TIME]
+    starts = grouped.min().sort_values(kind="stable")
     n_held = round(len(starts) * fraction)
+    capped = ""
+    if max_predictions is not None:
+        predictions = (grouped.size() - 1).reindex(starts.index).to_numpy()[::-1].cumsum()  # latest first
+        enough = int(np.searchsorted(predictions, max_predictions)) + 1  # the latest sessions that reach it
+        if enough < n_held:
+            n_held, capped = enough, f"; capped at {max_predictions} predictions"
     if n_held == 0 or n_held == len(starts):
         raise ValueError(
             f"splitting {len(starts)} sessions with fraction {fraction} leaves {name} or training empty; "
             "give more sessions or another fraction"
         )
     held_out = events[SESSION].isin(starts.index[-n_held:]).to_numpy()
-    log.info("%s: the last %d of %d sessions by start time (%d events)", name, n_held, len(starts), held_out.sum())
+    log.info(
+        "%s: the last %d of %d sessions by start time (%d events%s)", name, n_held, len(starts), held_out.sum(), capped
+    )
     return events[~held_out].reset_index(drop=True), events[held_out].reset_index(drop=True)
 
 
