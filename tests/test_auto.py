@@ -7,22 +7,22 @@ import logging
 import pytest
 from omegaconf import OmegaConf
 
-from lstm_rec.jobs.auto import auto_epochs, resolve_epochs
+from lstm_rec.jobs.auto import auto_batch_size, auto_epochs, resolve_batch_size, resolve_epochs
 
 
 @pytest.mark.parametrize(
     ("n_targets", "expected"),
     [
-        (2_500_000 // 5, 5),  # 500,000 predictions an epoch: five epochs make the 2,500,000
-        (2_500_000 // 7 + 1, 7),  # 357,143: 6.99999 rounds to 7
+        (3_500_000 // 5, 5),  # 700,000 predictions an epoch: five epochs make the 3,500,000
+        (3_500_000 // 7 + 1, 7),  # 500,001: 6.99999 rounds to 7
         (10_000_000, 3),  # a large log: the lower bound
         (1_000, 14),  # a small one: the upper bound
-        (507_281 - 10_001, 5),  # retailrocket-sessions' train_full less ~10,000 validation predictions: 5.03
-        (52_484 * 9 // 10, 14),  # yoochoose-100k's less the validation tenth: 52.9, clipped
+        (507_281 - 10_001, 7),  # retailrocket-sessions' train_full less ~10,000 validation predictions: 7.04
+        (52_484 * 9 // 10, 14),  # yoochoose-100k's less the validation tenth: 74.1, clipped
     ],
 )
 def test_auto_epochs_train_about_the_target_number_of_predictions(n_targets, expected):
-    assert auto_epochs(n_targets, targets=2_500_000, low=3, high=14) == expected
+    assert auto_epochs(n_targets, targets=3_500_000, low=3, high=14) == expected
 
 
 @pytest.mark.parametrize(
@@ -64,3 +64,44 @@ def test_a_number_of_epochs_is_left_as_given(given):
 def test_a_bad_max_epochs_names_the_key_and_what_it_may_be(given):
     with pytest.raises(ValueError, match=r"trainer.max_epochs must be a positive integer, -1 \(no limit\) or auto"):
         resolve_epochs(config(given), n_targets=10)
+
+
+class Data:
+    """What resolve_batch_size reads of a datamodule."""
+
+    def __init__(self, batch_size, n_targets):
+        self.batch_size = batch_size
+        self.train_sessions = type("Sessions", (), {"n_targets": n_targets})()
+
+
+def batch_config(batch_size):
+    settings = {"small": 80, "large": 128, "large_from": 150_000}
+    return OmegaConf.create({"data": {"batch_size": batch_size}, "auto_batch_size": settings})
+
+
+@pytest.mark.parametrize(
+    ("n_targets", "expected", "why"),
+    [
+        (47_235, 80, "fewer than 150,000: a small log needs many steps"),  # yoochoose-100k's train_full less 10 %
+        (149_999, 80, "fewer than 150,000"),
+        (150_000, 128, "at least 150,000: wider steps buy a large log more epochs"),
+        (497_279, 128, "at least 150,000"),  # retailrocket-sessions' train_full less 10,000 validation predictions
+    ],
+)
+def test_auto_batch_size_widens_the_steps_of_a_large_log(caplog, n_targets, expected, why):
+    cfg, data = batch_config("auto"), Data("auto", n_targets)
+    with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.auto"):
+        resolve_batch_size(cfg, data)
+    assert data.batch_size == cfg.data.batch_size == expected
+    assert f"data.batch_size=auto: {expected} ({n_targets:,} training predictions an epoch, {why}" in caplog.text
+
+
+def test_a_given_batch_size_stays_and_a_bad_one_is_an_error():
+    cfg, data = batch_config(64), Data(64, 1_000_000)
+    resolve_batch_size(cfg, data)
+    assert data.batch_size == cfg.data.batch_size == 64
+    for bad in ("wide", 0, 2.5, True):
+        with pytest.raises(ValueError, match=r"data\.batch_size must be a positive integer or auto"):
+            resolve_batch_size(batch_config(bad), Data(bad, 10))
+    with pytest.raises(ValueError, match="1 <= small <= large"):
+        auto_batch_size(10, small=128, large=80, large_from=5)

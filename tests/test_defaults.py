@@ -24,15 +24,17 @@ def test_the_default_recipe():
     assert model.scheduler._target_ == "lstm_rec.schedules.warmup_decay" and model.scheduler.warmup_steps == 200
     assert (model.embedding_dim, model.hidden, model.tie_weights) == (224, 224, True)
     assert (model.dropout, model.embedding_dropout) == (0.05, 0.5)
-    assert (cfg.data.batching, cfg.data.batch_size, cfg.trainer.gradient_clip_val) == ("auto", 80, None)
+    assert (cfg.data.batching, cfg.data.batch_size, cfg.trainer.gradient_clip_val) == ("auto", "auto", None)
+    assert dict(cfg.auto_batch_size) == {"small": 80, "large": 128, "large_from": 150_000}
     assert cfg.trainer.max_epochs == "auto" and cfg.callbacks.early_stopping.patience == 3
-    assert (cfg.auto_epochs.targets, cfg.auto_epochs.low, cfg.auto_epochs.high) == (2_500_000, 3, 14)
+    assert (cfg.auto_epochs.targets, cfg.auto_epochs.low, cfg.auto_epochs.high) == (3_500_000, 3, 14)
     assert model.scheduler.hold_fraction == 0.0
 
 
 def test_real_logs_hold_out_at_most_10000_validation_predictions():
     cfg = compose_config("train", ["data=files"], Path("unused"))
     assert (cfg.data.valid_fraction, cfg.data.valid_max_predictions, cfg.data.valid_sample) == (0.1, 10_000, 2000)
+    assert cfg.data.batch_size == "auto"
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,9 @@ def test_auto_epochs_are_logged(tmp_path, caplog):
     n_targets = datamodule.train_sessions.n_targets
     assert cfg.trainer.max_epochs == 14
     assert (
-        f"14 epochs ({n_targets:,} training predictions an epoch, about 2,500,000 in all; the upper bound"
+        f"14 epochs ({n_targets:,} training predictions an epoch, about 3,500,000 in all; the upper bound"
         in caplog.text
     )
+    # A small log keeps the narrow steps, on the datamodule and in the config the run saves.
+    assert datamodule.batch_size == cfg.data.batch_size == 80
+    assert f"data.batch_size=auto: 80 ({n_targets:,} training predictions an epoch, fewer than 150,000" in caplog.text

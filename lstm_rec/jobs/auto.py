@@ -1,9 +1,14 @@
-"""Settings derived from the data when the config says `auto`: the number of training epochs.
+"""Settings derived from the data when the config says `auto`: the number of training epochs and the batch size.
 
 `trainer.max_epochs=auto` (the default) trains about `auto_epochs.targets` next-item predictions in all: a small log
 gets many epochs, a large one few, so a default run's length grows slowly with the log. The count is clipped to
 [`auto_epochs.low`, `auto_epochs.high`] and logged with the reason. Early stopping still ends a run sooner when the
 monitored metric stalls.
+
+`data.batch_size=auto` (the default) takes `auto_batch_size.small` sessions per batch (lanes of session-parallel
+steps), or `auto_batch_size.large` on a log with at least `auto_batch_size.large_from` training predictions an epoch:
+wider steps cost fewer seconds per prediction, which buys a large log more epochs in the same time, while a small
+log needs the many small steps (docs/tuning-log.md, "Large logs").
 """
 
 from __future__ import annotations
@@ -48,3 +53,39 @@ def resolve_epochs(cfg: DictConfig, n_targets: int) -> None:
     )
     with open_dict(cfg):
         cfg.trainer.max_epochs = chosen
+
+
+def auto_batch_size(n_targets: int, small: int, large: int, large_from: int) -> int:
+    """`large` on a log of at least `large_from` predictions an epoch, else `small`."""
+    if not 1 <= small <= large:
+        raise ValueError(f"auto_batch_size needs 1 <= small <= large, got small={small}, large={large}")
+    return large if n_targets >= large_from else small
+
+
+def resolve_batch_size(cfg: DictConfig, datamodule: Any) -> None:
+    """Replace `data.batch_size=auto` in `cfg` and on `datamodule` by the size for the training data's predictions."""
+    size: Any = datamodule.batch_size
+    if size != AUTO:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"data.batch_size must be a positive integer or auto, got {size!r}")
+        return
+    settings = cfg.get("auto_batch_size")
+    if settings is None:
+        raise ValueError(
+            "data.batch_size=auto needs the auto_batch_size settings (small, large, large_from) of train.yaml"
+        )
+    n_targets = datamodule.train_sessions.n_targets
+    small, large, large_from = int(settings.small), int(settings.large), int(settings.large_from)
+    chosen = auto_batch_size(n_targets, small, large, large_from)
+    wide = n_targets >= large_from
+    log.info(
+        "data.batch_size=auto: %d (%s training predictions an epoch, %s %s: %s)",
+        chosen,
+        f"{n_targets:,}",
+        "at least" if wide else "fewer than",
+        f"{large_from:,}",
+        "wider steps buy a large log more epochs" if wide else "a small log needs many steps",
+    )
+    datamodule.batch_size = chosen
+    with open_dict(cfg):
+        cfg.data.batch_size = chosen

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lstm_rec.jobs.auto import resolve_epochs
+from lstm_rec.jobs.auto import resolve_batch_size, resolve_epochs
 
 if TYPE_CHECKING:
     import lightning as L
@@ -56,6 +56,7 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 def build_model(cfg: DictConfig, datamodule: SessionDataModule) -> SessionRecModule:
     """The configured module for the fitted data, with the item prior (cfg.prior) made from its training sessions."""
     check_monitor(cfg.monitor, cfg.model.ks)
+    resolve_batch_size(cfg, datamodule)  # data.batch_size=auto, before the loaders and the schedule's length
     resolve_epochs(cfg, datamodule.train_sessions.n_targets)  # trainer.max_epochs=auto, before the schedule reads it
     prior = None
     if cfg.get("prior") is not None:
