@@ -13,16 +13,16 @@ from lstm_rec.jobs.auto import auto_batch_size, auto_epochs, resolve_batch_size,
 @pytest.mark.parametrize(
     ("n_targets", "expected"),
     [
-        (3_500_000 // 5, 5),  # 700,000 predictions an epoch: five epochs make the 3,500,000
-        (3_500_000 // 7 + 1, 7),  # 500,001: 6.99999 rounds to 7
+        (3_000_000 // 5, 5),  # 600,000 predictions an epoch: five epochs make the 3,000,000
+        (3_000_000 // 7 + 1, 7),  # 428,572: 6.99999 rounds to 7
         (10_000_000, 3),  # a large log: the lower bound
         (1_000, 14),  # a small one: the upper bound
-        (507_281 - 10_001, 7),  # retailrocket-sessions' train_full less ~10,000 validation predictions: 7.04
-        (52_484 * 9 // 10, 14),  # yoochoose-100k's less the validation tenth: 74.1, clipped
+        (507_281 - 10_001, 6),  # retailrocket-sessions' train_full less ~10,000 validation predictions: 6.03
+        (52_484 * 9 // 10, 14),  # yoochoose-100k's less the validation tenth: 63.5, clipped
     ],
 )
 def test_auto_epochs_train_about_the_target_number_of_predictions(n_targets, expected):
-    assert auto_epochs(n_targets, targets=3_500_000, low=3, high=14) == expected
+    assert auto_epochs(n_targets, targets=3_000_000, low=3, high=14) == expected
 
 
 @pytest.mark.parametrize(
