@@ -342,9 +342,6 @@ class SessionRecModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_start: float | None = time.perf_counter()
         self._lanes = None  # session-parallel lanes start every epoch empty
-        sampler = getattr(self.loss, "sampler", None)
-        if sampler is not None:  # draws from this epoch's seed on (lstm_rec.callbacks.EpochSeed)
-            sampler.clear()
 
     def _stop_training_clock(self) -> None:
         if getattr(self, "_epoch_start", None) is not None:

@@ -180,28 +180,6 @@ def test_sampler_follows_popularity_to_the_alpha():
     np.testing.assert_allclose(sampler.log_frequency.exp().numpy(), np.array([1, 4, 16, 1]) / 22, rtol=1e-6)
 
 
-def test_sampler_draws_from_a_store_in_training_and_afresh_in_eval():
-    counts = torch.tensor([1, 4, 16, 0, 9])
-    sampler = PopularitySampler(counts, alpha=0.5, cache_draws=10)
-    torch.manual_seed(3)
-    store = torch.multinomial(sampler.probability, 10, replacement=True)
-    next_store = torch.multinomial(sampler.probability, 10, replacement=True)
-    torch.manual_seed(3)
-    # Training: consecutive slices of one store, refilled (by the next draw of the stream) when too few are left.
-    assert sampler(4).tolist() == store[:4].tolist()
-    assert sampler(6).tolist() == store[4:].tolist()
-    assert sampler(3).tolist() == next_store[:3].tolist()
-    assert len(sampler(11)) == 11  # more than a store holds: drawn directly
-    # Eval: each call draws from the random stream as it stands, so a seeded evaluation repeats its draws.
-    sampler.eval()
-    torch.manual_seed(5)
-    first = sampler(4)
-    torch.manual_seed(5)
-    assert sampler(4).tolist() == first.tolist()
-    torch.manual_seed(5)
-    assert torch.multinomial(sampler.probability, 4, replacement=True).tolist() == first.tolist()
-
-
 def training_case(loss_name: str, layout: str, members: list | None):
     torch.manual_seed(0)
     net = SessionLSTM(30, embedding_dim=8, hidden=8, dropout=0.3, repeat_window=2, members=members)
