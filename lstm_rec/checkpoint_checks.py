@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lstm_rec.model import MEMBER_SETTINGS, SessionLSTM
+from lstm_rec.model import CELLS, MEMBER_SETTINGS, SessionLSTM
 
 WRITTEN_BY = "expected a .ckpt file written by scripts/train.py"
 DEFAULTS = {
@@ -132,6 +132,8 @@ def _check_setting(name: str, value: Any, what: str) -> None:
         raise CheckpointError(f"{what} must be an integer >= 0, got {value!r}")
     if name in RATES and not (_is_number(value) and 0 <= value < 1):
         raise CheckpointError(f"{what} must be a number in [0, 1), got {value!r}")
+    if name == "cell" and value not in CELLS:
+        raise CheckpointError(f"{what} must be one of {list(CELLS)}, got {value!r}")
     if name == "tie_weights" and not isinstance(value, bool):
         raise CheckpointError(f"{what} must be true or false, got {value!r}")
 
@@ -152,14 +154,15 @@ def network_shapes(n_items: int, network: Mapping[str, Any]) -> Iterator[tuple[s
     members = settings["members"] or [{}]
     window = max(member.get("repeat_window", settings["repeat_window"]) for member in members)
     n_members = len(members)
+    gates = 4 * hidden if settings["cell"] == "lstm" else 3 * hidden
     yield "item_embedding", (n_members, n_items + 1, embedding)
     for member in range(n_members):
         for layer in range(layers):
             inputs = embedding if layer == 0 else hidden
-            yield f"lstms.{member}.weight_ih_l{layer}", (4 * hidden, inputs)
-            yield f"lstms.{member}.weight_hh_l{layer}", (4 * hidden, hidden)
-            yield f"lstms.{member}.bias_ih_l{layer}", (4 * hidden,)
-            yield f"lstms.{member}.bias_hh_l{layer}", (4 * hidden,)
+            yield f"lstms.{member}.weight_ih_l{layer}", (gates, inputs)
+            yield f"lstms.{member}.weight_hh_l{layer}", (gates, hidden)
+            yield f"lstms.{member}.bias_ih_l{layer}", (gates,)
+            yield f"lstms.{member}.bias_hh_l{layer}", (gates,)
     if settings["tie_weights"]:
         if hidden != embedding:
             yield "to_embedding.weight", (n_members, embedding, hidden)

@@ -16,6 +16,8 @@ from lstm_rec.layers import MemberDropout, MemberLinear
 # What an ensemble member may set for itself; every other setting is shared, so the members run as one batched
 # computation (same shapes).
 MEMBER_SETTINGS = ("dropout", "embedding_dropout", "repeat_window")
+# The recurrent cells a network may use (model.cell).
+CELLS = ("lstm", "gru")
 
 
 @dataclass
@@ -89,6 +91,7 @@ class SessionLSTM(nn.Module):
     Args:
         n_items: catalog size, padding excluded.
         embedding_dim, hidden, num_layers: sizes, shared by all members.
+        cell: the recurrent cell, "lstm" or "gru" (a GRU carries no cell state: a carry's c stays zero).
         dropout: on the LSTM output and between stacked layers.
         embedding_dropout: on the input embeddings.
         tie_weights: score items with their input embeddings (a linear map takes the LSTM output to the
@@ -106,6 +109,7 @@ class SessionLSTM(nn.Module):
         embedding_dim: int = 64,
         hidden: int = 100,
         num_layers: int = 1,
+        cell: str = "lstm",
         dropout: float = 0.0,
         embedding_dropout: float = 0.0,
         tie_weights: bool = False,
@@ -113,16 +117,20 @@ class SessionLSTM(nn.Module):
         members: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"model.cell must be one of {list(CELLS)}, got {cell!r}")
         common = {"dropout": dropout, "embedding_dropout": embedding_dropout, "repeat_window": repeat_window}
         settings = member_settings(members, common)
         self.n_items, self.n_members, self.hidden_size = n_items, len(settings), hidden
-        self.tie_weights = tie_weights
+        self.tie_weights, self.cell = tie_weights, cell
         # Training sets this (SessionRecModule.sparse_item_grad): lookups of the item table give sparse gradients.
         self.sparse_item_grad = False
         self.item_embedding = nn.Parameter(torch.empty(self.n_members, n_items + 1, embedding_dim))
         self.embedding_dropout = MemberDropout([s["embedding_dropout"] for s in settings])
+        recurrent = nn.LSTM if cell == "lstm" else nn.GRU
+        # Named lstms whatever the cell, so that the weights keep their names in checkpoints.
         self.lstms = nn.ModuleList(
-            nn.LSTM(embedding_dim, hidden, num_layers, batch_first=True, dropout=s["dropout"] if num_layers > 1 else 0)
+            recurrent(embedding_dim, hidden, num_layers, batch_first=True, dropout=s["dropout"] * (num_layers > 1))
             for s in settings
         )
         self.output_dropout = MemberDropout([s["dropout"] for s in settings])
@@ -178,7 +186,7 @@ class SessionLSTM(nn.Module):
         offsets = torch.arange(self.n_members, device=items.device).view(-1, 1, 1) * (self.n_items + 1)
         embedded = self.embedding_dropout(self._rows(items + offsets))  # (M, B, T, E)
         states = [None] * self.n_members if carry is None else _split(carry, self.n_members)
-        results = [lstm(x, s) for lstm, x, s in zip(self.lstms, embedded, states, strict=True)]
+        results = [self._recur(lstm, x, s) for lstm, x, s in zip(self.lstms, embedded, states, strict=True)]
         outputs, finals = [output for output, _ in results], [final for _, final in results]
         hidden = self.output_dropout(torch.stack(outputs))  # (M, B, T, H)
         recent = None
@@ -186,6 +194,15 @@ class SessionLSTM(nn.Module):
             recent = recent_items(items, self.repeat_window, None if carry is None else carry.recent)  # (B, T, W)
         h, c = (torch.cat([final[i] for final in finals], dim=-1) for i in (0, 1))  # (layers, B, M * H)
         return PrefixStates(hidden, recent), Carry(h, c, None if recent is None else recent[:, -1])
+
+    def _recur(
+        self, layer: nn.Module, inputs: Tensor, state: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One member's recurrent layers over inputs (B, T, E) from state (h, c): outputs and the final (h, c)."""
+        if self.cell == "lstm":
+            return layer(inputs, state)
+        outputs, h = layer(inputs, None if state is None else state[0])
+        return outputs, (h, torch.zeros_like(h))
 
     def score(self, states: PrefixStates) -> Tensor:
         """Scores of every item: states (M, *prefixes, H) -> (*prefixes, n_items), the members' mean.

@@ -7,7 +7,7 @@ import logging
 import pytest
 from omegaconf import OmegaConf
 
-from lstm_rec.jobs.auto import auto_batch_size, auto_epochs, resolve_batch_size, resolve_epochs
+from lstm_rec.jobs.auto import auto_batch_size, auto_epochs, resolve_batch_size, resolve_cell, resolve_epochs
 
 
 @pytest.mark.parametrize(
@@ -105,3 +105,38 @@ def test_a_given_batch_size_stays_and_a_bad_one_is_an_error():
             resolve_batch_size(batch_config(bad), Data(bad, 10))
     with pytest.raises(ValueError, match="1 <= small <= large"):
         auto_batch_size(10, small=128, large=80, large_from=5)
+
+
+def cell_config(cell, batching="auto"):
+    settings = {"small": "lstm", "large": "gru", "large_from": 150_000}
+    return OmegaConf.create({"model": {"cell": cell}, "data": {"batching": batching}, "auto_cell": settings})
+
+
+@pytest.mark.parametrize(
+    ("n_targets", "batching", "expected", "why"),
+    [
+        (47_235, "auto", "lstm", "47,235 training predictions an epoch, fewer than 150,000: a small log"),
+        (149_999, "parallel", "lstm", "149,999 training predictions an epoch, fewer than 150,000"),
+        (150_000, "auto", "gru", "150,000 training predictions an epoch, at least 150,000: a large log"),
+        (497_279, "parallel", "gru", "497,279 training predictions an epoch, at least 150,000"),
+        (497_279, "windows", "lstm", "data.batching=windows"),
+    ],
+)
+def test_auto_cell_takes_the_gru_on_a_large_log_of_session_parallel_steps(caplog, n_targets, batching, expected, why):
+    cfg = cell_config("auto", batching)
+    with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.auto"):
+        resolve_cell(cfg, n_targets)
+    assert cfg.model.cell == expected
+    assert f"model.cell=auto: {expected} ({why}" in caplog.text
+
+
+def test_a_given_cell_stays_and_a_bad_one_is_an_error():
+    cfg = cell_config("lstm")
+    resolve_cell(cfg, 1_000_000)
+    assert cfg.model.cell == "lstm"
+    with pytest.raises(ValueError, match=r"model\.cell must be one of \['lstm', 'gru', 'auto'\], got 'rnn'"):
+        resolve_cell(cell_config("rnn"), 10)
+    bad = cell_config("auto")
+    bad.auto_cell.large = "transformer"
+    with pytest.raises(ValueError, match=r"auto_cell\.large must be one of \['lstm', 'gru'\], got 'transformer'"):
+        resolve_cell(bad, 10)

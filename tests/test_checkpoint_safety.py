@@ -76,6 +76,8 @@ CORRUPTIONS = [
     ("fractional hidden", setting("hidden", 8.5), r"network setting hidden must be a positive integer, got 8.5"),
     ("boolean layers", setting("num_layers", True), r"network setting num_layers must be a positive integer, got"),
     ("dropout 2", setting("dropout", 2.0), r"network setting dropout must be a number in \[0, 1\), got 2.0"),
+    ("unknown cell", setting("cell", "rnn"), r"network setting cell must be one of \['lstm', 'gru'\], got 'rnn'"),
+    ("other cell", setting("cell", "gru"), r"net.lstms.0.weight_ih_l0 has shape \(32, 6\), but its network"),
     ("tie as text", setting("tie_weights", "yes"), r"network setting tie_weights must be true or false, got 'yes'"),
     ("unknown setting", setting("width", 3), r"unknown network settings \['width'\]"),
     ("member bad key", setting("members", [{}, {"hidden": 4}]), r"members\[1\] sets \['hidden'\]; a member can set"),
@@ -208,6 +210,7 @@ def test_huge_settings_allocate_nothing(good, tmp_path):
         {"tie_weights": True, "hidden": 6},
         {"num_layers": 3, "members": [{}, {"repeat_window": 2}, {"repeat_window": 5, "dropout": 0.2}]},
         {"repeat_window": 4, "tie_weights": True, "members": [{}, {}]},
+        {"cell": "gru", "num_layers": 2, "tie_weights": True, "members": [{}, {"dropout": 0.2}]},
     ],
 )
 def test_the_shapes_checked_are_those_of_the_real_network(network):

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import compose_config
 from lstm_rec.jobs.train import train
@@ -26,6 +27,7 @@ def test_the_default_recipe():
     assert (model.dropout, model.embedding_dropout) == (0.05, 0.5)
     assert (cfg.data.batching, cfg.data.batch_size, cfg.trainer.gradient_clip_val) == ("auto", "auto", None)
     assert dict(cfg.auto_batch_size) == {"small": 80, "large": 128, "large_from": 150_000}
+    assert model.cell == "auto" and dict(cfg.auto_cell) == {"small": "lstm", "large": "gru", "large_from": 150_000}
     assert cfg.trainer.max_epochs == "auto" and cfg.callbacks.early_stopping.patience == 3
     assert (cfg.auto_epochs.targets, cfg.auto_epochs.low, cfg.auto_epochs.high) == (3_000_000, 3, 14)
     assert model.scheduler.hold_fraction == 0.0
@@ -61,7 +63,7 @@ def test_auto_epochs_are_logged(tmp_path, caplog):
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.auto"):
-        build_model(cfg, datamodule)
+        model = build_model(cfg, datamodule)
     n_targets = datamodule.train_sessions.n_targets
     assert cfg.trainer.max_epochs == 14
     assert (
@@ -71,3 +73,18 @@ def test_auto_epochs_are_logged(tmp_path, caplog):
     # A small log keeps the narrow steps, on the datamodule and in the config the run saves.
     assert datamodule.batch_size == cfg.data.batch_size == 80
     assert f"data.batch_size=auto: 80 ({n_targets:,} training predictions an epoch, fewer than 150,000" in caplog.text
+    # and the LSTM, in the config the run saves and in the network.
+    assert cfg.model.cell == "lstm" and isinstance(model.net.lstms[0], torch.nn.LSTM)
+    assert f"model.cell=auto: lstm ({n_targets:,} training predictions an epoch, fewer than 150,000" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_gru_trained_on_session_parallel_steps_beats_popularity_and_loads_back(tmp_path):
+    from lstm_rec.checkpoint import load_network
+
+    cfg = compose_config("train", [*SMALL_DATA, *QUIET, "trainer.max_epochs=4", "model.cell=gru"], tmp_path / "run")
+    metrics = train(cfg)
+    assert metrics["test/recall@20"] > 2 * metrics["pop/test/recall@20"]
+    assert metrics["test/mrr@20"] > 2 * metrics["pop/test/mrr@20"]
+    network = load_network(metrics["checkpoint"]).network
+    assert network.cell == "gru" and isinstance(network.lstms[0], torch.nn.GRU)

@@ -117,9 +117,11 @@ def test_an_ensemble_scores_the_mean_of_its_members_each_run_alone():
         SessionLSTM(12, members=[{}, {"hidden": 5}])
 
 
-def test_a_live_session_continues_from_its_carry():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_live_session_continues_from_its_carry(cell):
     torch.manual_seed(0)
-    net = SessionLSTM(12, embedding_dim=4, hidden=6, num_layers=2, members=[{}, {"repeat_window": 3}]).eval()
+    net = SessionLSTM(12, embedding_dim=4, hidden=6, num_layers=2, cell=cell, members=[{}, {"repeat_window": 3}])
+    net = net.eval()
     session = torch.tensor([[3, 4, 3, 8, 1], [2, 2, 5, 6, 7]])
     whole = net.encode(session)
     carry = net.initial_carry(2)
@@ -143,3 +145,23 @@ def test_padding_is_kept_out_of_the_loss():
     # The real targets only: 2, 3, 4 after session 1's prefixes and 6 after [5]; columns are index - 1.
     picked = torch.stack([logits[0, 0], logits[0, 1], logits[0, 2], logits[1, 0]])
     torch.testing.assert_close(loss, F.cross_entropy(picked, torch.tensor([2, 3, 4, 6]) - 1))
+
+
+def test_a_gru_network_runs_gru4rec_s_cell_and_carries_no_cell_state():
+    torch.manual_seed(0)
+    net = SessionLSTM(12, embedding_dim=4, hidden=6, cell="gru", tie_weights=True).eval()
+    assert isinstance(net.lstms[0], torch.nn.GRU) and net.lstms[0].weight_hh_l0.shape == (18, 6)
+    session = torch.tensor([[3, 4, 3, 8]])
+    states, carry = net(session)
+    # By hand: h' = (1 - z) * n + z * h with r, z = sigmoid(...), n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+    gru, h = net.lstms[0], torch.zeros(1, 6)
+    for item in session[0]:
+        x = net.item_embedding[0, item][None]
+        gi, gh = x @ gru.weight_ih_l0.T + gru.bias_ih_l0, h @ gru.weight_hh_l0.T + gru.bias_hh_l0
+        r, z = torch.sigmoid(gi[:, :6] + gh[:, :6]), torch.sigmoid(gi[:, 6:12] + gh[:, 6:12])
+        h = (1 - z) * torch.tanh(gi[:, 12:] + r * gh[:, 12:]) + z * h
+    torch.testing.assert_close(states.hidden[0, 0, -1], h[0])
+    torch.testing.assert_close(carry.h[0], h)
+    assert torch.equal(carry.c, torch.zeros_like(carry.c))
+    with pytest.raises(ValueError, match=r"model.cell must be one of \['lstm', 'gru'\], got 'rnn'"):
+        SessionLSTM(12, cell="rnn")

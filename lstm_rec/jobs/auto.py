@@ -1,4 +1,5 @@
-"""Settings derived from the data when the config says `auto`: the number of training epochs and the batch size.
+"""Settings derived from the data when the config says `auto`: the number of training epochs, the batch size and
+the recurrent cell.
 
 `trainer.max_epochs=auto` (the default) trains about `auto_epochs.targets` next-item predictions in all: a small log
 gets many epochs, a large one few, so a default run's length grows slowly with the log. The count is clipped to
@@ -9,6 +10,11 @@ monitored metric stalls.
 steps), or `auto_batch_size.large` on a log with at least `auto_batch_size.large_from` training predictions an epoch:
 wider steps cost fewer seconds per prediction, which buys a large log more epochs in the same time, while a small
 log needs the many small steps (docs/tuning-log.md, "Large logs").
+
+`model.cell=auto` (the default) takes the `auto_cell.small` cell (an LSTM), or `auto_cell.large` (a GRU) on a log with
+at least `auto_cell.large_from` training predictions an epoch that trains on session-parallel steps: with the few
+epochs a large log gets, the GRU learned more, while with the many epochs of a small log the LSTM did
+(docs/tuning-log.md, "The cell"). Window batches (`data.batching=windows`) always take the small log's cell.
 """
 
 from __future__ import annotations
@@ -89,3 +95,30 @@ def resolve_batch_size(cfg: DictConfig, datamodule: Any) -> None:
     datamodule.batch_size = chosen
     with open_dict(cfg):
         cfg.data.batch_size = chosen
+
+
+def resolve_cell(cfg: DictConfig, n_targets: int) -> None:
+    """Replace `model.cell=auto` in `cfg` by the cell for a log of `n_targets` training predictions an epoch."""
+    from lstm_rec.model import CELLS  # torch, only when a run builds its model
+
+    cell: Any = cfg.model.get("cell")
+    if cell != AUTO:
+        if cell not in CELLS:
+            raise ValueError(f"model.cell must be one of {[*CELLS, AUTO]}, got {cell!r}")
+        return
+    settings = cfg.get("auto_cell")
+    if settings is None:
+        raise ValueError("model.cell=auto needs the auto_cell settings (small, large, large_from) of train.yaml")
+    small, large, large_from = str(settings.small), str(settings.large), int(settings.large_from)
+    for name, value in (("small", small), ("large", large)):
+        if value not in CELLS:
+            raise ValueError(f"auto_cell.{name} must be one of {list(CELLS)}, got {value!r}")
+    if cfg.data.get("batching") == "windows":
+        chosen, why = small, "data.batching=windows"
+    elif n_targets >= large_from:
+        chosen, why = large, f"{n_targets:,} training predictions an epoch, at least {large_from:,}: a large log"
+    else:
+        chosen, why = small, f"{n_targets:,} training predictions an epoch, fewer than {large_from:,}: a small log"
+    log.info("model.cell=auto: %s (%s)", chosen, why)
+    with open_dict(cfg):
+        cfg.model.cell = chosen

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Network settings that shape the weights; dropout rates may change between runs.
-FIXED = ("embedding_dim", "hidden", "num_layers", "tie_weights", "repeat_window", "members")
+FIXED = ("embedding_dim", "hidden", "num_layers", "cell", "tie_weights", "repeat_window", "members")
 # The model group's own file: a fixed setting left at its value there is taken from the checkpoint.
 MODEL_DEFAULTS = CONF_DIR / "model" / "lstm.yaml"
 

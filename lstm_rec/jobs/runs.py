@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lstm_rec.jobs.auto import resolve_batch_size, resolve_epochs
+from lstm_rec.jobs.auto import resolve_batch_size, resolve_cell, resolve_epochs
 
 if TYPE_CHECKING:
     import lightning as L
@@ -58,6 +58,7 @@ def build_model(cfg: DictConfig, datamodule: SessionDataModule) -> SessionRecMod
     check_monitor(cfg.monitor, cfg.model.ks)
     resolve_batch_size(cfg, datamodule)  # data.batch_size=auto, before the loaders and the schedule's length
     resolve_epochs(cfg, datamodule.train_sessions.n_targets)  # trainer.max_epochs=auto, before the schedule reads it
+    resolve_cell(cfg, datamodule.train_sessions.n_targets)  # model.cell=auto
     prior = None
     if cfg.get("prior") is not None:
         prior = instantiate(cfg.prior).fit(datamodule.train_sessions, datamodule.n_items)
