@@ -117,6 +117,11 @@ class SessionLSTM(nn.Module):
         members: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
+        if cell == "auto":
+            raise ValueError(
+                "model.cell=auto is chosen from the training data by the training job (lstm_rec.jobs.runs.build_model);"
+                f" a network built directly needs one of {list(CELLS)}"
+            )
         if cell not in CELLS:
             raise ValueError(f"model.cell must be one of {list(CELLS)}, got {cell!r}")
         common = {"dropout": dropout, "embedding_dropout": embedding_dropout, "repeat_window": repeat_window}

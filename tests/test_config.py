@@ -52,7 +52,8 @@ def test_yoochoose_paths_follow_the_shared_data_setting(tmp_path):
 def test_model_optimizer_scheduler_options(optimizer, scheduler, tmp_path):
     schedule = f"model/scheduler={scheduler}" if scheduler else "model.scheduler=null"  # null: a constant rate
     overrides = [f"model/optimizer={optimizer}", schedule]
-    cfg = compose_config("train", ["model.hidden=12", *overrides], tmp_path)
+    # model.cell=auto needs the training data (build_model resolves it); built directly, the cell is given.
+    cfg = compose_config("train", ["model.hidden=12", "model.cell=lstm", *overrides], tmp_path)
     model = instantiate(cfg.model, item_index=ItemIndex.from_items(np.arange(10)))
     assert model.net.hidden_size == 12
     model._trainer = SimpleNamespace(estimated_stepping_batches=100)  # what a fitting trainer would say

@@ -165,3 +165,5 @@ def test_a_gru_network_runs_gru4rec_s_cell_and_carries_no_cell_state():
     assert torch.equal(carry.c, torch.zeros_like(carry.c))
     with pytest.raises(ValueError, match=r"model.cell must be one of \['lstm', 'gru'\], got 'rnn'"):
         SessionLSTM(12, cell="rnn")
+    with pytest.raises(ValueError, match=r"model.cell=auto is chosen from the training data by the training job"):
+        SessionLSTM(12, cell="auto")
