@@ -84,3 +84,38 @@ def test_export_rejects_bad_requests(checkpoint, tmp_path):
         export(checkpoint, "tflite", tmp_path / "x")
     with pytest.raises(ValueError, match="top_k must be between"):
         export(checkpoint, "onnx", tmp_path / "x", top_k=0)
+
+
+def test_a_gru_network_exports_to_torchscript_and_onnx(tmp_path):
+    """A GRU carries h and a zero c: both exports step through a session as the PyTorch model does."""
+    from lstm_rec.checkpoint import write_entry
+    from lstm_rec.data import ItemIndex
+    from lstm_rec.model import build_network
+
+    torch.manual_seed(0)
+    index, settings = ItemIndex.from_items(np.arange(1, 31)), {"embedding_dim": 8, "hidden": 8, "cell": "gru"}
+    network = build_network(len(index), settings)
+    checkpoint = {"state_dict": {f"net.{name}": value for name, value in network.state_dict().items()}}
+    write_entry(checkpoint, index, settings, None, 0.0)
+    torch.save(checkpoint, tmp_path / "gru.ckpt")
+    rec, step = reference(tmp_path / "gru.ckpt")
+    assert isinstance(rec.scorer.scorer.lstms[0], torch.nn.GRU)
+    sessions = random_sessions(rec.n_items, seed=3)
+    with torch.no_grad():
+        whole = rec.scorer.score(rec.scorer.encode(sessions)).numpy()
+    expected = run_pytorch(step, sessions)
+    for t in range(sessions.shape[1]):
+        np.testing.assert_allclose(expected[t], whole[:, t], rtol=1e-5, atol=1e-5)
+    loaded = torch.jit.load(str(export(tmp_path / "gru.ckpt", "torchscript", tmp_path / "gru.pt")))
+    state = step.initial_state(len(sessions))
+    for t in range(sessions.shape[1]):
+        scores, *state = loaded(sessions[:, t], *state)
+        np.testing.assert_allclose(scores.detach().numpy(), expected[t], rtol=1e-5, atol=1e-5)
+    ort = pytest.importorskip("onnxruntime")
+    onnx = ort.InferenceSession(str(export(tmp_path / "gru.ckpt", "onnx", tmp_path / "gru.onnx", top_k=5)))
+    names = [i.name for i in onnx.get_inputs()][1:]
+    state = [t.numpy() for t in step.initial_state(len(sessions))]
+    for t in range(sessions.shape[1]):
+        top_scores, _, *state = onnx.run(None, {"item": sessions[:, t].numpy(), **dict(zip(names, state, strict=True))})
+        want = np.sort(expected[t], axis=1)[:, ::-1][:, :5]
+        np.testing.assert_allclose(top_scores, want, rtol=1e-4, atol=1e-4)
