@@ -65,3 +65,12 @@ def test_a_grid_in_parallel_processes_gives_one_directory_per_job_and_a_summary(
     summary = (sweep / "summary.md").read_text()
     assert summary.count("model.hidden=") == 2 and "val/mrr@20" in summary
     assert (sweep / "objective_vs_model.hidden.png").is_file()
+
+
+def test_the_optuna_sweeper_searches_the_keys_of_tune_yaml():
+    from omegaconf import OmegaConf
+
+    from lstm_rec.jobs.config import CONF_DIR
+
+    sweeper = OmegaConf.load(CONF_DIR / "hparams_search" / "optuna.yaml").hydra.sweeper.params
+    assert set(sweeper) == set(OmegaConf.load(CONF_DIR / "tune.yaml").search)
