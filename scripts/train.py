@@ -14,6 +14,7 @@ def main(cfg: DictConfig) -> float | None:
         return None
     print(metrics_table(metrics, cfg.model.ks))
     print(f"outputs: {metrics['output_dir']}")
+    print(f"model: {metrics['checkpoint']}")  # the tested checkpoint: the refit's when the run refitted
     return metrics.get(cfg.monitor)  # the value an optimizing sweeper maximizes
 
 

@@ -55,6 +55,7 @@ TINY = [
     "callbacks.progress_bar=null",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
+    "refit=false",  # the refit's own tests (test_refit.py, test_defaults.py) turn it on
 ]
 
 

@@ -1,13 +1,21 @@
-"""trainer.max_epochs=auto: epochs derived from the training data's size, clipped, logged."""
+"""Settings derived from the data (epochs, batch size, cell, refit): chosen, clipped, logged; bad values named."""
 
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
 
-from lstm_rec.jobs.auto import auto_batch_size, auto_epochs, resolve_batch_size, resolve_cell, resolve_epochs
+from lstm_rec.jobs.auto import (
+    auto_batch_size,
+    auto_epochs,
+    resolve_batch_size,
+    resolve_cell,
+    resolve_epochs,
+    resolve_refit,
+)
 
 
 @pytest.mark.parametrize(
@@ -140,3 +148,53 @@ def test_a_given_cell_stays_and_a_bad_one_is_an_error():
     bad.auto_cell.large = "transformer"
     with pytest.raises(ValueError, match=r"auto_cell\.large must be one of \['lstm', 'gru'\], got 'transformer'"):
         resolve_cell(bad, 10)
+
+
+def refit_config(refit, min_share=0.05):
+    return OmegaConf.create({"refit": refit, "auto_refit": {"min_share": min_share}})
+
+
+def split_data(held: int, trained: int, carved: bool = True):
+    """A fitted datamodule's refit facts: `held` validation predictions beside `trained` training ones."""
+    return SimpleNamespace(valid_carved=carved, valid_sessions=object(), valid_share=held / (held + trained))
+
+
+@pytest.mark.parametrize(
+    ("held", "trained", "expected", "why"),
+    [
+        (5_636, 46_823, True, "withheld 10.7% of data.train's next-item predictions, at least auto_refit.min_share=5%"),
+        (5_000, 95_000, True, "withheld 5.0%"),  # exactly the share
+        (4_999, 95_001, False, "withheld 5.0% of data.train's next-item predictions, less than"),  # 4.999%
+        (10_000, 497_281, False, "withheld 2.0% of data.train's next-item predictions, less than"),
+    ],
+)
+def test_auto_refit_when_the_split_withheld_a_large_share(caplog, held, trained, expected, why):
+    cfg = refit_config("auto")
+    with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.auto"):
+        assert resolve_refit(cfg, split_data(held, trained)) is expected
+    assert cfg.refit is expected  # written into the config the run saves
+    assert why in caplog.text
+
+
+def test_refit_needs_validation_split_off_the_training_data_and_one_process(caplog):
+    given = SimpleNamespace(valid_carved=False, valid_sessions=object(), valid_share=0.5)
+    with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.auto"):
+        assert resolve_refit(refit_config("auto"), given) is False
+    assert "refit: no (its validation sessions come from data.valid" in caplog.text
+    with pytest.raises(ValueError, match=r"refit=true .* validation sessions come from data\.valid.*refit=false"):
+        resolve_refit(refit_config(True), given)
+    none = SimpleNamespace(valid_carved=False, valid_sessions=None, valid_share=0.0)
+    with pytest.raises(ValueError, match="it has no validation sessions to choose the epochs with"):
+        resolve_refit(refit_config(True), none)
+    assert resolve_refit(refit_config("auto"), split_data(50, 50), world_size=2) is False
+    with pytest.raises(ValueError, match="refit=true runs in one process; this trainer has 2"):
+        resolve_refit(refit_config(True), split_data(50, 50), world_size=2)
+
+
+def test_a_forced_refit_and_bad_refit_settings():
+    assert resolve_refit(refit_config(True), split_data(1, 999)) is True  # 0.1%: forced
+    assert resolve_refit(refit_config(False), None) is False  # never looks at the data
+    with pytest.raises(ValueError, match="refit must be auto, true or false, got 'always'"):
+        resolve_refit(refit_config("always"), split_data(1, 1))
+    with pytest.raises(ValueError, match=r"auto_refit\.min_share must be a share in \[0, 1\], got 5\.0"):
+        resolve_refit(refit_config("auto", 5), split_data(1, 1))

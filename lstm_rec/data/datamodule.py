@@ -76,6 +76,7 @@ class SessionDataModule(L.LightningDataModule):
         self.valid_sessions: Sessions | None = None
         self.test_sessions: Sessions | None = None
         self.sources: dict[str, str] = {}  # "train", "valid", "test": the role and file each frame was read from
+        self.valid_carved = False  # whether the validation sessions were split off the training data
         self._loaded = False
 
     def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
@@ -92,6 +93,7 @@ class SessionDataModule(L.LightningDataModule):
         train, valid, test = self.load_frames()
         if train is not None and valid is None and self.item_index is None and self.valid_fraction > 0:
             train, valid = split_by_start_time(train, self.valid_fraction, "validation", self.valid_max_predictions)
+            self.valid_carved = True
         if self.item_index is None:
             if train is None:
                 raise ValueError(
@@ -110,6 +112,14 @@ class SessionDataModule(L.LightningDataModule):
         if test is not None:
             self.test_sessions = to_sessions(test, self.item_index, "test", self.sources.get("test"))
         self._loaded = True
+
+    @property
+    def valid_share(self) -> float:
+        """The validation sessions' share of the next-item predictions of training and validation together."""
+        if self.valid_sessions is None or self.train_sessions is None:
+            return 0.0
+        held = self.valid_sessions.n_targets
+        return held / (held + self.train_sessions.n_targets)
 
     def _loader(self, sessions: Sessions | None, name: str, train: bool, shard: bool = True) -> DataLoader:
         if sessions is None:

@@ -15,6 +15,11 @@ log needs the many small steps (docs/tuning-log.md, "Large logs").
 at least `auto_cell.large_from` training predictions an epoch that trains on session-parallel steps: with the few
 epochs a large log gets, the GRU learned more, while with the many epochs of a small log the LSTM did
 (docs/tuning-log.md, "The cell"). Window batches (`data.batching=windows`) always take the small log's cell.
+
+`refit=auto` (the default) trains a second, fresh network on all of `data.train` once the first one's validation has
+chosen its epochs, when that validation was split off `data.train` and withheld at least `auto_refit.min_share` of its
+next-item predictions: those are its newest sessions, and on a small log they are worth the second run
+(docs/tuning-log.md, "Refit on all the training data").
 """
 
 from __future__ import annotations
@@ -122,3 +127,51 @@ def resolve_cell(cfg: DictConfig, n_targets: int) -> None:
     log.info("model.cell=auto: %s (%s)", chosen, why)
     with open_dict(cfg):
         cfg.model.cell = chosen
+
+
+def resolve_refit(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> bool:
+    """Whether this run refits on all of data.train (`refit`: auto, true or false); replaces `refit=auto` in `cfg`.
+
+    A refit needs validation sessions split off the training data (no `data.valid`) and one process. `refit=true`
+    without them is an error before training; `auto` then logs that it does not refit.
+    """
+    refit: Any = cfg.get("refit", False)
+    if refit not in (AUTO, True, False):
+        raise ValueError(f"refit must be auto, true or false, got {refit!r}")
+    if refit is False:
+        return False
+    if not datamodule.valid_carved:
+        why = (
+            "its validation sessions come from data.valid, not from data.train"
+            if datamodule.valid_sessions is not None
+            else "it has no validation sessions to choose the epochs with"
+        )
+        if refit is True:
+            raise ValueError(
+                f"refit=true trains again on all of data.train, validation sessions included, but {why}: leave "
+                "data.valid unset (data.valid_fraction > 0) to refit, or set refit=false"
+            )
+        return _chosen(cfg, False, why)
+    if world_size > 1:
+        if refit is True:
+            raise ValueError(f"refit=true runs in one process; this trainer has {world_size}: set refit=false")
+        return _chosen(cfg, False, f"{world_size} processes; a refit runs in one")
+    share = datamodule.valid_share
+    held = f"the validation split withheld {share:.1%} of data.train's next-item predictions"
+    if refit is True:
+        return _chosen(cfg, True, f"refit=true; {held}")
+    settings = cfg.get("auto_refit")
+    if settings is None:
+        raise ValueError("refit=auto needs the auto_refit settings (min_share) of train.yaml")
+    min_share = float(settings.min_share)
+    if not 0.0 <= min_share <= 1.0:
+        raise ValueError(f"auto_refit.min_share must be a share in [0, 1], got {min_share}")
+    enough = share >= min_share
+    return _chosen(cfg, enough, f"{held}, {'at least' if enough else 'less than'} auto_refit.min_share={min_share:.0%}")
+
+
+def _chosen(cfg: DictConfig, refit: bool, why: str) -> bool:
+    log.info("refit: %s (%s)", "a second network on all of data.train" if refit else "no", why)
+    with open_dict(cfg):
+        cfg.refit = refit
+    return refit

@@ -21,14 +21,16 @@ def write_json(data: Mapping[str, Any], path: str | Path, sort_keys: bool = True
 def metrics_table(metrics: Mapping[str, float], ks: Sequence[int], splits: Sequence[str] = ("val", "test")) -> str:
     """A markdown table: one row per model and split, Recall@k and MRR@k columns.
 
-    Rows come from keys ``{split}/recall@k`` (the LSTM) and ``pop/{split}/recall@k`` (popularity).
+    Rows come from keys ``{split}/recall@k`` (the LSTM), ``selected/{split}/recall@k`` (after a refit: the network
+    whose validation chose the epochs, before the refit; the LSTM's val row is its own) and ``pop/{split}/recall@k``
+    (popularity).
     """
     columns = [f"{name}@{k}" for k in ks for name in ("recall", "mrr")]
     lines = [
         "| model | split | " + " | ".join(columns) + " | predictions |",
         "|---|---|" + "---:|" * (len(columns) + 1),
     ]
-    for model, prefix in (("LSTM", ""), ("popularity", "pop/")):
+    for model, prefix in (("LSTM", ""), ("LSTM before refit", "selected/"), ("popularity", "pop/")):
         for split in splits:
             if f"{prefix}{split}/{columns[0]}" not in metrics:
                 continue

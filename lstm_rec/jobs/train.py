@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -12,11 +13,13 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lstm_rec.baselines import Popularity
+from lstm_rec.checkpoint import read_checkpoint
 from lstm_rec.data import SessionDataModule
 from lstm_rec.evaluation import evaluate
+from lstm_rec.jobs.auto import resolve_refit
 from lstm_rec.jobs.init_from import model_from_checkpoint
 from lstm_rec.jobs.report import flatten, write_json
 from lstm_rec.jobs.runs import (
@@ -41,24 +44,14 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
 
     `callbacks` join the configured ones (the tuning job's pruning). Under a distributed strategy every process
     runs this; the test metrics are summed over all of them, and only the first process evaluates the rest and
-    writes metrics.json.
+    writes metrics.json. With a refit (`refit`, lstm_rec.jobs.auto.resolve_refit) a second, fresh network trains on
+    all of data.train for the epochs the first one's validation chose, in the run's refit/ directory, and the test
+    metrics are its own (the first network's as selected/test/...).
     """
     start = time.perf_counter()
-    prepare_run(cfg)
-    datamodule = instantiate(cfg.data)
-    if cfg.get("init_from") is not None:  # a checkpoint's weights on new data (lstm_rec.jobs.init_from)
-        ckpt_path, model = None, model_from_checkpoint(cfg, datamodule)
-    else:
-        ckpt_path = _checkpoint_to_resume(cfg)
-        datamodule.setup("fit")
-        model = build_model(cfg, datamodule)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=[*instantiate_all(cfg.get("callbacks")), *callbacks],
-        logger=instantiate_all(cfg.get("logger")),
-    )
-    check_outputs(trainer, cfg.paths.output_dir, checkpoint_bytes(model))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    resume = cfg.get("init_from") is None
+    trainer, model, datamodule, ckpt_path = _fit(cfg, callbacks, resume=resume)
+    fit_seconds = model.train_seconds  # every epoch of this fit (testing a checkpoint loads its own count)
 
     test_ckpt = _checkpoint_to_test(trainer, cfg.test_ckpt)
     metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
@@ -78,10 +71,84 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         "skipped_batches": model.skipped_batches,
         "output_dir": cfg.paths.output_dir,
     }
+    if cfg.get("refit") is True:
+        metrics = _refit(cfg, metrics, _epochs_of(trainer, test_ckpt), fit_seconds)
+        metrics["wall_seconds"] = time.perf_counter() - start
 
     write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
     _log_hparams_with_metrics(trainer, cfg, metrics)
     return metrics
+
+
+def _fit(
+    cfg: DictConfig, callbacks: Sequence[L.Callback], resume: bool
+) -> tuple[L.Trainer, SessionRecModule, SessionDataModule, str | None]:
+    """Seeds, data, model (from init_from or built), trainer; fits; `resume`: honour ckpt_path."""
+    prepare_run(cfg)
+    datamodule = instantiate(cfg.data)
+    if cfg.get("init_from") is not None:  # a checkpoint's weights on new data (lstm_rec.jobs.init_from)
+        ckpt_path, model = None, model_from_checkpoint(cfg, datamodule)
+    else:
+        ckpt_path = _checkpoint_to_resume(cfg) if resume else None
+        datamodule.setup("fit")
+        model = build_model(cfg, datamodule)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=[*instantiate_all(cfg.get("callbacks")), *callbacks],
+        logger=instantiate_all(cfg.get("logger")),
+    )
+    resolve_refit(cfg, datamodule, trainer.world_size)  # before training: refit=true that cannot be is an error
+    check_outputs(trainer, cfg.paths.output_dir, checkpoint_bytes(model))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return trainer, model, datamodule, ckpt_path
+
+
+def _epochs_of(trainer: L.Trainer, checkpoint: str | None) -> int:
+    """The epochs that made `checkpoint` (its own record), or all the fit's epochs when none was saved."""
+    if checkpoint is None:
+        return trainer.current_epoch
+    return int(read_checkpoint(checkpoint)["epoch"]) + 1
+
+
+def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: float) -> dict[str, Any]:
+    """A fresh network, the same config and seed, on all of data.train (the validation sessions too) for `epochs`,
+    in <run>/refit/, tested on its last epoch. Returns the metrics: the refit's test metrics and checkpoint; the
+    selected network's validation metrics, and its test metrics as selected/test/..."""
+    out = Path(cfg.paths.output_dir) / "refit"
+    refit_cfg = copy.deepcopy(cfg)
+    settings = {
+        "paths.output_dir": str(out),
+        "data.valid_fraction": 0.0,
+        "trainer.max_epochs": epochs,
+        "callbacks.early_stopping": None,
+        "ckpt_path": None,
+        "refit": False,
+    }
+    with open_dict(refit_cfg):
+        for key, value in settings.items():
+            OmegaConf.update(refit_cfg, key, value, merge=False)
+        refit_cfg.trainer.limit_val_batches = 0  # nothing held out: no validation
+        if refit_cfg.callbacks.get("model_checkpoint") is not None:
+            refit_cfg.callbacks.model_checkpoint.monitor = None  # keeps the latest epoch
+    log.info("refit: training a fresh network on all of data.train for %d epochs in %s", epochs, out)
+    trainer, model, datamodule, _ = _fit(refit_cfg, (), resume=False)
+    checkpoint = _checkpoint_to_test(trainer, "last")
+    tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint)[0]
+    counts, test = datamodule.item_index.counts, datamodule.full_dataloader("test")
+    tested |= evaluate(Popularity(counts), test, model.ks, "pop/test/", item_counts=counts)
+    kept = {k: v for k, v in selected.items() if not k.startswith(("test/", "pop/test/"))}
+    kept |= {f"selected/{k}": v for k, v in selected.items() if k.startswith("test/")}
+    kept |= {"selected_checkpoint": selected["checkpoint"], "selected_train_seconds": selected["train_seconds"]}
+    return (
+        kept
+        | tested
+        | {
+            "refit_epochs": epochs,
+            "refit_train_seconds": model.train_seconds,
+            "train_seconds": fit_seconds + model.train_seconds,  # both fits: the refit needs the first one's epochs
+            "checkpoint": str(checkpoint),
+        }
+    )
 
 
 def _validation_and_popularity(model: SessionRecModule, datamodule: SessionDataModule) -> dict[str, float]:

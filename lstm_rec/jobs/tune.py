@@ -127,7 +127,8 @@ def _with(cfg: DictConfig, values: dict[str, Any], splits: dict[str, str], outpu
     for key, value in values.items():
         OmegaConf.update(trial_cfg, key, value, merge=False)
     data = {"data.train": splits["train"], "data.valid": splits["valid"], "data.test": splits["valid"]}
-    for key, value in (data | {"paths.output_dir": str(output_dir), "test_ckpt": "best"}).items():
+    # Trials validate on the tuning split; the final run already trains on all of the training data: no refit.
+    for key, value in (data | {"paths.output_dir": str(output_dir), "test_ckpt": "best", "refit": False}).items():
         OmegaConf.update(trial_cfg, key, value, merge=False)
     return trial_cfg
 

@@ -1,0 +1,114 @@
+"""refit: once validation split off data.train has chosen the epochs, a fresh network trains on all of data.train
+(the validation sessions, the newest, included) and is the one tested (lstm_rec.jobs.train, lstm_rec.jobs.auto)."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import TINY, compose_config
+from lstm_rec.checkpoint import read_checkpoint
+from lstm_rec.data.synthetic import generate_events
+from lstm_rec.jobs.train import train
+from lstm_rec.serving.recommender import Recommender
+
+OLD_SESSIONS, NEW_SESSIONS = 630, 70  # validation: the last 10% of 700 sessions, exactly the new ones
+NEW_A, NEW_B = 900, 901  # items clicked only in the newest sessions, always A then B
+
+
+def _frame(events: pd.DataFrame) -> pd.DataFrame:
+    return events.rename(columns={"session": "SessionId", "item": "ItemId", "time": "Time"})[
+        ["SessionId", "ItemId", "Time"]
+    ]
+
+
+def _sessions(first_session: int, count: int, start_time: int) -> pd.DataFrame:
+    """`count` sessions A, B."""
+    rows = [
+        (first_session + s, item, start_time + 100 * s + i)
+        for s in range(count)
+        for i, item in enumerate((NEW_A, NEW_B))
+    ]
+    return pd.DataFrame(rows, columns=["SessionId", "ItemId", "Time"])
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory) -> dict:
+    """A shop whose newest 70 sessions (the validation split) end with two new items, A B A B; the test has more of
+    the usual sessions and 20 sessions A, B."""
+    folder = tmp_path_factory.mktemp("refit")
+    events = _frame(generate_events(n_sessions=OLD_SESSIONS + NEW_SESSIONS + 40, n_items=300, seed=5))
+    train = events[events.SessionId < OLD_SESSIONS + NEW_SESSIONS]
+    newest = train[train.SessionId >= OLD_SESSIONS].groupby("SessionId").Time.max()
+    # What the selected network validates on: the newest sessions' clicks on items of the older sessions.
+    held = train[train.SessionId >= OLD_SESSIONS]
+    sizes = held[held.ItemId.isin(train[train.SessionId < OLD_SESSIONS].ItemId)].groupby("SessionId").size()
+    tails = [
+        (session, item, last + 1 + position)
+        for session, last in newest.items()
+        for position, item in enumerate((NEW_A, NEW_B, NEW_A, NEW_B))
+    ]
+    train = pd.concat([train, pd.DataFrame(tails, columns=train.columns)]).sort_values(["SessionId", "Time"])
+    end = int(train.Time.max()) + 1000
+    test = events[events.SessionId >= OLD_SESSIONS + NEW_SESSIONS]
+    test = pd.concat([test.assign(Time=test.Time - test.Time.min() + end), _sessions(20_000, 20, end + 10**6)])
+    paths = {"train": folder / "train.tsv", "test": folder / "test.tsv"}
+    train.to_csv(paths["train"], sep="\t", index=False)
+    test.to_csv(paths["test"], sep="\t", index=False)
+    return paths | {"valid_predictions": int((sizes[sizes >= 2] - 1).sum())}
+
+
+def _overrides(log: dict, *extra: str) -> list[str]:
+    tiny = [o for o in TINY if not o.startswith(("data.n_", "refit"))]
+    return [*tiny, "num_threads=1", "data=files", f"data.train={log['train']}", f"data.test={log['test']}", *extra]
+
+
+@pytest.fixture(scope="module")
+def refitted(log, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("run") / "run"
+    metrics = train(compose_config("train", _overrides(log, "refit=true", "trainer.max_epochs=4"), out))
+    return metrics | {"valid_predictions": log["valid_predictions"]}
+
+
+def test_refit_trains_on_the_validation_sessions_and_is_the_model_tested(refitted):
+    run = Path(refitted["output_dir"])
+    assert refitted["checkpoint"] == str(run / "refit" / "checkpoints" / "last.ckpt")
+    assert refitted["selected_checkpoint"].startswith(str(run / "checkpoints"))
+    # The selected network never saw A or B: the test's A, B sessions are dropped for it (unknown items), while
+    # the refitted one knows both and puts B first after A, having learned it from the validation sessions alone.
+    assert refitted["test/n_predictions"] == refitted["selected/test/n_predictions"] + 20
+    assert read_checkpoint(refitted["selected_checkpoint"])["lstm_rec"]["item_ids"].tolist().count(NEW_A) == 0
+    top = Recommender.from_checkpoint(refitted["checkpoint"]).recommend([NEW_A], k=20)
+    assert NEW_B in [item for item, _ in top]
+
+
+def test_refit_trains_the_epochs_validation_chose(refitted):
+    selected = read_checkpoint(refitted["selected_checkpoint"])["epoch"] + 1
+    assert refitted["refit_epochs"] == selected
+    assert read_checkpoint(refitted["checkpoint"])["epoch"] + 1 == selected
+    # The cost is both fits: every epoch of the first (its last checkpoint's count), then the refit's.
+    first = read_checkpoint(Path(refitted["output_dir"]) / "checkpoints" / "last.ckpt")["lstm_rec"]["train_seconds"]
+    assert refitted["train_seconds"] == pytest.approx(first + refitted["refit_train_seconds"])
+    assert refitted["refit_train_seconds"] > 0
+
+
+def test_the_validation_metrics_stay_those_of_the_selected_network(refitted):
+    # The held-out sessions as the selected network knows them: without A and B, unknown to it and dropped.
+    assert refitted["val/n_predictions"] == refitted["valid_predictions"]
+    run = Path(refitted["output_dir"])
+    assert (run / "refit" / "curves.png").is_file() and (run / "curves.png").is_file()
+    assert (run / "refit" / "tensorboard").is_dir()
+    assert (run / "metrics.json").is_file() and not (run / "refit" / "metrics.json").exists()
+
+
+def test_refit_false_tests_the_selected_network(log, tmp_path):
+    metrics = train(compose_config("train", _overrides(log, "refit=false"), tmp_path / "run"))
+    assert metrics["checkpoint"].startswith(str(tmp_path / "run" / "checkpoints"))
+    assert "refit_epochs" not in metrics and not (tmp_path / "run" / "refit").exists()
+
+
+def test_refit_true_with_a_validation_file_fails_before_training(log, tmp_path):
+    cfg = compose_config("train", _overrides(log, "refit=true", f"data.valid={log['test']}"), tmp_path / "run")
+    with pytest.raises(ValueError, match=r"refit=true .* come from data\.valid"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
