@@ -154,9 +154,10 @@ def refit_config(refit, min_share=0.05):
     return OmegaConf.create({"refit": refit, "auto_refit": {"min_share": min_share}})
 
 
-def split_data(held: int, trained: int, carved: bool = True):
+def split_data(held: int, trained: int, stationary: bool = False):
     """A fitted datamodule's refit facts: `held` validation predictions beside `trained` training ones."""
-    return SimpleNamespace(valid_carved=carved, valid_sessions=object(), valid_share=held / (held + trained))
+    share = held / (held + trained)
+    return SimpleNamespace(valid_carved=True, valid_sessions=object(), valid_share=share, stationary=stationary)
 
 
 @pytest.mark.parametrize(
@@ -189,6 +190,13 @@ def test_refit_needs_validation_split_off_the_training_data_and_one_process(capl
     assert resolve_refit(refit_config("auto"), split_data(50, 50), world_size=2) is False
     with pytest.raises(ValueError, match="refit=true runs in one process; this trainer has 2"):
         resolve_refit(refit_config(True), split_data(50, 50), world_size=2)
+
+
+def test_auto_does_not_refit_the_synthetic_sessions(caplog):
+    with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.auto"):
+        assert resolve_refit(refit_config("auto"), split_data(50, 50, stationary=True)) is False
+    assert "drawn from one unchanging process: its newest hold nothing new" in caplog.text
+    assert resolve_refit(refit_config(True), split_data(50, 50, stationary=True)) is True
 
 
 def test_a_forced_refit_and_bad_refit_settings():

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class SessionDataModule(L.LightningDataModule):
+    stationary = False  # whether every session comes from one unchanging process (refit=auto: nothing to gain)
+
     """Turns train/valid/test event frames into session arrays and length-grouped batches.
 
     The item index comes from the training part only; validation and test rows with unknown
@@ -231,6 +233,9 @@ class FileDataModule(SessionDataModule):
 
 class SyntheticDataModule(SessionDataModule):
     """The built-in generated sessions; the last `test_fraction` of sessions by time are the test set."""
+
+    # Every session is drawn from the same unchanging process: the newest hold nothing the older ones lack.
+    stationary = True
 
     def __init__(
         self,

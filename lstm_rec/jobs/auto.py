@@ -19,7 +19,8 @@ epochs a large log gets, the GRU learned more, while with the many epochs of a s
 `refit=auto` (the default) trains a second, fresh network on all of `data.train` once the first one's validation has
 chosen its epochs, when that validation was split off `data.train` and withheld at least `auto_refit.min_share` of its
 next-item predictions: those are its newest sessions, and on a small log they are worth the second run
-(docs/tuning-log.md, "Refit on all the training data").
+(docs/tuning-log.md, "Refit on all the training data"). The built-in synthetic sessions, drawn from one unchanging
+process, are never refitted by `auto`.
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ def resolve_refit(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> bool
     held = f"the validation split withheld {share:.1%} of data.train's next-item predictions"
     if refit is True:
         return _chosen(cfg, True, f"refit=true; {held}")
+    if getattr(datamodule, "stationary", False):
+        why = f"{held}, but the data is drawn from one unchanging process: its newest hold nothing new"
+        return _chosen(cfg, False, why)
     settings = cfg.get("auto_refit")
     if settings is None:
         raise ValueError("refit=auto needs the auto_refit settings (min_share) of train.yaml")
