@@ -113,3 +113,14 @@ def test_refit_true_with_a_validation_file_fails_before_training(log, tmp_path):
     with pytest.raises(ValueError, match=r"refit=true .* come from data\.valid"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_refit_under_init_from_starts_from_the_checkpoint_too(log, refitted, tmp_path):
+    """A refitted init_from run grows the checkpoint's item index in both fits: the known items keep their rows'
+    positions, the new data's items are appended."""
+    old = read_checkpoint(refitted["selected_checkpoint"])["lstm_rec"]["item_ids"].tolist()  # without A and B
+    overrides = _overrides(log, "refit=true", "trainer.max_epochs=2", f"init_from={refitted['selected_checkpoint']}")
+    metrics = train(compose_config("train", overrides, tmp_path / "run"))
+    assert metrics["checkpoint"].endswith("refit/checkpoints/last.ckpt") and metrics["init_from"]
+    ids = read_checkpoint(metrics["checkpoint"])["lstm_rec"]["item_ids"].tolist()
+    assert ids[: len(old)] == old and {NEW_A, NEW_B} <= set(ids[len(old) :])
