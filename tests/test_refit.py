@@ -124,3 +124,17 @@ def test_a_refit_under_init_from_starts_from_the_checkpoint_too(log, refitted, t
     assert metrics["checkpoint"].endswith("refit/checkpoints/last.ckpt") and metrics["init_from"]
     ids = read_checkpoint(metrics["checkpoint"])["lstm_rec"]["item_ids"].tolist()
     assert ids[: len(old)] == old and {NEW_A, NEW_B} <= set(ids[len(old) :])
+
+
+def test_a_refit_run_again_in_its_directory_replaces_the_earlier_refit(log, tmp_path, caplog):
+    stale = tmp_path / "run" / "refit" / "checkpoints"
+    stale.mkdir(parents=True)
+    (stale / "last.ckpt").write_text("an interrupted refit's file")
+    (stale / "epoch_007.ckpt").write_text("another")
+    cfg = compose_config("train", _overrides(log, "refit=true", "trainer.max_epochs=1"), tmp_path / "run")
+    with caplog.at_level("WARNING", logger="lstm_rec.jobs.train"):
+        metrics = train(cfg)
+    assert "refit: removing 2 checkpoint(s) of an earlier refit" in caplog.text
+    assert metrics["checkpoint"] == str(stale / "last.ckpt")
+    assert read_checkpoint(metrics["checkpoint"])["epoch"] == 0  # this refit's single epoch
+    assert not (stale / "epoch_007.ckpt").exists()

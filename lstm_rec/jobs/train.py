@@ -131,6 +131,7 @@ def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: 
         if refit_cfg.callbacks.get("model_checkpoint") is not None:
             refit_cfg.callbacks.model_checkpoint.monitor = None  # keeps the latest epoch
     log.info("refit: training a fresh network on all of data.train for %d epochs in %s", epochs, out)
+    _clear_earlier_refit(refit_cfg)
     trainer, model, datamodule, _ = _fit(refit_cfg, (), resume=False)
     checkpoint = _checkpoint_to_test(trainer, "last")
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint)[0]
@@ -149,6 +150,19 @@ def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: 
             "checkpoint": str(checkpoint),
         }
     )
+
+
+def _clear_earlier_refit(refit_cfg: DictConfig) -> None:
+    """Remove the checkpoints an earlier refit of this run left (a run resumed, or run again in its directory): the
+    refit starts from scratch, and its last.ckpt must be this refit's, not a leftover beside a last-v1.ckpt."""
+    callback = refit_cfg.callbacks.get("model_checkpoint")
+    if callback is None or callback.get("dirpath") is None:
+        return
+    earlier = sorted(Path(callback.dirpath).glob("*.ckpt"))
+    if earlier:
+        log.warning("refit: removing %d checkpoint(s) of an earlier refit in %s", len(earlier), callback.dirpath)
+        for path in earlier:
+            path.unlink()
 
 
 def _validation_and_popularity(model: SessionRecModule, datamodule: SessionDataModule) -> dict[str, float]:
