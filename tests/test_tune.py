@@ -87,3 +87,10 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     assert final["epochs"] == int(chosen[-1].split("=")[1])  # the best trial's epochs
     assert metrics["test/recall@20"] > 1.5 * metrics["pop/test/recall@20"]
     assert (tmp_path / "optimization_history.png").is_file() and (tmp_path / "best.yaml").is_file()
+
+
+def test_tune_refuses_a_directory_that_holds_an_earlier_search(log_files, tmp_path):
+    (tmp_path / "trial_000" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=r"already holds an earlier search \(trial_000\).*hydra\.run\.dir"):
+        tune(compose_config("tune", files(log_files), tmp_path))
+    assert not (tmp_path / "data").exists()  # refused before the splits are written

@@ -53,6 +53,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     """Search, retrain the best on all the training data, test it; returns the final run's metrics."""
     prepare_run(cfg)
     out = Path(cfg.paths.output_dir)
+    _check_fresh(out)
     splits = tuning_splits(cfg, out / "data")
     deadline = time.monotonic() + 60 * cfg.budget_minutes
     study = optuna.create_study(
@@ -119,6 +120,18 @@ def _suggest(trial: optuna.Trial, search: DictConfig) -> dict[str, Any]:
         else:
             values[key] = trial.suggest_float(key, spec.low, spec.high, log=spec.get("log", False))
     return values
+
+
+def _check_fresh(out: Path) -> None:
+    """A search writes trial_NNN/ and final/ afresh: an earlier search's folders there would mix its checkpoints with
+    this one's (Lightning writes last-v1.ckpt beside a stale last.ckpt), so they are refused before anything runs."""
+    earlier = sorted(p.name for p in [*out.glob("trial_*"), out / "final"] if p.is_dir())
+    if earlier:
+        shown = ", ".join(earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        raise FileExistsError(
+            f"tune: '{out}' already holds an earlier search ({shown}); give this one a new directory "
+            "(hydra.run.dir=DIR) or remove those folders"
+        )
 
 
 def _with(cfg: DictConfig, values: dict[str, Any], splits: dict[str, str], output_dir: Path) -> DictConfig:
