@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 
 
 class SessionDataModule(L.LightningDataModule):
-    stationary = False  # whether every session comes from one unchanging process (refit=auto: nothing to gain)
-
     """Turns train/valid/test event frames into session arrays and length-grouped batches.
 
     The item index comes from the training part only; validation and test rows with unknown
@@ -45,6 +43,8 @@ class SessionDataModule(L.LightningDataModule):
     windows of `batch_size` sessions, LengthGroupedBatchSampler) or "parallel" (session-parallel steps over
     `batch_size` lanes, the state carried from step to step, ParallelStepSampler).
     """
+
+    stationary = False  # whether every session comes from one unchanging process (refit=auto: nothing to gain)
 
     def __init__(
         self,

@@ -57,7 +57,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
     if not trainer.is_global_zero:
         return metrics
-    metrics |= _validation_and_popularity(model, datamodule)
+    refit = cfg.get("refit") is True  # resolved by _fit; a refit tests (and ranks popularity on) its own data
+    metrics |= _validation_and_popularity(model, datamodule, test=not refit)
     with trainer.precision_plugin.forward_context():  # the training's precision, as in the per-epoch val/loss
         metrics["val/loss"] = model.validation_loss(datamodule.full_dataloader("valid"))
     metrics |= {
@@ -71,7 +72,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         "skipped_batches": model.skipped_batches,
         "output_dir": cfg.paths.output_dir,
     }
-    if cfg.get("refit") is True:
+    if refit:
         metrics = _refit(cfg, metrics, _epochs_of(trainer, test_ckpt), fit_seconds)
         metrics["wall_seconds"] = time.perf_counter() - start
 
@@ -135,9 +136,8 @@ def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: 
     trainer, model, datamodule, _ = _fit(refit_cfg, (), resume=False)
     checkpoint = _checkpoint_to_test(trainer, "last")
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint)[0]
-    counts, test = datamodule.item_index.counts, datamodule.full_dataloader("test")
-    tested |= evaluate(Popularity(counts), test, model.ks, "pop/test/", item_counts=counts)
-    kept = {k: v for k, v in selected.items() if not k.startswith(("test/", "pop/test/"))}
+    tested |= _popularity(datamodule, "test", model.ks)
+    kept = {k: v for k, v in selected.items() if not k.startswith("test/")}
     kept |= {f"selected/{k}": v for k, v in selected.items() if k.startswith("test/")}
     kept |= {"selected_checkpoint": selected["checkpoint"], "selected_train_seconds": selected["train_seconds"]}
     return (
@@ -165,14 +165,22 @@ def _clear_earlier_refit(refit_cfg: DictConfig) -> None:
             path.unlink()
 
 
-def _validation_and_popularity(model: SessionRecModule, datamodule: SessionDataModule) -> dict[str, float]:
-    """The tested checkpoint's validation metrics, and popularity's on both splits, in this process alone."""
-    ks, counts = model.ks, datamodule.item_index.counts
-    valid, test = datamodule.full_dataloader("valid"), datamodule.full_dataloader("test")
-    metrics = evaluate(model.scorer(), valid, ks, "val/", model.device, item_counts=counts)
-    popularity = Popularity(counts)
-    metrics |= evaluate(popularity, valid, ks, "pop/val/", item_counts=counts)
-    return metrics | evaluate(popularity, test, ks, "pop/test/", item_counts=counts)
+def _validation_and_popularity(
+    model: SessionRecModule, datamodule: SessionDataModule, test: bool = True
+) -> dict[str, float]:
+    """The tested checkpoint's validation metrics, and popularity's on validation (and on test with `test`), in this
+    process alone."""
+    valid = datamodule.full_dataloader("valid")
+    metrics = evaluate(model.scorer(), valid, model.ks, "val/", model.device, item_counts=datamodule.item_index.counts)
+    for split in ("valid", "test") if test else ("valid",):
+        metrics |= _popularity(datamodule, split, model.ks)
+    return metrics
+
+
+def _popularity(datamodule: SessionDataModule, split: str, ks: Sequence[int]) -> dict[str, float]:
+    """Popularity (the training clicks) ranked on the "valid" or "test" split, as pop/val/... or pop/test/..."""
+    counts, name = datamodule.item_index.counts, {"valid": "val", "test": "test"}[split]
+    return evaluate(Popularity(counts), datamodule.full_dataloader(split), ks, f"pop/{name}/", item_counts=counts)
 
 
 def _checkpoint_to_resume(cfg: DictConfig) -> str | None:
