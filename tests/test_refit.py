@@ -9,6 +9,7 @@ import pytest
 from conftest import TINY, compose_config
 from lstm_rec.checkpoint import read_checkpoint
 from lstm_rec.data.synthetic import generate_events
+from lstm_rec.jobs.runs import checkpoint_epochs
 from lstm_rec.jobs.train import train
 from lstm_rec.serving.recommender import Recommender
 
@@ -91,6 +92,14 @@ def test_refit_trains_the_epochs_validation_chose(refitted):
     first = read_checkpoint(Path(refitted["output_dir"]) / "checkpoints" / "last.ckpt")["lstm_rec"]["train_seconds"]
     assert refitted["train_seconds"] == pytest.approx(first + refitted["refit_train_seconds"])
     assert refitted["refit_train_seconds"] > 0
+
+
+def test_checkpoint_epochs_reads_the_checkpoints_own_record(refitted):
+    # The helper tune.py and the refit share: the file's "epoch" record + 1, whatever the file's name.
+    selected = read_checkpoint(refitted["selected_checkpoint"])["epoch"] + 1
+    assert checkpoint_epochs(refitted["selected_checkpoint"]) == selected
+    assert checkpoint_epochs(refitted["checkpoint"]) == selected  # refit/checkpoints/last.ckpt
+    assert checkpoint_epochs(None) is None and checkpoint_epochs("None") is None
 
 
 def test_the_validation_metrics_stay_those_of_the_selected_network(refitted):

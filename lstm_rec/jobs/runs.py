@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lstm_rec.checkpoint import read_checkpoint
 from lstm_rec.jobs.auto import resolve_batch_size, resolve_cell, resolve_epochs
 
 if TYPE_CHECKING:
@@ -64,6 +65,14 @@ def build_model(cfg: DictConfig, datamodule: SessionDataModule) -> SessionRecMod
         prior = instantiate(cfg.prior).fit(datamodule.train_sessions, datamodule.n_items)
     # val/loss in batches of the training's size (sampled losses share candidates within a batch).
     return instantiate(cfg.model, item_index=datamodule.item_index, prior=prior, loss_batch_size=datamodule.batch_size)
+
+
+def checkpoint_epochs(checkpoint: str | Path | None) -> int | None:
+    """The epochs that made `checkpoint`, from its own "epoch" record; None for no checkpoint (None or "None", as
+    metrics.json writes a run that saved none)."""
+    if checkpoint is None or str(checkpoint) == "None":
+        return None
+    return int(read_checkpoint(checkpoint)["epoch"]) + 1
 
 
 def check_monitor(monitor: str, ks: list[int]) -> None:

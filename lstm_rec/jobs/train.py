@@ -16,7 +16,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lstm_rec.baselines import Popularity
-from lstm_rec.checkpoint import read_checkpoint
 from lstm_rec.data import SessionDataModule
 from lstm_rec.evaluation import evaluate
 from lstm_rec.jobs.auto import resolve_refit
@@ -27,6 +26,7 @@ from lstm_rec.jobs.runs import (
     build_model,
     check_outputs,
     checkpoint_bytes,
+    checkpoint_epochs,
     continue_in,
     find_run_to_resume,
     instantiate_all,
@@ -106,9 +106,8 @@ def _fit(
 
 def _epochs_of(trainer: L.Trainer, checkpoint: str | None) -> int:
     """The epochs that made `checkpoint` (its own record), or all the fit's epochs when none was saved."""
-    if checkpoint is None:
-        return trainer.current_epoch
-    return int(read_checkpoint(checkpoint)["epoch"]) + 1
+    epochs = checkpoint_epochs(checkpoint)
+    return trainer.current_epoch if epochs is None else epochs
 
 
 def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: float) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, split_by_start_time
 from lstm_rec.jobs.report import frame_to_markdown, write_json
-from lstm_rec.jobs.runs import prepare_run
+from lstm_rec.jobs.runs import checkpoint_epochs, prepare_run
 from lstm_rec.jobs.train import train
 from lstm_rec.module import NonFiniteLossError
 
@@ -66,7 +65,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     def objective(trial: optuna.Trial) -> float:
         trial_cfg = _with(cfg, _suggest(trial, cfg.search), splits, out / f"trial_{trial.number:03d}")
         metrics = train(trial_cfg, callbacks=[PruneTrial(trial, cfg.monitor, deadline)])
-        trial.set_user_attr("epochs", _epochs(metrics["checkpoint"]))
+        trial.set_user_attr("epochs", checkpoint_epochs(metrics["checkpoint"]))
         return metrics[cfg.monitor]
 
     # A trial whose loss turned NaN fails; the search goes on.
@@ -144,12 +143,6 @@ def _with(cfg: DictConfig, values: dict[str, Any], splits: dict[str, str], outpu
     for key, value in (data | {"paths.output_dir": str(output_dir), "test_ckpt": "best", "refit": False}).items():
         OmegaConf.update(trial_cfg, key, value, merge=False)
     return trial_cfg
-
-
-def _epochs(checkpoint: str) -> int | None:
-    """The epochs that made the tested checkpoint, from its name (epoch_NNN.ckpt)."""
-    found = re.search(r"epoch_(\d+)\.ckpt$", str(checkpoint))
-    return None if found is None else int(found.group(1)) + 1
 
 
 def _final_config(
