@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY, compose_config
 from lstm_rec.data import FileDataModule
 from lstm_rec.data.batching import ParallelStep, ParallelSteps, ParallelStepSampler, resolve_batching
 from lstm_rec.data.sessions import ItemIndex, Sessions
@@ -143,7 +144,7 @@ class CountSteps(L.Callback):
             CountSteps.runs[-1]["validated"] = True
 
 
-def test_every_epoch_runs_its_own_steps_and_validates(train_config):
+def test_every_epoch_runs_its_own_steps_and_validates(train_config, tmp_path):
     CountSteps.runs = []
     counter = ["+callbacks.count._target_=test_parallel.CountSteps"]
     train(train_config("data.batching=parallel", "data.batch_size=32", "data.n_sessions=1500", *counter))
@@ -151,7 +152,8 @@ def test_every_epoch_runs_its_own_steps_and_validates(train_config):
     assert all(run["steps"] == run["expected"] and run["validated"] for run in CountSteps.runs)
     assert len({run["steps"] for run in CountSteps.runs}) > 1  # the epochs' steps differ: the check has teeth
     with pytest.raises(ValueError, match=r"needs trainer.reload_dataloaders_every_n_epochs=1, got 0"):
-        train(train_config("data.batching=parallel", "trainer.reload_dataloaders_every_n_epochs=0"))
+        overrides = [*TINY, "data.batching=parallel", "trainer.reload_dataloaders_every_n_epochs=0"]
+        train(compose_config("train", overrides, tmp_path / "another_run"))  # a new run needs its own directory
 
 
 def test_a_skipped_step_leaves_no_nan_state_in_its_lanes(train_config):

@@ -168,6 +168,21 @@ def test_resume_from_a_checkpoint(file_run, tmp_path):
     assert resumed["epochs"] == trained["epochs"] + 1
 
 
+def test_a_new_run_in_a_directory_with_checkpoints_is_refused(file_run):
+    # Lightning would write epoch_NNN-v1.ckpt and last-v1.ckpt beside the earlier run's, and its last.ckpt would
+    # pass for the new run's (what ckpt_path=last, serve and recommend pick up).
+    data, out, _ = file_run
+    before = {path.name: path.read_bytes() for path in (out / "checkpoints").glob("*.ckpt")}
+    cfg = compose_config("train", file_overrides(data, "trainer.max_epochs=1"), out)
+    with pytest.raises(
+        FileExistsError,
+        match=r"checkpoints already holds the checkpoints of an earlier run.*last\.ckpt"
+        r".*ckpt_path=last.*hydra\.run\.dir=DIR",
+    ):
+        train(cfg)
+    assert {path.name: path.read_bytes() for path in (out / "checkpoints").glob("*.ckpt")} == before
+
+
 def test_recent_popularity_prior_from_the_last_hours_of_training(file_run, tmp_path):
     data, _, _ = file_run
     overrides = file_overrides(

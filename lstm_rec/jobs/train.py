@@ -86,6 +86,8 @@ def _fit(
 ) -> tuple[L.Trainer, SessionRecModule, SessionDataModule, str | None]:
     """Seeds, data, model (from init_from or built), trainer; fits; `resume`: honour ckpt_path."""
     prepare_run(cfg)
+    if not (resume and cfg.get("ckpt_path")):  # a new run, before its data is read
+        _check_no_earlier_run(cfg)
     datamodule = instantiate(cfg.data)
     if cfg.get("init_from") is not None:  # a checkpoint's weights on new data (lstm_rec.jobs.init_from)
         ckpt_path, model = None, model_from_checkpoint(cfg, datamodule)
@@ -149,6 +151,21 @@ def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: 
             "checkpoint": str(checkpoint),
         }
     )
+
+
+def _check_no_earlier_run(cfg: DictConfig) -> None:
+    """A new run (no ckpt_path) refuses a checkpoint directory that holds an earlier run's checkpoints: Lightning would
+    write epoch_NNN-v1.ckpt and last-v1.ckpt beside them, and the stale last.ckpt would then pass for this run's."""
+    callback = cfg.get("callbacks", {}).get("model_checkpoint")
+    if callback is None or callback.get("dirpath") is None:
+        return
+    earlier = sorted(path.name for path in Path(callback.dirpath).glob("*.ckpt"))
+    if earlier:
+        shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
+        raise FileExistsError(
+            f"{callback.dirpath} already holds the checkpoints of an earlier run ({shown}): resume that run with "
+            "ckpt_path=last, train this one elsewhere (hydra.run.dir=DIR), or remove them first"
+        )
 
 
 def _clear_earlier_refit(refit_cfg: DictConfig) -> None:
