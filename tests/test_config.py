@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import OmegaConf
 
 from conftest import CONF, compose_config
 from lstm_rec.data import ItemIndex
@@ -105,12 +106,25 @@ def test_no_logger(tmp_path):
     assert instantiate_all(compose_config("train", ["~logger"], tmp_path).get("logger")) == []
 
 
-@pytest.mark.parametrize("option", options("experiment"))
+@pytest.mark.parametrize("option", [option for option in options("experiment") if option.startswith("yoochoose")])
 def test_experiment_options(option, tmp_path):
     cfg = compose_config("train", [f"experiment={option}"], tmp_path)
     assert cfg.data._target_.endswith("FileDataModule")
     assert "yoochoose-100k" in cfg.data.train
     instantiate(cfg.data)
+
+
+def test_the_ensemble_preset_is_the_defaults_with_four_members(tmp_path):
+    assert set(options("experiment")) - {"ensemble"} == {
+        "yoochoose_100k",
+        "yoochoose_100k_fast",
+        "yoochoose_100k_tuning",
+    }
+    defaults = OmegaConf.to_container(compose_config("train", [], tmp_path))
+    ensemble = OmegaConf.to_container(compose_config("train", ["experiment=ensemble"], tmp_path))
+    assert defaults["model"].pop("members") is None
+    assert ensemble["model"].pop("members") == [{}, {}, {"repeat_window": 10}, {"repeat_window": 5}]
+    assert ensemble == defaults  # nothing else: the data-derived defaults apply to any log
 
 
 def test_eval_config(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import ClassVar
 
 import lightning as L
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY, compose_config
+from lstm_rec.checkpoint import load_network
 from lstm_rec.data import FileDataModule
 from lstm_rec.data.batching import ParallelStep, ParallelSteps, ParallelStepSampler, resolve_batching
 from lstm_rec.data.sessions import ItemIndex, Sessions
@@ -161,4 +163,28 @@ def test_a_skipped_step_leaves_no_nan_state_in_its_lanes(train_config):
     poison = ["+callbacks.poison._target_=test_faults.PoisonBatches", "+callbacks.poison.batches=[[0,5]]"]
     metrics = train(train_config("data.batching=parallel", "data.batch_size=32", "model.nonfinite_loss=skip", *poison))
     assert metrics["skipped_batches"] == 1
+    assert metrics["test/recall@20"] > 2 * metrics["pop/test/recall@20"]
+
+
+def test_the_ensemble_preset_trains_on_session_parallel_steps_with_the_gru(tmp_path, caplog):
+    # experiment=ensemble keeps the defaults' recipe: session-parallel steps, BPR-max, sparse Adagrad with momentum;
+    # here with the GRU that auto takes on a large log. Each member carries its own state between steps.
+    overrides = [
+        "experiment=ensemble",
+        "data.n_sessions=1500",
+        "data.n_items=200",
+        "model.hidden=32",
+        "model.embedding_dim=32",
+        "model.cell=gru",
+        "trainer.max_epochs=3",
+        "refit=false",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+    ]
+    with caplog.at_level(logging.INFO):
+        metrics = train(compose_config("train", overrides, tmp_path / "run"))
+    assert "data.batching=auto: parallel" in caplog.text
+    trained = load_network(metrics["checkpoint"])
+    assert trained.network.n_members == 4 and trained.network.cell == "gru"
+    assert trained.network.window_mask.sum(dim=(1, 2)).tolist() == [0, 0, 10, 5]  # each member's own window
     assert metrics["test/recall@20"] > 2 * metrics["pop/test/recall@20"]
