@@ -153,17 +153,24 @@ def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: 
     )
 
 
+def _earlier_checkpoints(cfg: DictConfig) -> tuple[Path | None, list[Path]]:
+    """The configured checkpoint directory (None without one) and the checkpoints already in it, sorted."""
+    callback = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    if callback is None or callback.get("dirpath") is None:
+        return None, []
+    directory = Path(callback.dirpath)
+    return directory, sorted(directory.glob("*.ckpt"))
+
+
 def _check_no_earlier_run(cfg: DictConfig) -> None:
     """A new run (no ckpt_path) refuses a checkpoint directory that holds an earlier run's checkpoints: Lightning would
     write epoch_NNN-v1.ckpt and last-v1.ckpt beside them, and the stale last.ckpt would then pass for this run's."""
-    callback = cfg.get("callbacks", {}).get("model_checkpoint")
-    if callback is None or callback.get("dirpath") is None:
-        return
-    earlier = sorted(path.name for path in Path(callback.dirpath).glob("*.ckpt"))
+    directory, earlier = _earlier_checkpoints(cfg)
     if earlier:
-        shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
+        names = [path.name for path in earlier]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise FileExistsError(
-            f"{callback.dirpath} already holds the checkpoints of an earlier run ({shown}): resume that run with "
+            f"{directory} already holds the checkpoints of an earlier run ({shown}): resume that run with "
             "ckpt_path=last, train this one elsewhere (hydra.run.dir=DIR), or remove them first"
         )
 
@@ -171,12 +178,9 @@ def _check_no_earlier_run(cfg: DictConfig) -> None:
 def _clear_earlier_refit(refit_cfg: DictConfig) -> None:
     """Remove the checkpoints an earlier refit of this run left (a run resumed, or run again in its directory): the
     refit starts from scratch, and its last.ckpt must be this refit's, not a leftover beside a last-v1.ckpt."""
-    callback = refit_cfg.callbacks.get("model_checkpoint")
-    if callback is None or callback.get("dirpath") is None:
-        return
-    earlier = sorted(Path(callback.dirpath).glob("*.ckpt"))
+    directory, earlier = _earlier_checkpoints(refit_cfg)
     if earlier:
-        log.warning("refit: removing %d checkpoint(s) of an earlier refit in %s", len(earlier), callback.dirpath)
+        log.warning("refit: removing %d checkpoint(s) of an earlier refit in %s", len(earlier), directory)
         for path in earlier:
             path.unlink()
 
