@@ -14,7 +14,8 @@ def main(cfg: DictConfig) -> float | None:
         return None
     print(metrics_table(metrics, cfg.model.ks))
     print(f"outputs: {metrics['output_dir']}")
-    print(f"model: {metrics['checkpoint']}")  # the tested checkpoint: the refit's when the run refitted
+    # The tested checkpoint: the refit's when the run refitted; none saved without a checkpoint callback.
+    print(f"model: {metrics['checkpoint'] or 'not saved (no checkpoint callback): the final weights were tested'}")
     return metrics.get(cfg.monitor)  # the value an optimizing sweeper maximizes
 
 

@@ -183,6 +183,27 @@ def test_a_new_run_in_a_directory_with_checkpoints_is_refused(file_run):
     assert {path.name: path.read_bytes() for path in (out / "checkpoints").glob("*.ckpt")} == before
 
 
+def test_without_a_checkpoint_callback_an_earlier_runs_checkpoints_are_found_too(train_config):
+    # Without callbacks.model_checkpoint, Lightning's own checkpointing saves under the logger's directory
+    # (<run>/tensorboard/checkpoints/epoch=N-step=M.ckpt); a second new run there would add beside them.
+    cfg = train_config("callbacks.model_checkpoint=null", "trainer.max_epochs=1")
+    first = train(cfg)
+    saved = sorted(Path(cfg.paths.output_dir).rglob("*.ckpt"))
+    assert [path.parent.relative_to(cfg.paths.output_dir).as_posix() for path in saved] == ["tensorboard/checkpoints"]
+    assert first["checkpoint"] == str(saved[0])
+    with pytest.raises(FileExistsError, match=r"earlier run \(tensorboard/checkpoints/epoch=0-step=\d+\.ckpt\)"):
+        train(train_config("callbacks.model_checkpoint=null", "trainer.max_epochs=1"))
+    assert sorted(Path(cfg.paths.output_dir).rglob("*.ckpt")) == saved
+
+
+def test_a_run_that_saves_no_checkpoint_says_so_with_null(train_config):
+    cfg = train_config("callbacks.model_checkpoint=null", "+trainer.enable_checkpointing=false", "trainer.max_epochs=1")
+    metrics = train(cfg)
+    assert metrics["checkpoint"] is None
+    assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["checkpoint"] is None
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
+
+
 def test_recent_popularity_prior_from_the_last_hours_of_training(file_run, tmp_path):
     data, _, _ = file_run
     overrides = file_overrides(

@@ -68,8 +68,8 @@ def build_model(cfg: DictConfig, datamodule: SessionDataModule) -> SessionRecMod
 
 
 def checkpoint_epochs(checkpoint: str | Path | None) -> int | None:
-    """The epochs that made `checkpoint`, from its own "epoch" record; None for no checkpoint (None or "None", as
-    metrics.json writes a run that saved none)."""
+    """The epochs that made `checkpoint`, from its own "epoch" record; None for no checkpoint (a run that saved none
+    writes null to metrics.json; earlier versions wrote the string "None")."""
     if checkpoint is None or str(checkpoint) == "None":
         return None
     return int(read_checkpoint(checkpoint)["epoch"]) + 1

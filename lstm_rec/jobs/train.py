@@ -66,7 +66,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         "max_epochs": trainer.max_epochs,  # the number trainer.max_epochs=auto chose, or the one given
         "train_seconds": model.train_seconds,
         "wall_seconds": time.perf_counter() - start,
-        "checkpoint": str(test_ckpt),
+        "checkpoint": None if test_ckpt is None else str(test_ckpt),  # None: the final weights, not saved
         "resumed_from": ckpt_path,
         "init_from": cfg.get("init_from"),
         "skipped_batches": model.skipped_batches,
@@ -130,7 +130,7 @@ def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: 
         for key, value in settings.items():
             OmegaConf.update(refit_cfg, key, value, merge=False)
         refit_cfg.trainer.limit_val_batches = 0  # nothing held out: no validation
-        if refit_cfg.callbacks.get("model_checkpoint") is not None:
+        if (refit_cfg.get("callbacks") or {}).get("model_checkpoint") is not None:
             refit_cfg.callbacks.model_checkpoint.monitor = None  # keeps the latest epoch
     log.info("refit: training a fresh network on all of data.train for %d epochs in %s", epochs, out)
     _clear_earlier_refit(refit_cfg)
@@ -148,18 +148,21 @@ def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: 
             "refit_epochs": epochs,
             "refit_train_seconds": model.train_seconds,
             "train_seconds": fit_seconds + model.train_seconds,  # both fits: the refit needs the first one's epochs
-            "checkpoint": str(checkpoint),
+            "checkpoint": None if checkpoint is None else str(checkpoint),
         }
     )
 
 
-def _earlier_checkpoints(cfg: DictConfig) -> tuple[Path | None, list[Path]]:
-    """The configured checkpoint directory (None without one) and the checkpoints already in it, sorted."""
+def _earlier_checkpoints(cfg: DictConfig) -> tuple[Path, list[Path]]:
+    """Where a run's checkpoints go and those already there, sorted: the configured checkpoint directory, or without
+    one (Lightning's own checkpointing then saves under the logger's directory or trainer.default_root_dir, both in
+    the run directory) every checkpoint under the run directory."""
     callback = (cfg.get("callbacks") or {}).get("model_checkpoint")
-    if callback is None or callback.get("dirpath") is None:
-        return None, []
-    directory = Path(callback.dirpath)
-    return directory, sorted(directory.glob("*.ckpt"))
+    if callback is not None and callback.get("dirpath") is not None:
+        directory = Path(callback.dirpath)
+        return directory, sorted(directory.glob("*.ckpt"))
+    directory = Path(cfg.paths.output_dir)
+    return directory, sorted(directory.rglob("*.ckpt"))
 
 
 def _check_no_earlier_run(cfg: DictConfig) -> None:
@@ -167,7 +170,7 @@ def _check_no_earlier_run(cfg: DictConfig) -> None:
     write epoch_NNN-v1.ckpt and last-v1.ckpt beside them, and the stale last.ckpt would then pass for this run's."""
     directory, earlier = _earlier_checkpoints(cfg)
     if earlier:
-        names = [path.name for path in earlier]
+        names = [str(path.relative_to(directory)) for path in earlier]
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise FileExistsError(
             f"{directory} already holds the checkpoints of an earlier run ({shown}): resume that run with "
