@@ -21,6 +21,17 @@ def test_benchmark_reports_its_numbers(tmp_path):
     assert json.loads((tmp_path / "benchmark.json").read_text())["epochs"] == 3
 
 
+@pytest.mark.parametrize("batching", ["parallel", "windows"])
+def test_training_speed_counts_every_target_once_an_epoch(tmp_path, batching):
+    # Session-parallel steps (the default, data.batching=auto) are ParallelStep tuples, windows padded tensors.
+    overrides = [o for o in TINY if not o.startswith(("callbacks.", "trainer.enable_progress_bar", "data.batching"))]
+    cfg = compose_config("benchmark", [*overrides, f"data.batching={batching}", "trainer.max_epochs=2"], tmp_path)
+    results = benchmark(cfg)
+    targets, seconds = results["train_targets_per_epoch"], results["epoch_seconds"][1]  # the steady (second) epoch
+    # seconds are rounded to 3 decimals, the speed to a whole number
+    assert targets / (seconds + 0.0005) - 1 <= results["train_events_per_second"] <= targets / (seconds - 0.0005) + 1
+
+
 def testtime_to_target_waits_for_every_metric():
     epochs = [
         {"train_seconds": 1.0, "val/recall@20": 0.56, "val/mrr@20": 0.20},

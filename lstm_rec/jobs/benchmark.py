@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lstm_rec.data import SessionDataModule
+from lstm_rec.data.batching import ParallelStep
 from lstm_rec.evaluation import collect_ranks, metrics_of
 from lstm_rec.jobs.report import write_json
 from lstm_rec.jobs.runs import build_model, instantiate_all, prepare_run
@@ -32,7 +33,10 @@ class EpochClock(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self._targets += (batch[:, 1:] > 0).sum()  # counted on the device, with no sync per step
+        if isinstance(batch, ParallelStep):  # session-parallel: one real (click, next click) pair per lane in use
+            self._targets += len(batch.targets)
+        else:  # windows: the targets are the non-padding positions after the first
+            self._targets += (batch[:, 1:] > 0).sum()  # counted on the device, with no sync per step
 
     def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
