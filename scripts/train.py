@@ -14,8 +14,8 @@ def main(cfg: DictConfig) -> float | None:
         return None
     print(metrics_table(metrics, cfg.model.ks))
     print(f"outputs: {metrics['output_dir']}")
-    # The tested checkpoint: the refit's when the run refitted; none saved without a checkpoint callback.
-    print(f"model: {metrics['checkpoint'] or 'not saved (no checkpoint callback): the final weights were tested'}")
+    # The tested checkpoint: the refit's when the run refitted; None when the run saved none.
+    print(f"model: {metrics['checkpoint'] or 'none saved (the weights at the end of training were tested)'}")
     return metrics.get(cfg.monitor)  # the value an optimizing sweeper maximizes
 
 
