@@ -22,6 +22,12 @@ class MemberLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.baddbmm(self.bias[:, None], x, self.weight.transpose(1, 2))
 
+    def rowwise(self, x: Tensor) -> Tensor:
+        """forward's values, each row summed on its own (an elementwise product, reduced over the input): unlike a
+        batched product's kernels, the rounding of a row does not depend on the other rows. Memory: M * N * out *
+        in, so for a few rows (serving), not for training."""
+        return (x[:, :, None, :] * self.weight[:, None]).sum(-1) + self.bias[:, None]
+
     def columns(self, x: Tensor, columns: Tensor) -> Tensor:
         """Only the outputs in `columns` (M, C): (M, N, in) -> (M, N, C)."""
         members, out_features, in_features = self.weight.shape

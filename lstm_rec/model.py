@@ -130,6 +130,8 @@ class SessionLSTM(nn.Module):
         self.tie_weights, self.cell = tie_weights, cell
         # Training sets this (SessionRecModule.sparse_item_grad): lookups of the item table give sparse gradients.
         self.sparse_item_grad = False
+        # Serving sets this (lstm_rec.serving.Recommender): repeat scores row by row, the same whatever the batch.
+        self.rowwise_repeat_scores = False
         self.item_embedding = nn.Parameter(torch.empty(self.n_members, n_items + 1, embedding_dim))
         self.embedding_dropout = MemberDropout([s["embedding_dropout"] for s in settings])
         recurrent = nn.LSTM if cell == "lstm" else nn.GRU
@@ -292,7 +294,8 @@ class SessionLSTM(nn.Module):
         earlier = torch.ones(window, window, dtype=torch.bool, device=recent.device).tril(-1)  # j < w
         repeated = ((recent[..., :, None] == recent[..., None, :]) & earlier).any(-1)
         counts = ((recent > 0) & ~repeated).to(states.hidden.dtype)  # (N, W)
-        return self.repeat_scores(states.hidden) * self.window_mask * counts
+        linear = self.repeat_scores.rowwise if self.rowwise_repeat_scores else self.repeat_scores
+        return linear(states.hidden) * self.window_mask * counts
 
 
 def build_network(n_items: int, settings: Mapping[str, Any]) -> SessionLSTM:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lstm_rec.data import ItemIndex
+from lstm_rec.layers import MemberLinear
 from lstm_rec.model import MemberDropout, PrefixStates, SessionLSTM
 from lstm_rec.module import SessionRecModule
 
@@ -167,3 +168,16 @@ def test_a_gru_network_runs_gru4rec_s_cell_and_carries_no_cell_state():
         SessionLSTM(12, cell="rnn")
     with pytest.raises(ValueError, match=r"model.cell=auto is chosen from the training data by the training job"):
         SessionLSTM(12, cell="auto")
+
+
+def test_rowwise_member_linear_is_forward_and_independent_of_the_other_rows():
+    # Serving's repeat scores (lstm_rec.serving.Recommender): a batched product's kernel may round a row
+    # differently beside other rows; the rowwise form must not, and must give forward's values.
+    torch.manual_seed(0)
+    layer = MemberLinear(3, 224, 10)
+    x = torch.randn(3, 8, 224)
+    assert torch.allclose(layer.rowwise(x), layer(x), atol=1e-6)
+    alone = layer.rowwise(x[:, :1])
+    for others in (torch.randn(3, 7, 224), torch.zeros(3, 15, 224)):
+        assert torch.equal(layer.rowwise(torch.cat([x[:, :1], others], dim=1))[:, :1], alone)
+        assert torch.equal(layer.rowwise(torch.cat([others, x[:, :1]], dim=1))[:, -1:], alone)

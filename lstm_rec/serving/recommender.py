@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 
 # Scores held at once when ranking every position of sessions: the evaluation's own chunk (16 MB of float32).
 POSITION_SCORES = CHUNK_SCORES
-# Sessions go through the network in batches of a multiple of this many rows (padded with empty sessions). On the
-# CPU, products of a few rows take other kernels (matrix-vector for one row) that round differently, and the rows are
-# split between threads: alone, a session would score in other last bits than in a batch. Padded so, a session's
-# answer is the same whichever sessions share its batch (tests/test_service_batching.py, with 1 and 2 threads).
+# Sessions go through the network in blocks of exactly this many rows (padded with empty sessions), one block at a
+# time. On the CPU a product's kernel, and so its rounding, depends on its number of rows: one row takes a
+# matrix-vector kernel, and with AVX-512 MKL rounds a row of an 8-row product other than the same row of a 16-row one.
+# With every product 8 rows high, a session's answer is the same, to the last bit, whichever sessions share its
+# batch (tests/test_service_batching.py, with 1 and 2 threads).
 BATCH_ROWS = 8
 
 
@@ -67,6 +68,7 @@ class Recommender:
 
     def __init__(self, model: TrainedModel, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
+        model.network.rowwise_repeat_scores = True  # a session's answer must not depend on its batch (BATCH_ROWS)
         self.scorer = PriorScorer(model.network, model.prior).to(self.device).eval()
         self.item_index: ItemIndex = model.item_index
         self.popularity = torch.as_tensor(model.item_index.counts, dtype=torch.float32, device=self.device)
@@ -124,16 +126,15 @@ class Recommender:
 
     @torch.no_grad()
     def answer(self, queries: Sequence[Query]) -> list[Recommendations]:
-        """Each query's top k, all sessions scored in one padded batch; a session's answer is the same, to the last
+        """Each query's top k, the sessions scored BATCH_ROWS at a time; a session's answer is the same, to the last
         bit of its scores, whichever sessions share the batch (BATCH_ROWS)."""
         if not queries:
             return []
         mapped = [self._indices(query.items) for query in queries]
-        rows = -(-len(queries) // BATCH_ROWS) * BATCH_ROWS
-        batch = self._padded([indices for indices, _ in mapped] + [[]] * (rows - len(queries)))  # (rows, T)
-        last = ((batch > 0).sum(dim=1) - 1).clamp(min=0)
-        states = self.scorer.encode(batch)[torch.arange(rows, device=self.device), last]  # one prefix per row
-        scores = self.scorer.score(states).float()[: len(queries)]  # (B, n_items)
+        sessions = [indices for indices, _ in mapped]
+        starts = range(0, len(sessions), BATCH_ROWS)
+        scores = torch.cat([self._block_scores(sessions[start : start + BATCH_ROWS]) for start in starts])
+        scores = scores[: len(queries)]  # (B, n_items)
         known = torch.tensor([bool(indices) for indices, _ in mapped], device=self.device)
         scores = torch.where(known[:, None], scores, self.popularity)
         return [
@@ -141,9 +142,19 @@ class Recommender:
             for row, (query, (indices, unknown)) in enumerate(zip(queries, mapped, strict=True))
         ]
 
-    def _padded(self, sessions: Sequence[Sequence[int]]) -> Tensor:
-        """(B, T) the sessions' item indices right-padded with 0, on the device; T at least 1."""
-        batch = torch.zeros((len(sessions), max([len(indices) for indices in sessions] + [1])), dtype=torch.long)
+    def _block_scores(self, sessions: Sequence[Sequence[int]]) -> Tensor:
+        """(BATCH_ROWS, n_items) the scores after each of at most BATCH_ROWS sessions, padded to BATCH_ROWS rows."""
+        batch = self._padded([*sessions, *[[]] * (BATCH_ROWS - len(sessions))], min_length=2)  # (BATCH_ROWS, T)
+        last = ((batch > 0).sum(dim=1) - 1).clamp(min=0)
+        states = self.scorer.encode(batch)[torch.arange(BATCH_ROWS, device=self.device), last]  # one prefix per row
+        return self.scorer.score(states).float()
+
+    def _padded(self, sessions: Sequence[Sequence[int]], min_length: int = 1) -> Tensor:
+        """(B, T) the sessions' item indices right-padded with 0, on the device; T at least `min_length` (a
+        recurrent layer takes another kernel for one step than for several: a one-click session's state would
+        round otherwise alone than beside a longer one)."""
+        lengths = [len(indices) for indices in sessions]
+        batch = torch.zeros((len(sessions), max([*lengths, min_length])), dtype=torch.long)
         for row, indices in enumerate(sessions):
             batch[row, : len(indices)] = torch.as_tensor(indices, dtype=torch.long)
         return batch.to(self.device)
