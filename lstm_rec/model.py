@@ -61,6 +61,11 @@ class Carry:
     recent: Tensor | None = None
 
 
+# Most prefixes whose repeat scores a serving network sums row by row (rowwise_repeat_scores); more take the
+# batched product (per-position answers of long sessions: scores equal within rounding).
+ROWWISE_MAX_ROWS = 64
+
+
 class RowLookup(torch.autograd.Function):
     """Rows of a member-stacked table (M, R, E) by flat index m * R + r, with a sparse gradient: only the rows
     looked up get one, so an optimizer that takes sparse gradients (Adagrad) updates those rows alone instead of
@@ -294,7 +299,9 @@ class SessionLSTM(nn.Module):
         earlier = torch.ones(window, window, dtype=torch.bool, device=recent.device).tril(-1)  # j < w
         repeated = ((recent[..., :, None] == recent[..., None, :]) & earlier).any(-1)
         counts = ((recent > 0) & ~repeated).to(states.hidden.dtype)  # (N, W)
-        linear = self.repeat_scores.rowwise if self.rowwise_repeat_scores else self.repeat_scores
+        # Row by row only for a few rows (serving's blocks): its memory grows with rows * members * window * hidden.
+        rowwise = self.rowwise_repeat_scores and states.hidden.shape[1] <= ROWWISE_MAX_ROWS
+        linear = self.repeat_scores.rowwise if rowwise else self.repeat_scores
         return linear(states.hidden) * self.window_mask * counts
 
 
