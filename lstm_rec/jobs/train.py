@@ -66,7 +66,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         "max_epochs": trainer.max_epochs,  # the number trainer.max_epochs=auto chose, or the one given
         "train_seconds": model.train_seconds,
         "wall_seconds": time.perf_counter() - start,
-        "checkpoint": None if test_ckpt is None else str(test_ckpt),  # None: the final weights, not saved
+        "checkpoint": test_ckpt,  # None: none saved, the final weights were tested
         "resumed_from": ckpt_path,
         "init_from": cfg.get("init_from"),
         "skipped_batches": model.skipped_batches,
@@ -148,7 +148,7 @@ def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: 
             "refit_epochs": epochs,
             "refit_train_seconds": model.train_seconds,
             "train_seconds": fit_seconds + model.train_seconds,  # both fits: the refit needs the first one's epochs
-            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "checkpoint": checkpoint,
         }
     )
 
