@@ -34,6 +34,41 @@ class SessionScorer(Protocol):
         """N states -> (N, n_items) scores; column j is item index j + 1."""
 
 
+class CatalogScorer(nn.Module):
+    """A scorer of a model's own items, on a catalog that holds those items and maybe more, in any order.
+
+    A click on an item the model does not know is a blank step (its padding row); such items score -inf, so they are
+    never recommended and a target among them ranks last: a miss at every cutoff. Items the model knows and the
+    catalog lacks are not scored.
+    """
+
+    def __init__(self, scorer: Any, own: Any, catalog: Any, own_of: np.ndarray | None = None) -> None:
+        """`own` and `catalog` are ItemIndex objects: the model's items, and the items the batches index; `own_of`,
+        when given, is `own.lookup(catalog.ids)`, computed once by a caller that wraps many scorers."""
+        super().__init__()
+        self.scorer, self.n_items = scorer, len(catalog)
+        own_of = torch.from_numpy(own.lookup(catalog.ids) if own_of is None else own_of)  # (n_catalog,) 0: unknown
+        self.register_buffer("to_own", torch.cat([torch.zeros(1, dtype=torch.long), own_of]))
+        self.register_buffer("known", own_of > 0)
+        self.register_buffer("own_columns", own_of[own_of > 0] - 1)
+        # The model's items first, in its order, then the unknown ones (ItemIndex.grown): scores append -inf columns.
+        n_own = len(own)
+        self.appended = len(self.own_columns) == n_own and bool(
+            torch.equal(self.own_columns, torch.arange(n_own)) and self.known[:n_own].all()
+        )
+
+    def encode(self, items: Tensor) -> Any:
+        return self.scorer.encode(self.to_own[items])
+
+    def score(self, states: Any) -> Tensor:
+        own = self.scorer.score(states)  # (N, n_own)
+        if self.appended:
+            return torch.cat([own, own.new_full((len(own), self.n_items - own.shape[1]), float("-inf"))], dim=1)
+        scores = own.new_full((len(own), self.n_items), float("-inf"))
+        scores[:, self.known] = own[:, self.own_columns]
+        return scores
+
+
 @dataclass
 class RankedPredictions:
     """One row per prediction: the target's rank, the top-k score columns, and where it stands."""

@@ -187,10 +187,10 @@ class SessionRecModule(L.LightningModule):
         if (self.global_step + 1) % self.nonfinite_check_every == 0:
             self._stop_if_nonfinite()
 
-    def _evaluation_step(self, batch: Tensor, metrics: MetricCollection) -> None:
+    def _evaluation_step(self, batch: Tensor, metrics: MetricCollection, scorer: Any = None) -> None:
         # Full-precision scores: bf16 would tie many items and push targets down under pessimistic ranks.
         with torch.autocast(self.device.type, enabled=False):
-            ranked = rank_batch(self.scorer(), batch, max(self.ks), self.ties, self.max_scores)
+            ranked = rank_batch(scorer or self.scorer(), batch, max(self.ks), self.ties, self.max_scores)
         metrics.update(ranked.ranks, ranked.top_items)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(batch))
 
@@ -253,7 +253,12 @@ class SessionRecModule(L.LightningModule):
         return total / count if count else float("nan")
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
-        self._evaluation_step(batch, self.test_metrics)
+        # The datamodule's test sessions may index more items than the network knows (SessionDataModule.test_scorer).
+        datamodule = getattr(self._trainer, "datamodule", None)
+        scorer = self.scorer()
+        if datamodule is not None and hasattr(datamodule, "test_scorer"):
+            scorer = datamodule.test_scorer(scorer).to(self.device)
+        self._evaluation_step(batch, self.test_metrics, scorer)
 
     def sparse_rows_blockers(self) -> list[str]:
         """Why the item table cannot (or, under auto, should not) take sparse gradients here; [] when it can."""

@@ -209,6 +209,62 @@ def test_file_datamodule_builds_the_index_from_train_only(tmp_path):
     assert dm.train_sessions.n_sessions == 2
 
 
+def test_items_only_in_the_held_out_validation_stay_in_the_test_as_misses(tmp_path, caplog):
+    # Sessions 1-9 (items 10, 11, 12) train; session 10, the newest (10 13 11), is held out for validation and is the
+    # only one with item 13. The test's clicks on 13 are kept: the test indexes all of data.train's items.
+    rows = [(s, 10 + (s + k) % 3, 100 * s + k) for s in range(1, 10) for k in range(3)]
+    rows += [(10, 10, 1000), (10, 13, 1001), (10, 11, 1002)]
+    train = write_events(tmp_path / "train.tsv", rows)
+    test = write_events(tmp_path / "test.tsv", [(20, 10, 5000), (20, 13, 5001), (20, 11, 5002), (21, 13, 6000),
+                                                (21, 12, 6001), (22, 99, 7000), (22, 10, 7001)])  # fmt: skip
+    dm = FileDataModule(train=str(train), test=str(test), valid_fraction=0.1)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert dm.item_index.ids.tolist() == [10, 11, 12]  # the model's items
+    assert dm.test_catalog.ids.tolist() == [10, 11, 12, 13]  # then the held-out one
+    assert dm.test_sessions.items.tolist() == [1, 4, 2, 4, 3]  # 99 is in no training data: dropped, as before
+    assert "1 items of the training data appear only in the validation sessions" in caplog.text
+    assert "test: 1 of its 3 next-item predictions are on items only in the validation sessions" in caplog.text
+    # The network's scores for 10, 11, 12 (a fixed vector); 13 is a blank input and a miss as a target.
+    seen = []
+
+    class Fixed(torch.nn.Module):
+        n_items = 3
+
+        def encode(self, items):
+            seen.append(items.clone())
+            return torch.zeros((*items.shape, 0))
+
+        def score(self, states):
+            return torch.tensor([0.5, 0.9, 0.1]).expand(len(states), -1)
+
+    scorer = dm.test_scorer(Fixed())
+    assert scorer.n_items == 4
+    ranks = evaluate_ranks(scorer, dm)
+    # Targets: 13 (miss: rank 4, last), 11 (rank 1), 12 (rank 3), in the loader's order of the sessions.
+    assert sorted(ranks) == [1, 3, 4]
+    # The sessions' inputs (all clicks but the last of the padded batch), 10 13 and 13 12, reach the network as
+    # 1 0 and 0 3: 13 is its blank item.
+    assert sorted(seen[0].tolist()) == [[0, 3], [1, 0]]
+
+
+def evaluate_ranks(scorer, dm):
+    from lstm_rec.evaluation import collect_ranks
+
+    return collect_ranks(scorer, dm.full_dataloader("test")).ranks.tolist()
+
+
+def test_a_held_out_validation_with_no_new_items_keeps_the_models_index_for_the_test(tmp_path):
+    rows = [(s, 10 + (s + k) % 3, 100 * s + k) for s in range(1, 11) for k in range(3)]
+    train = write_events(tmp_path / "train.tsv", rows)
+    test = write_events(tmp_path / "test.tsv", [(20, 10, 5000), (20, 11, 5001)])
+    dm = FileDataModule(train=str(train), test=str(test), valid_fraction=0.1)
+    dm.setup("fit")
+    assert dm.valid_carved and dm.test_catalog is None
+    scorer = object()
+    assert dm.test_scorer(scorer) is scorer
+
+
 def test_file_datamodule_needs_a_test_file_before_any_training(tmp_path):
     train = write_events(tmp_path / "train.tsv", [(1, 10, 1.0), (1, 11, 2.0)])
     with pytest.raises(ValueError, match=r"data\.test is not set"):

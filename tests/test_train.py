@@ -127,6 +127,46 @@ def test_compare_checkpoint_and_baselines_on_the_same_predictions(file_run, tmp_
     assert (tmp_path / "comparison.csv").is_file() and (tmp_path / "breakdown_position.md").is_file()
 
 
+NEWEST_ONLY = 1000  # an item that only the newest training sessions (the held-out validation) and the test click
+
+
+@pytest.fixture(scope="module")
+def held_out_item_run(tmp_path_factory):
+    """A run on files whose validation split (the newest 10 % of data.train) alone holds an item that the test clicks
+    too: the network never learns it, so the test's predictions of it are misses."""
+    data = tmp_path_factory.mktemp("held_out_item")
+    events = generate_events(n_sessions=1500, n_items=100, seed=3)
+    events.columns = ["SessionId", "ItemId", "Time"]
+    older, test = events[events.SessionId < 1350], events[events.SessionId >= 1350]
+    newest = older[older.SessionId >= 1340].groupby("SessionId").Time.max()  # inside the held-out tenth
+    tails = pd.DataFrame({"SessionId": newest.index, "ItemId": NEWEST_ONLY, "Time": newest.to_numpy() + 1})
+    # 30 test sessions start with the item, 30 others end with it.
+    starts, ends = test.groupby("SessionId").Time.min(), test.groupby("SessionId").Time.max()
+    fronts = pd.DataFrame({"SessionId": starts.index[:30], "ItemId": NEWEST_ONLY, "Time": starts.to_numpy()[:30] - 1})
+    backs = pd.DataFrame({"SessionId": ends.index[30:60], "ItemId": NEWEST_ONLY, "Time": ends.to_numpy()[30:60] + 1})
+    pd.concat([older, tails]).to_csv(data / "train.tsv", sep="\t", index=False)
+    test = pd.concat([test, fronts, backs]).sort_values(["SessionId", "Time"])
+    test.to_csv(data / "test.csv", index=False)
+    return data, train(compose_config("train", file_overrides(data), data / "run"))
+
+
+def test_test_clicks_on_items_only_the_held_out_validation_holds_are_kept_as_misses(held_out_item_run, tmp_path):
+    data, trained = held_out_item_run
+    test = pd.read_csv(data / "test.csv")
+    every = int((test.groupby("SessionId").size() - 1).sum())  # every test prediction: all its items are training items
+    assert trained["test/n_predictions"] == trained["pop/test/n_predictions"] == every
+    # 30 of them predict the held-out item, which the network never recommends: misses.
+    assert trained["test/recall@20"] * every <= every - 30 + 1e-6
+    # evaluate.py with data.train ranks the same predictions (the item a blank input and a miss for the checkpoint)
+    # to the same figures, and the baselines, fitted on all of data.train, rank them too.
+    overrides = [f"ckpt_path={trained['checkpoint']}", *file_overrides(data)[-3:], "models=[pop,sr]"]
+    results = compare(compose_config("eval", [o for o in overrides if not o.startswith("data.n_")], tmp_path))
+    assert {r["test/n_predictions"] for r in results.values()} == {every}
+    for key in ("test/recall@20", "test/mrr@20"):
+        assert results["lstm"][key] == pytest.approx(trained[key])
+    assert results["pop"]["test/recall@20"] > 0
+
+
 def test_several_checkpoints_in_one_comparison(file_run, tmp_path):
     data, out, trained = file_run
     paths = f"[{trained['checkpoint']},{out / 'checkpoints' / 'last.ckpt'}]"

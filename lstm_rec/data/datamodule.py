@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -22,8 +23,9 @@ from lstm_rec.data.batching import (
 )
 from lstm_rec.data.io import read_events
 from lstm_rec.data.quality import DEFAULT_REUSE_GAP
-from lstm_rec.data.sessions import ITEM, ItemIndex, Sessions, split_by_start_time, to_sessions
+from lstm_rec.data.sessions import ITEM, SESSION, ItemIndex, Sessions, split_by_start_time, to_sessions
 from lstm_rec.data.synthetic import generate_events
+from lstm_rec.evaluation import CatalogScorer
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +33,15 @@ log = logging.getLogger(__name__)
 class SessionDataModule(L.LightningDataModule):
     """Turns train/valid/test event frames into session arrays and length-grouped batches.
 
-    The item index comes from the training part only; validation and test rows with unknown
-    items are dropped. Without a validation frame, the sessions of train that start last
-    (`valid_fraction` of them, 0 for none, but no more than hold `valid_max_predictions` predictions when that is
-    set) become validation. A caller that already has an item index (a
-    checkpoint's) sets ``item_index`` before ``setup`` and then needs no training data; one that continues training
-    a checkpoint sets ``known_items`` (its index), and the index then keeps those items at their positions and
-    appends the training data's new ones (ItemIndex.grown). With `valid_sample`,
+    The item index comes from the training part only; validation and test rows with unknown items are dropped.
+    Without a validation frame, the sessions of train that start last (`valid_fraction` of them, 0 for none, but no
+    more than hold `valid_max_predictions` predictions when that is set) become validation; when they hold items the
+    rest of train lacks, the test keeps its clicks on them (`test_catalog`, `test_scorer`): the model never
+    recommends those items, so such a target is a miss. A caller that already has an item index (a checkpoint's) sets
+    ``item_index`` before ``setup`` and then needs no training data; one that continues training a checkpoint, or
+    ranks it beside baselines fitted on the training data, sets ``known_items`` (its index), and the index then keeps
+    those items at their positions and appends the training data's new ones (ItemIndex.grown), or is those items when
+    there is no training data. With `valid_sample`,
     the per-epoch validation takes that many of the validation sessions (drawn once from `seed`). `order` is how
     training sessions are ordered ("shuffle" or "time"), `batching` how they become batches: "windows" (padded
     windows of `batch_size` sessions, LengthGroupedBatchSampler) or "parallel" (session-parallel steps over
@@ -79,6 +83,10 @@ class SessionDataModule(L.LightningDataModule):
         self.test_sessions: Sessions | None = None
         self.sources: dict[str, str] = {}  # "train", "valid", "test": the role and file each frame was read from
         self.valid_carved = False  # whether the validation sessions were split off the training data
+        # The items of all of data.train when validation was split off it and holds items the rest lacks: the test
+        # sessions index this catalog (the model's items first), so that no test click on a training item is dropped.
+        self.test_catalog: ItemIndex | None = None
+        self._own_of_catalog: np.ndarray | None = None
         self._loaded = False
 
     def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
@@ -93,9 +101,12 @@ class SessionDataModule(L.LightningDataModule):
         if self._loaded:
             return
         train, valid, test = self.load_frames()
+        train_items = None if train is None else train[ITEM]
         if train is not None and valid is None and self.item_index is None and self.valid_fraction > 0:
             train, valid = split_by_start_time(train, self.valid_fraction, "validation", self.valid_max_predictions)
             self.valid_carved = True
+        if self.item_index is None and train is None and self.known_items is not None:
+            self.item_index = self.known_items
         if self.item_index is None:
             if train is None:
                 raise ValueError(
@@ -112,8 +123,48 @@ class SessionDataModule(L.LightningDataModule):
         if valid is not None:
             self.valid_sessions = to_sessions(valid, self.item_index, "validation", self.sources.get("valid"))
         if test is not None:
-            self.test_sessions = to_sessions(test, self.item_index, "test", self.sources.get("test"))
+            if self.valid_carved:
+                self.test_catalog = self._catalog_of(train_items, valid)
+            catalog = self.item_index if self.test_catalog is None else self.test_catalog
+            self.test_sessions = to_sessions(test, catalog, "test", self.sources.get("test"))
+            if self.test_catalog is not None:
+                self._log_unknown_test_items()
         self._loaded = True
+
+    def _catalog_of(self, train_items: pd.Series, valid: pd.DataFrame) -> ItemIndex | None:
+        """The items of all of data.train (the model's first, ItemIndex.grown), when the validation sessions split off
+        it hold items that the rest lacks; None when the model knows them all."""
+        catalog = self.item_index.grown(train_items)
+        if len(catalog) == len(self.item_index):
+            return None
+        log.warning(
+            "%d items of the training data appear only in the validation sessions split off it (%d sessions), which "
+            "the model does not train on: the test keeps their clicks, as blank steps of the input and, as targets, "
+            "misses (they are never recommended)",
+            len(catalog) - len(self.item_index),
+            valid[SESSION].nunique(),
+        )
+        return catalog
+
+    def _log_unknown_test_items(self) -> None:
+        """How many test predictions are on items only the validation sessions hold (misses)."""
+        n_own, items = len(self.item_index), self.test_sessions.items
+        is_target = np.ones(len(items), dtype=bool)
+        is_target[self.test_sessions.offsets[:-1]] = False  # a session's first click is no target
+        missed = int((items[is_target] > n_own).sum())
+        log.warning(
+            "test: %d of its %d next-item predictions are on items only in the validation sessions (counted as misses)",
+            missed,
+            int(is_target.sum()),
+        )
+
+    def test_scorer(self, scorer: Any) -> Any:
+        """`scorer` (of the model's items) as it ranks the test sessions: on the test catalog when there is one."""
+        if self.test_catalog is None:
+            return scorer
+        if self._own_of_catalog is None:
+            self._own_of_catalog = self.item_index.lookup(self.test_catalog.ids)
+        return CatalogScorer(scorer, self.item_index, self.test_catalog, self._own_of_catalog)
 
     @property
     def valid_share(self) -> float:

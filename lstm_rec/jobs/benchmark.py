@@ -109,7 +109,8 @@ def _evaluation_numbers(model: SessionRecModule, datamodule: SessionDataModule, 
     """Speed of ranking the test set, its metrics, and peak memory."""
     _synchronize(model.device)
     eval_start = time.perf_counter()
-    ranked = collect_ranks(model.scorer(), datamodule.test_dataloader(), max(ks), device=model.device)
+    scorer = datamodule.test_scorer(model.scorer()).to(model.device)
+    ranked = collect_ranks(scorer, datamodule.test_dataloader(), max(ks), device=model.device)
     _synchronize(model.device)
     eval_seconds = time.perf_counter() - eval_start
     results = {

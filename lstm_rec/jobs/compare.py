@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig
 from lstm_rec.baselines import Popularity
 from lstm_rec.checkpoint import TrainedModel, load_network
 from lstm_rec.data import ItemIndex, SessionDataModule
-from lstm_rec.evaluation import RankedPredictions, SessionScorer, breakdown, collect_ranks, metrics_of
+from lstm_rec.evaluation import CatalogScorer, RankedPredictions, SessionScorer, breakdown, collect_ranks, metrics_of
 from lstm_rec.jobs.report import comparison_table, frame_to_markdown, write_json
 from lstm_rec.jobs.runs import prepare_run
 
@@ -37,8 +37,17 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("nothing to evaluate: set ckpt_path=PATH and/or models=[pop,sr,...]")
     datamodule = instantiate(cfg.data)
     if models:
-        datamodule.item_index = _shared_index(models, checkpoints)
+        # The checkpoints' items, then data.train's others (every model ranks the same predictions: a test click on
+        # an item a checkpoint does not know is a blank input and a miss for it, as for a service running it).
+        datamodule.known_items = _shared_index(models, checkpoints)
+        datamodule.valid_fraction = 0  # nothing is held out of data.train here
     datamodule.setup("test")
+    if models and len(datamodule.item_index) > len(datamodule.known_items):
+        log.warning(
+            "%d items of data.train are not in the checkpoint's index: its test clicks on them count as blank inputs "
+            "and misses for the checkpoint",
+            len(datamodule.item_index) - len(datamodule.known_items),
+        )
     if cfg.models and datamodule.train_sessions is None:
         raise ValueError(f"baselines {list(cfg.models)} are fitted on training data: set data.train=PATH")
 
@@ -75,7 +84,10 @@ def _rank_all(
     results: dict[str, dict[str, Any]] = {}
     ranked: dict[str, RankedPredictions] = {}
     for name, model in models.items():
-        ranked[name], seconds = _timed(lambda m=model: run(m.scorer(), device))
+        scorer = model.scorer()
+        if len(datamodule.item_index) > len(model.item_index):
+            scorer = CatalogScorer(scorer, model.item_index, datamodule.item_index).to(device)
+        ranked[name], seconds = _timed(lambda s=scorer: run(s, device))
         results[name] = {"fit_seconds": model.train_seconds, "predict_seconds": seconds}
     n_items = len(datamodule.item_index)
     for name in cfg.models:

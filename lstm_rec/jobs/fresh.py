@@ -18,14 +18,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import Tensor, nn
 
 from lstm_rec.checkpoint import load_network
 from lstm_rec.data import FileDataModule, ItemIndex
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import SESSION, TIME
-from lstm_rec.evaluation import evaluate
+from lstm_rec.evaluation import CatalogScorer, evaluate
 from lstm_rec.jobs.config import load_config
 from lstm_rec.jobs.report import write_json
 
@@ -48,31 +46,6 @@ RUN = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]
-
-
-class CatalogScorer(nn.Module):
-    """A trained model's scorer on a catalog that holds its items and maybe more, in any order.
-
-    A click on an item the model does not know is a blank step (its padding row); such items score -inf, so they
-    are never recommended and a target among them ranks last.
-    """
-
-    def __init__(self, scorer: Any, own: ItemIndex, catalog: ItemIndex) -> None:
-        super().__init__()
-        self.scorer, self.n_items = scorer, len(catalog)
-        own_of = torch.from_numpy(own.lookup(catalog.ids))  # (n_catalog,) the model's index, 0 where unknown
-        self.register_buffer("to_own", torch.cat([torch.zeros(1, dtype=torch.long), own_of]))
-        self.register_buffer("known", own_of > 0)
-        self.register_buffer("own_columns", own_of[own_of > 0] - 1)
-
-    def encode(self, items: Tensor) -> Any:
-        return self.scorer.encode(self.to_own[items])
-
-    def score(self, states: Any) -> Tensor:
-        own = self.scorer.score(states)  # (N, n_own)
-        scores = own.new_full((len(own), self.n_items), float("-inf"))
-        scores[:, self.known] = own[:, self.own_columns]
-        return scores
 
 
 def split_days(events: pd.DataFrame, n_days: int) -> tuple[pd.DataFrame, list[pd.DataFrame]]:

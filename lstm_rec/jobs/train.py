@@ -203,7 +203,8 @@ def _validation_and_popularity(
 def _popularity(datamodule: SessionDataModule, split: str, ks: Sequence[int]) -> dict[str, float]:
     """Popularity (the training clicks) ranked on the "valid" or "test" split, as pop/val/... or pop/test/..."""
     counts, name = datamodule.item_index.counts, {"valid": "val", "test": "test"}[split]
-    return evaluate(Popularity(counts), datamodule.full_dataloader(split), ks, f"pop/{name}/", item_counts=counts)
+    scorer = datamodule.test_scorer(Popularity(counts)) if split == "test" else Popularity(counts)
+    return evaluate(scorer, datamodule.full_dataloader(split), ks, f"pop/{name}/", item_counts=counts)
 
 
 def _checkpoint_to_resume(cfg: DictConfig) -> str | None:
