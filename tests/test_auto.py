@@ -165,16 +165,17 @@ def split_data(held: int, trained: int, stationary: bool = False):
     [
         (5_636, 46_823, True, "withheld 10.7% of data.train's next-item predictions, at least auto_refit.min_share=5%"),
         (5_000, 95_000, True, "withheld 5.0%"),  # exactly the share
-        (4_999, 95_001, False, "withheld 5.0% of data.train's next-item predictions, less than"),  # 4.999%
-        (10_000, 497_281, False, "withheld 2.0% of data.train's next-item predictions, less than"),
+        (4_999, 95_001, "top_up", "withheld 5.0% of data.train's next-item predictions, less than"),  # 4.999%
+        (10_000, 497_281, "top_up", "withheld 2.0% of data.train's next-item predictions, less than"),
     ],
 )
-def test_auto_refit_when_the_split_withheld_a_large_share(caplog, held, trained, expected, why):
+def test_auto_refits_when_the_split_withheld_a_large_share_and_tops_up_below(caplog, held, trained, expected, why):
     cfg = refit_config("auto")
     with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.auto"):
-        assert resolve_refit(cfg, split_data(held, trained)) is expected
-    assert cfg.refit is expected  # written into the config the run saves
+        assert resolve_refit(cfg, split_data(held, trained)) == expected
+    assert cfg.refit == expected  # written into the config the run saves
     assert why in caplog.text
+    assert ("refit: top up" in caplog.text) == (expected == "top_up")
 
 
 def test_refit_needs_validation_split_off_the_training_data_and_one_process(caplog):
@@ -190,6 +191,8 @@ def test_refit_needs_validation_split_off_the_training_data_and_one_process(capl
     assert resolve_refit(refit_config("auto"), split_data(50, 50), world_size=2) is False
     with pytest.raises(ValueError, match="refit=true runs in one process; this trainer has 2"):
         resolve_refit(refit_config(True), split_data(50, 50), world_size=2)
+    with pytest.raises(ValueError, match=r"refit=top_up trains further .* come from data\.valid"):
+        resolve_refit(refit_config("top_up"), given)
 
 
 def test_auto_does_not_refit_the_synthetic_sessions(caplog):
@@ -202,7 +205,8 @@ def test_auto_does_not_refit_the_synthetic_sessions(caplog):
 def test_a_forced_refit_and_bad_refit_settings():
     assert resolve_refit(refit_config(True), split_data(1, 999)) is True  # 0.1%: forced
     assert resolve_refit(refit_config(False), None) is False  # never looks at the data
-    with pytest.raises(ValueError, match="refit must be auto, true or false, got 'always'"):
+    assert resolve_refit(refit_config("top_up"), split_data(500, 500)) == "top_up"  # 50%: forced
+    with pytest.raises(ValueError, match="refit must be auto, true, top_up or false, got 'always'"):
         resolve_refit(refit_config("always"), split_data(1, 1))
     with pytest.raises(ValueError, match=r"auto_refit\.min_share must be a share in \[0, 1\], got 5\.0"):
         resolve_refit(refit_config("auto", 5), split_data(1, 1))

@@ -150,3 +150,40 @@ def test_a_refit_run_again_in_its_directory_replaces_the_earlier_refit(log, tmp_
     assert metrics["checkpoint"] == str(stale / "last.ckpt")
     assert read_checkpoint(metrics["checkpoint"])["epoch"] == 0  # this refit's single epoch
     assert not (stale / "epoch_007.ckpt").exists()
+
+
+@pytest.fixture(scope="module")
+def topped_up(log, tmp_path_factory) -> dict:
+    """refit=top_up: the selected network trains 10 more epochs (auto_refit.top_up_epochs) on the validation sessions."""
+    out = tmp_path_factory.mktemp("top_up") / "run"
+    return train(compose_config("train", _overrides(log, "refit=top_up", "trainer.max_epochs=4", "auto_refit.top_up_epochs=10"), out))
+
+
+def test_top_up_trains_the_selected_network_on_the_validation_sessions_and_is_the_model_tested(topped_up, log):
+    run = Path(topped_up["output_dir"])
+    assert topped_up["checkpoint"] == str(run / "top_up" / "checkpoints" / "last.ckpt")
+    selected, top = read_checkpoint(topped_up["selected_checkpoint"]), read_checkpoint(topped_up["checkpoint"])
+    assert topped_up["selected_checkpoint"].startswith(str(run / "checkpoints"))
+    # The selected network's items keep their positions; those only the validation sessions hold (A, B and a few
+    # others) follow: the top-up's items are all of data.train's.
+    old, ids = selected["lstm_rec"]["item_ids"].tolist(), top["lstm_rec"]["item_ids"].tolist()
+    assert ids[: len(old)] == old and {NEW_A, NEW_B} <= set(ids[len(old) :])
+    assert sorted(ids) == sorted(pd.read_csv(log["train"], sep="\t").ItemId.unique())
+    assert top["epoch"] + 1 == topped_up["top_up_epochs"] == 10
+    # Learned from the validation sessions alone: B after A. Both networks rank the same test predictions; the 20
+    # A -> B ones are misses for the selected network, which cannot recommend B.
+    top_items = Recommender.from_checkpoint(topped_up["checkpoint"]).recommend([NEW_A], k=20)
+    assert NEW_B in [item for item, _ in top_items]
+    n = topped_up["test/n_predictions"]
+    assert topped_up["selected/test/n_predictions"] == topped_up["pop/test/n_predictions"] == n
+    assert topped_up["selected/test/recall@20"] * n <= n - 20 + 1e-6
+    assert topped_up["test/recall@20"] > topped_up["selected/test/recall@20"]
+
+
+def test_top_up_counts_both_fits_and_keeps_the_selected_networks_validation(topped_up, log):
+    run = Path(topped_up["output_dir"])
+    first = read_checkpoint(run / "checkpoints" / "last.ckpt")["lstm_rec"]["train_seconds"]
+    assert topped_up["train_seconds"] == pytest.approx(first + topped_up["top_up_train_seconds"])
+    assert topped_up["top_up_train_seconds"] > 0
+    assert topped_up["val/n_predictions"] == log["valid_predictions"]  # the selected network's validation
+    assert (run / "top_up" / "checkpoints").is_dir() and not (run / "refit").exists()

@@ -87,6 +87,10 @@ class SessionDataModule(L.LightningDataModule):
         # sessions index this catalog (the model's items first), so that no test click on a training item is dropped.
         self.test_catalog: ItemIndex | None = None
         self._own_of_catalog: np.ndarray | None = None
+        # (train, valid, test) event frames already read, as load_frames returns them: setup takes these instead.
+        self.preloaded: tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None] | None = None
+        # The validation sessions split off data.train and the test events, as read, when validation was split off.
+        self.carved_frames: tuple[pd.DataFrame, pd.DataFrame | None] | None = None
         self._loaded = False
 
     def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
@@ -100,11 +104,12 @@ class SessionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._loaded:
             return
-        train, valid, test = self.load_frames()
+        train, valid, test = self.load_frames() if self.preloaded is None else self.preloaded
         train_items = None if train is None else train[ITEM]
         if train is not None and valid is None and self.item_index is None and self.valid_fraction > 0:
             train, valid = split_by_start_time(train, self.valid_fraction, "validation", self.valid_max_predictions)
             self.valid_carved = True
+            self.carved_frames = (valid, test)  # for a top-up on them (lstm_rec.jobs.train), as read
         if self.item_index is None and train is None and self.known_items is not None:
             self.item_index = self.known_items
         if self.item_index is None:

@@ -19,8 +19,10 @@ epochs a large log gets, the GRU learned more, while with the many epochs of a s
 `refit=auto` (the default) trains a second, fresh network on all of `data.train` once the first one's validation has
 chosen its epochs, when that validation was split off `data.train` and withheld at least `auto_refit.min_share` of its
 next-item predictions: those are its newest sessions, and on a small log they are worth the second run
-(docs/tuning-log.md, "Refit on all the training data"). The built-in synthetic sessions, drawn from one unchanging
-process, are never refitted by `auto`.
+(docs/tuning-log.md, "Refit on all the training data"). When they withheld less, `auto` tops up instead: the chosen
+network trains `auto_refit.top_up_epochs` more epochs on the withheld sessions alone, its optimizer's state carried
+(init_optimizer=carry), which costs seconds and learns their items too. The built-in synthetic sessions, drawn from
+one unchanging process, are neither refitted nor topped up by `auto`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from omegaconf import DictConfig, open_dict
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+TOP_UP = "top_up"
 
 
 def auto_epochs(n_targets: int, targets: int, low: int, high: int) -> int:
@@ -130,37 +133,41 @@ def resolve_cell(cfg: DictConfig, n_targets: int) -> None:
         cfg.model.cell = chosen
 
 
-def resolve_refit(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> bool:
-    """Whether this run refits on all of data.train (`refit`: auto, true or false); replaces `refit=auto` in `cfg`.
+def resolve_refit(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> bool | str:
+    """What this run does with the validation sessions once they have chosen the network (`refit`: auto, true,
+    top_up or false): True refits a fresh network on all of data.train, TOP_UP trains the chosen one on them for
+    a few more epochs, False neither. Replaces `refit=auto` in `cfg` with the choice.
 
-    A refit needs validation sessions split off the training data (no `data.valid`) and one process. `refit=true`
-    without them is an error before training; `auto` then logs that it does not refit.
+    Both need validation sessions split off the training data (no `data.valid`) and one process. `refit=true` or
+    `top_up` without them is an error before training; `auto` then logs that it does neither.
     """
     refit: Any = cfg.get("refit", False)
-    if refit not in (AUTO, True, False):
-        raise ValueError(f"refit must be auto, true or false, got {refit!r}")
+    if refit not in (AUTO, True, False, TOP_UP):
+        raise ValueError(f"refit must be auto, true, top_up or false, got {refit!r}")
     if refit is False:
         return False
+    forced = "refit=true trains again on all of data.train" if refit is True else "refit=top_up trains further"
     if not datamodule.valid_carved:
         why = (
             "its validation sessions come from data.valid, not from data.train"
             if datamodule.valid_sessions is not None
             else "it has no validation sessions to choose the epochs with"
         )
-        if refit is True:
+        if refit != AUTO:
             raise ValueError(
-                f"refit=true trains again on all of data.train, validation sessions included, but {why}: leave "
-                "data.valid unset (data.valid_fraction > 0) to refit, or set refit=false"
+                f"{forced} on the validation sessions split off data.train, but {why}: leave data.valid unset "
+                "(data.valid_fraction > 0) to refit, or set refit=false"
             )
         return _chosen(cfg, False, why)
     if world_size > 1:
-        if refit is True:
-            raise ValueError(f"refit=true runs in one process; this trainer has {world_size}: set refit=false")
+        if refit != AUTO:
+            name = "true" if refit is True else refit
+            raise ValueError(f"refit={name} runs in one process; this trainer has {world_size}: set refit=false")
         return _chosen(cfg, False, f"{world_size} processes; a refit runs in one")
     share = datamodule.valid_share
     held = f"the validation split withheld {share:.1%} of data.train's next-item predictions"
-    if refit is True:
-        return _chosen(cfg, True, f"refit=true; {held}")
+    if refit != AUTO:
+        return _chosen(cfg, refit, f"refit={'true' if refit is True else refit}; {held}")
     if getattr(datamodule, "stationary", False):
         why = f"{held}, but the data is drawn from one unchanging process: its newest hold nothing new"
         return _chosen(cfg, False, why)
@@ -171,11 +178,15 @@ def resolve_refit(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> bool
     if not 0.0 <= min_share <= 1.0:
         raise ValueError(f"auto_refit.min_share must be a share in [0, 1], got {min_share}")
     enough = share >= min_share
-    return _chosen(cfg, enough, f"{held}, {'at least' if enough else 'less than'} auto_refit.min_share={min_share:.0%}")
+    why = f"{held}, {'at least' if enough else 'less than'} auto_refit.min_share={min_share:.0%}"
+    return _chosen(cfg, True if enough else TOP_UP, why)
 
 
-def _chosen(cfg: DictConfig, refit: bool, why: str) -> bool:
-    log.info("refit: %s (%s)", "a second network on all of data.train" if refit else "no", why)
+def _chosen(cfg: DictConfig, refit: bool | str, why: str) -> bool | str:
+    what = {True: "a second network on all of data.train", False: "no"}.get(
+        refit, "top up: the chosen network trains further on the validation sessions"
+    )
+    log.info("refit: %s (%s)", what, why)
     with open_dict(cfg):
         cfg.refit = refit
     return refit

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -17,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lstm_rec.baselines import Popularity
 from lstm_rec.data import SessionDataModule
+from lstm_rec.data.sessions import SESSION
 from lstm_rec.evaluation import evaluate
-from lstm_rec.jobs.auto import resolve_refit
+from lstm_rec.jobs.auto import TOP_UP, resolve_refit
 from lstm_rec.jobs.init_from import model_from_checkpoint
 from lstm_rec.jobs.report import flatten, write_json
 from lstm_rec.jobs.runs import (
@@ -57,8 +59,9 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
     if not trainer.is_global_zero:
         return metrics
-    refit = cfg.get("refit") is True  # resolved by _fit; a refit tests (and ranks popularity on) its own data
-    metrics |= _validation_and_popularity(model, datamodule, test=not refit)
+    refit = cfg.get("refit")  # resolved by _fit: True, TOP_UP or False
+    # A refit tests (and ranks popularity on) its own data; a top-up keeps this network's popularity figures.
+    metrics |= _validation_and_popularity(model, datamodule, test=refit is not True)
     with trainer.precision_plugin.forward_context():  # the training's precision, as in the per-epoch val/loss
         metrics["val/loss"] = model.validation_loss(datamodule.full_dataloader("valid"))
     metrics |= {
@@ -72,8 +75,11 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         "skipped_batches": model.skipped_batches,
         "output_dir": cfg.paths.output_dir,
     }
-    if refit:
+    if refit is True:
         metrics = _refit(cfg, metrics, _epochs_of(trainer, test_ckpt), fit_seconds)
+        metrics["wall_seconds"] = time.perf_counter() - start
+    elif refit == TOP_UP:
+        metrics = _top_up(cfg, metrics, datamodule, fit_seconds)
         metrics["wall_seconds"] = time.perf_counter() - start
 
     write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
@@ -82,13 +88,18 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
 
 
 def _fit(
-    cfg: DictConfig, callbacks: Sequence[L.Callback], resume: bool
+    cfg: DictConfig,
+    callbacks: Sequence[L.Callback],
+    resume: bool,
+    frames: tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None] | None = None,
 ) -> tuple[L.Trainer, SessionRecModule, SessionDataModule, str | None]:
-    """Seeds, data, model (from init_from or built), trainer; fits; `resume`: honour ckpt_path."""
+    """Seeds, data, model (from init_from or built), trainer; fits; `resume`: honour ckpt_path; `frames`: the
+    (train, valid, test) events already read, in place of cfg.data's."""
     prepare_run(cfg)
     if not (resume and cfg.get("ckpt_path")):  # a new run, before its data is read
         _check_no_earlier_run(cfg)
     datamodule = instantiate(cfg.data)
+    datamodule.preloaded = frames
     if cfg.get("init_from") is not None:  # a checkpoint's weights on new data (lstm_rec.jobs.init_from)
         ckpt_path, model = None, model_from_checkpoint(cfg, datamodule)
     else:
@@ -148,6 +159,63 @@ def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: 
             "refit_epochs": epochs,
             "refit_train_seconds": model.train_seconds,
             "train_seconds": fit_seconds + model.train_seconds,  # both fits: the refit needs the first one's epochs
+            "checkpoint": checkpoint,
+        }
+    )
+
+
+def _top_up(
+    cfg: DictConfig, selected: dict[str, Any], datamodule: SessionDataModule, fit_seconds: float
+) -> dict[str, Any]:
+    """The selected network trained `auto_refit.top_up_epochs` more epochs on the validation sessions alone (split off
+    data.train, so far unseen in training), its optimizer's state carried (init_from with init_optimizer=carry: the
+    rows it has learned take small steps, the items only those sessions hold learn at full speed), in <run>/top_up/,
+    tested on its last epoch. Returns the metrics: the top-up's test metrics and checkpoint; the selected network's
+    validation and popularity metrics, and its test metrics as selected/test/..."""
+    if selected["checkpoint"] is None:
+        raise ValueError("refit=top_up continues the selected network's checkpoint, but the run saved none")
+    out = Path(cfg.paths.output_dir) / "top_up"
+    settings = cfg.get("auto_refit") or {}
+    epochs = int(settings.get("top_up_epochs", 3))
+    top_cfg = copy.deepcopy(cfg)
+    changes = {
+        "paths.output_dir": str(out),
+        "data.valid_fraction": 0.0,
+        "trainer.max_epochs": epochs,
+        "callbacks.early_stopping": None,
+        "ckpt_path": None,
+        "init_from": selected["checkpoint"],
+        "init_optimizer": "carry",
+        "refit": False,
+    }
+    with open_dict(top_cfg):
+        for key, value in changes.items():
+            OmegaConf.update(top_cfg, key, value, merge=False)
+        top_cfg.trainer.limit_val_batches = 0  # the validation sessions are its training data: no validation
+        if (top_cfg.get("callbacks") or {}).get("model_checkpoint") is not None:
+            top_cfg.callbacks.model_checkpoint.monitor = None  # keeps the latest epoch
+        scheduler = top_cfg.model.get("scheduler")
+        if scheduler is not None and "warmup_steps" in scheduler:  # a few hundred steps: a short warm-up
+            scheduler.warmup_steps = min(int(scheduler.warmup_steps), int(settings.get("top_up_warmup_steps", 20)))
+    held, test = datamodule.carved_frames
+    log.info(
+        "top up: training the selected network %d more epochs on the %d validation sessions in %s",
+        epochs, held[SESSION].nunique(), out,
+    )  # fmt: skip
+    _clear_earlier_refit(top_cfg)
+    trainer, model, top_data, _ = _fit(top_cfg, (), resume=False, frames=(held, None, test))
+    checkpoint = _checkpoint_to_test(trainer, "last")
+    tested = trainer.test(model, datamodule=top_data, ckpt_path=checkpoint)[0]
+    kept = {k: v for k, v in selected.items() if not k.startswith("test/")}
+    kept |= {f"selected/{k}": v for k, v in selected.items() if k.startswith("test/")}
+    kept |= {"selected_checkpoint": selected["checkpoint"], "selected_train_seconds": selected["train_seconds"]}
+    return (
+        kept
+        | tested
+        | {
+            "top_up_epochs": epochs,
+            "top_up_train_seconds": model.train_seconds,
+            "train_seconds": fit_seconds + model.train_seconds,
             "checkpoint": checkpoint,
         }
     )
