@@ -30,7 +30,7 @@ def metrics_table(metrics: Mapping[str, float], ks: Sequence[int], splits: Seque
         "| model | split | " + " | ".join(columns) + " | predictions |",
         "|---|---|" + "---:|" * (len(columns) + 1),
     ]
-    for model, prefix in (("LSTM", ""), ("LSTM before refit", "selected/"), ("popularity", "pop/")):
+    for model, prefix in (("LSTM", ""), ("LSTM before refit or top-up", "selected/"), ("popularity", "pop/")):
         for split in splits:
             if f"{prefix}{split}/{columns[0]}" not in metrics:
                 continue
