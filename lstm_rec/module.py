@@ -252,6 +252,13 @@ class SessionRecModule(L.LightningModule):
             self.train(was_training)
         return total / count if count else float("nan")
 
+    def on_test_start(self) -> None:
+        # Coverage and popularity bias over the items the test sessions index: the network's, or all of data.train's
+        # when validation split off it held more (SessionDataModule.test_catalog), as scripts/evaluate.py counts them.
+        catalog = getattr(getattr(self._trainer, "datamodule", None), "test_catalog", None)
+        counts = (self.item_index if catalog is None else catalog).counts
+        self.test_metrics = ranking_metrics(self.ks, "test/", torch.from_numpy(counts)).to(self.device)
+
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         # The datamodule's test sessions may index more items than the network knows (SessionDataModule.test_scorer).
         datamodule = getattr(self._trainer, "datamodule", None)

@@ -154,9 +154,11 @@ def test_a_refit_run_again_in_its_directory_replaces_the_earlier_refit(log, tmp_
 
 @pytest.fixture(scope="module")
 def topped_up(log, tmp_path_factory) -> dict:
-    """refit=top_up: the selected network trains 10 more epochs (auto_refit.top_up_epochs) on the validation sessions."""
+    """refit=top_up: the selected network trains 10 more epochs (auto_refit.top_up_epochs) on the validation
+    sessions (the tiny recipe's Adam needs more than the default 3 to learn A and B from them)."""
     out = tmp_path_factory.mktemp("top_up") / "run"
-    return train(compose_config("train", _overrides(log, "refit=top_up", "trainer.max_epochs=4", "auto_refit.top_up_epochs=10"), out))
+    overrides = _overrides(log, "refit=top_up", "trainer.max_epochs=4", "auto_refit.top_up_epochs=10")
+    return train(compose_config("train", overrides, out))
 
 
 def test_top_up_trains_the_selected_network_on_the_validation_sessions_and_is_the_model_tested(topped_up, log):

@@ -162,7 +162,7 @@ def test_test_clicks_on_items_only_the_held_out_validation_holds_are_kept_as_mis
     overrides = [f"ckpt_path={trained['checkpoint']}", *file_overrides(data)[-3:], "models=[pop,sr]"]
     results = compare(compose_config("eval", [o for o in overrides if not o.startswith("data.n_")], tmp_path))
     assert {r["test/n_predictions"] for r in results.values()} == {every}
-    for key in ("test/recall@20", "test/mrr@20"):
+    for key in ("test/recall@20", "test/mrr@20", "test/coverage@20", "test/popularity_bias@20"):
         assert results["lstm"][key] == pytest.approx(trained[key])
     assert results["pop"]["test/recall@20"] > 0
 
