@@ -67,6 +67,9 @@ class Recommender:
     """Recommends next items with a trained network and the item index (and item prior) of its checkpoint."""
 
     def __init__(self, model: TrainedModel, device: str | torch.device = "cpu") -> None:
+        """Takes `model` over: its network moves to `device`, goes to eval mode and computes repeat scores row by row
+        (rowwise_repeat_scores), so that a session's answer does not depend on the rows scored beside it. A network
+        that must keep training or evaluating as before should be loaded again for the Recommender."""
         self.device = torch.device(device)
         model.network.rowwise_repeat_scores = True  # a session's answer must not depend on its batch (BATCH_ROWS)
         self.scorer = PriorScorer(model.network, model.prior).to(self.device).eval()
