@@ -190,7 +190,8 @@ class SessionRecModule(L.LightningModule):
     def _evaluation_step(self, batch: Tensor, metrics: MetricCollection, scorer: Any = None) -> None:
         # Full-precision scores: bf16 would tie many items and push targets down under pessimistic ranks.
         with torch.autocast(self.device.type, enabled=False):
-            ranked = rank_batch(scorer or self.scorer(), batch, max(self.ks), self.ties, self.max_scores)
+            scorer = self.scorer() if scorer is None else scorer
+            ranked = rank_batch(scorer, batch, max(self.ks), self.ties, self.max_scores)
         metrics.update(ranked.ranks, ranked.top_items)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(batch))
 

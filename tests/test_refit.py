@@ -170,7 +170,10 @@ def test_top_up_trains_the_selected_network_on_the_validation_sessions_and_is_th
     # others) follow: the top-up's items are all of data.train's.
     old, ids = selected["lstm_rec"]["item_ids"].tolist(), top["lstm_rec"]["item_ids"].tolist()
     assert ids[: len(old)] == old and {NEW_A, NEW_B} <= set(ids[len(old) :])
-    assert sorted(ids) == sorted(pd.read_csv(log["train"], sep="\t").ItemId.unique())
+    clicks = pd.read_csv(log["train"], sep="\t").ItemId.value_counts()
+    assert sorted(ids) == sorted(clicks.index)
+    # Its counts (its negatives' law, the checkpoint's popularity) are every click of data.train, as a refit's are.
+    assert top["lstm_rec"]["item_counts"].tolist() == clicks.reindex(ids).tolist()
     assert top["epoch"] + 1 == topped_up["top_up_epochs"] == 10
     # Learned from the validation sessions alone: B after A. Both networks rank the same test predictions; the 20
     # A -> B ones are misses for the selected network, which cannot recommend B.

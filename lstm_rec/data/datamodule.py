@@ -89,8 +89,12 @@ class SessionDataModule(L.LightningDataModule):
         self._own_of_catalog: np.ndarray | None = None
         # (train, valid, test) event frames already read, as load_frames returns them: setup takes these instead.
         self.preloaded: tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None] | None = None
-        # The validation sessions split off data.train and the test events, as read, when validation was split off.
-        self.carved_frames: tuple[pd.DataFrame, pd.DataFrame | None] | None = None
+        # The validation sessions split off data.train, the test events and all of data.train's item column, as read,
+        # when validation was split off.
+        self.carved_frames: tuple[pd.DataFrame, pd.DataFrame | None, pd.Series] | None = None
+        # Clicks (an item column) that the index counts in place of the training frame's (a top-up trains on the
+        # validation sessions, and its negatives and checkpoint count every click of data.train).
+        self.count_items: pd.Series | None = None
         self._loaded = False
 
     def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
@@ -109,7 +113,7 @@ class SessionDataModule(L.LightningDataModule):
         if train is not None and valid is None and self.item_index is None and self.valid_fraction > 0:
             train, valid = split_by_start_time(train, self.valid_fraction, "validation", self.valid_max_predictions)
             self.valid_carved = True
-            self.carved_frames = (valid, test)  # for a top-up on them (lstm_rec.jobs.train), as read
+            self.carved_frames = (valid, test, train_items)  # for a top-up on them (lstm_rec.jobs.train), as read
         if self.item_index is None and train is None and self.known_items is not None:
             self.item_index = self.known_items
         if self.item_index is None:
@@ -123,6 +127,9 @@ class SessionDataModule(L.LightningDataModule):
             else:
                 self.item_index = self.known_items.grown(train[ITEM])
             log.info("item index: %d items from training data", len(self.item_index))
+            if self.count_items is not None:
+                counted = self.item_index.grown(self.count_items).counts[: len(self.item_index)]
+                self.item_index = ItemIndex(ids=self.item_index.ids, counts=counted)
         if train is not None:
             self.train_sessions = to_sessions(train, self.item_index, "train", self.sources.get("train"))
         if valid is not None:

@@ -92,14 +92,16 @@ def _fit(
     callbacks: Sequence[L.Callback],
     resume: bool,
     frames: tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None] | None = None,
+    count_items: pd.Series | None = None,
 ) -> tuple[L.Trainer, SessionRecModule, SessionDataModule, str | None]:
     """Seeds, data, model (from init_from or built), trainer; fits; `resume`: honour ckpt_path; `frames`: the
-    (train, valid, test) events already read, in place of cfg.data's."""
+    (train, valid, test) events already read, in place of cfg.data's; `count_items`: the clicks the item index counts
+    (SessionDataModule.count_items)."""
     prepare_run(cfg)
     if not (resume and cfg.get("ckpt_path")):  # a new run, before its data is read
         _check_no_earlier_run(cfg)
     datamodule = instantiate(cfg.data)
-    datamodule.preloaded = frames
+    datamodule.preloaded, datamodule.count_items = frames, count_items
     if cfg.get("init_from") is not None:  # a checkpoint's weights on new data (lstm_rec.jobs.init_from)
         ckpt_path, model = None, model_from_checkpoint(cfg, datamodule)
     else:
@@ -173,7 +175,8 @@ def _top_up(
     tested on its last epoch. Returns the metrics: the top-up's test metrics and checkpoint; the selected network's
     validation and popularity metrics, and its test metrics as selected/test/..."""
     if selected["checkpoint"] is None:
-        raise ValueError("refit=top_up continues the selected network's checkpoint, but the run saved none")
+        log.warning("top up: skipped, the run saved no checkpoint to continue; the tested network is the run's model")
+        return selected
     out = Path(cfg.paths.output_dir) / "top_up"
     settings = cfg.get("auto_refit") or {}
     epochs = int(settings.get("top_up_epochs", 3))
@@ -197,13 +200,14 @@ def _top_up(
         scheduler = top_cfg.model.get("scheduler")
         if scheduler is not None and "warmup_steps" in scheduler:  # a few hundred steps: a short warm-up
             scheduler.warmup_steps = min(int(scheduler.warmup_steps), int(settings.get("top_up_warmup_steps", 20)))
-    held, test = datamodule.carved_frames
+    held, test, train_items = datamodule.carved_frames
     log.info(
         "top up: training the selected network %d more epochs on the %d validation sessions in %s",
         epochs, held[SESSION].nunique(), out,
     )  # fmt: skip
     _clear_earlier_refit(top_cfg)
-    trainer, model, top_data, _ = _fit(top_cfg, (), resume=False, frames=(held, None, test))
+    # Its item counts (the negatives' law, the checkpoint's popularity) are all of data.train's clicks.
+    trainer, model, top_data, _ = _fit(top_cfg, (), resume=False, frames=(held, None, test), count_items=train_items)
     checkpoint = _checkpoint_to_test(trainer, "last")
     tested = trainer.test(model, datamodule=top_data, ckpt_path=checkpoint)[0]
     kept = {k: v for k, v in selected.items() if not k.startswith("test/")}
@@ -271,8 +275,10 @@ def _validation_and_popularity(
 def _popularity(datamodule: SessionDataModule, split: str, ks: Sequence[int]) -> dict[str, float]:
     """Popularity (the training clicks) ranked on the "valid" or "test" split, as pop/val/... or pop/test/..."""
     counts, name = datamodule.item_index.counts, {"valid": "val", "test": "test"}[split]
-    scorer = datamodule.test_scorer(Popularity(counts)) if split == "test" else Popularity(counts)
-    return evaluate(scorer, datamodule.full_dataloader(split), ks, f"pop/{name}/", item_counts=counts)
+    scorer, item_counts = Popularity(counts), counts
+    if split == "test" and datamodule.test_catalog is not None:  # coverage over the catalog, as for the network
+        scorer, item_counts = datamodule.test_scorer(scorer), datamodule.test_catalog.counts
+    return evaluate(scorer, datamodule.full_dataloader(split), ks, f"pop/{name}/", item_counts=item_counts)
 
 
 def _checkpoint_to_resume(cfg: DictConfig) -> str | None:
