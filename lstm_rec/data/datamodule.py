@@ -92,9 +92,6 @@ class SessionDataModule(L.LightningDataModule):
         # The validation sessions split off data.train, the test events and all of data.train's item column, as read,
         # when validation was split off.
         self.carved_frames: tuple[pd.DataFrame, pd.DataFrame | None, pd.Series] | None = None
-        # Clicks (an item column) that the index counts in place of the training frame's (a top-up trains on the
-        # validation sessions, and its negatives and checkpoint count every click of data.train).
-        self.count_items: pd.Series | None = None
         self._loaded = False
 
     def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
@@ -127,9 +124,6 @@ class SessionDataModule(L.LightningDataModule):
             else:
                 self.item_index = self.known_items.grown(train[ITEM])
             log.info("item index: %d items from training data", len(self.item_index))
-            if self.count_items is not None:
-                counted = self.item_index.grown(self.count_items).counts[: len(self.item_index)]
-                self.item_index = ItemIndex(ids=self.item_index.ids, counts=counted)
         if train is not None:
             self.train_sessions = to_sessions(train, self.item_index, "train", self.sources.get("train"))
         if valid is not None:

@@ -44,6 +44,10 @@ class ItemIndex:
         counts[len(self) :] = clicks[new]
         return ItemIndex(ids=np.concatenate([self.ids, added]), counts=counts)
 
+    def recounted(self, item_ids: np.ndarray | pd.Series) -> ItemIndex:
+        """The same items in the same positions, each counted by its clicks in `item_ids` (0 where it has none)."""
+        return ItemIndex(ids=self.ids, counts=self.grown(item_ids).counts[: len(self)])
+
     def __len__(self) -> int:
         return len(self.ids)
 

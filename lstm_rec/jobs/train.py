@@ -95,19 +95,22 @@ def _fit(
     count_items: pd.Series | None = None,
 ) -> tuple[L.Trainer, SessionRecModule, SessionDataModule, str | None]:
     """Seeds, data, model (from init_from or built), trainer; fits; `resume`: honour ckpt_path; `frames`: the
-    (train, valid, test) events already read, in place of cfg.data's; `count_items`: the clicks the item index counts
-    (SessionDataModule.count_items)."""
+    (train, valid, test) events already read, in place of cfg.data's; `count_items`: the clicks by which the model's
+    item index (its checkpoints' counts, the test's popularity bias) counts the items, in place of its training
+    data's (which still draw the negatives)."""
     prepare_run(cfg)
     if not (resume and cfg.get("ckpt_path")):  # a new run, before its data is read
         _check_no_earlier_run(cfg)
     datamodule = instantiate(cfg.data)
-    datamodule.preloaded, datamodule.count_items = frames, count_items
+    datamodule.preloaded = frames
     if cfg.get("init_from") is not None:  # a checkpoint's weights on new data (lstm_rec.jobs.init_from)
         ckpt_path, model = None, model_from_checkpoint(cfg, datamodule)
     else:
         ckpt_path = _checkpoint_to_resume(cfg) if resume else None
         datamodule.setup("fit")
         model = build_model(cfg, datamodule)
+    if count_items is not None:
+        model.item_index = model.item_index.recounted(count_items)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=[*instantiate_all(cfg.get("callbacks")), *callbacks],
@@ -206,7 +209,8 @@ def _top_up(
         epochs, held[SESSION].nunique(), out,
     )  # fmt: skip
     _clear_earlier_refit(top_cfg)
-    # Its item counts (the negatives' law, the checkpoint's popularity) are all of data.train's clicks.
+    # It draws its negatives by the validation sessions' clicks (as measured); its checkpoint counts every click of
+    # data.train, as a refit's does (serving's popularity, a later init_from's known counts).
     trainer, model, top_data, _ = _fit(top_cfg, (), resume=False, frames=(held, None, test), count_items=train_items)
     checkpoint = _checkpoint_to_test(trainer, "last")
     tested = trainer.test(model, datamodule=top_data, ckpt_path=checkpoint)[0]
