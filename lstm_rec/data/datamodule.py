@@ -89,9 +89,9 @@ class SessionDataModule(L.LightningDataModule):
         self._own_of_catalog: np.ndarray | None = None
         # (train, valid, test) event frames already read, as load_frames returns them: setup takes these instead.
         self.preloaded: tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None] | None = None
-        # The validation sessions split off data.train, the test events and all of data.train's item column, as read,
-        # when validation was split off.
-        self.carved_frames: tuple[pd.DataFrame, pd.DataFrame | None, pd.Series] | None = None
+        # The validation sessions split off data.train and the test events, as read, and all of data.train's items
+        # with their clicks, when validation was split off.
+        self.carved_frames: tuple[pd.DataFrame, pd.DataFrame | None, ItemIndex] | None = None
         self._loaded = False
 
     def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
@@ -106,11 +106,12 @@ class SessionDataModule(L.LightningDataModule):
         if self._loaded:
             return
         train, valid, test = self.load_frames() if self.preloaded is None else self.preloaded
-        train_items = None if train is None else train[ITEM]
+        all_items = None
         if train is not None and valid is None and self.item_index is None and self.valid_fraction > 0:
+            all_items = ItemIndex.from_items(train[ITEM])  # every item of data.train and its clicks
             train, valid = split_by_start_time(train, self.valid_fraction, "validation", self.valid_max_predictions)
             self.valid_carved = True
-            self.carved_frames = (valid, test, train_items)  # for a top-up on them (lstm_rec.jobs.train), as read
+            self.carved_frames = (valid, test, all_items)  # for a top-up on them (lstm_rec.jobs.train), as read
         if self.item_index is None and train is None and self.known_items is not None:
             self.item_index = self.known_items
         if self.item_index is None:
@@ -130,19 +131,21 @@ class SessionDataModule(L.LightningDataModule):
             self.valid_sessions = to_sessions(valid, self.item_index, "validation", self.sources.get("valid"))
         if test is not None:
             if self.valid_carved:
-                self.test_catalog = self._catalog_of(train_items, valid)
+                self.test_catalog = self._catalog_of(all_items, valid)
             catalog = self.item_index if self.test_catalog is None else self.test_catalog
             self.test_sessions = to_sessions(test, catalog, "test", self.sources.get("test"))
             if self.test_catalog is not None:
                 self._log_unknown_test_items()
         self._loaded = True
 
-    def _catalog_of(self, train_items: pd.Series, valid: pd.DataFrame) -> ItemIndex | None:
-        """The items of all of data.train (the model's first, ItemIndex.grown), when the validation sessions split off
-        it hold items that the rest lacks; None when the model knows them all."""
-        catalog = self.item_index.grown(train_items)
+    def _catalog_of(self, all_items: ItemIndex, valid: pd.DataFrame) -> ItemIndex | None:
+        """The items of all of data.train (`all_items`; the model's first, in its order, then the others), counted by
+        their clicks there, when the validation sessions split off it hold items that the rest lacks; None when the
+        model knows them all."""
+        catalog = self.item_index.grown(all_items.ids)
         if len(catalog) == len(self.item_index):
             return None
+        catalog = catalog.recounted(all_items)
         log.warning(
             "%d items of the training data appear only in the validation sessions split off it (%d sessions), which "
             "the model does not train on: the test keeps their clicks, as blank steps of the input and, as targets, "

@@ -44,9 +44,11 @@ class ItemIndex:
         counts[len(self) :] = clicks[new]
         return ItemIndex(ids=np.concatenate([self.ids, added]), counts=counts)
 
-    def recounted(self, item_ids: np.ndarray | pd.Series) -> ItemIndex:
-        """The same items in the same positions, each counted by its clicks in `item_ids` (0 where it has none)."""
-        return ItemIndex(ids=self.ids, counts=self.grown(item_ids).counts[: len(self)])
+    def recounted(self, other: ItemIndex) -> ItemIndex:
+        """The same items in the same positions, each with its count in `other` (0 where `other` lacks it)."""
+        positions = other.lookup(self.ids)  # 0 where other lacks the item
+        counts = np.where(positions > 0, other.counts[positions - 1], 0).astype(np.int64)
+        return ItemIndex(ids=self.ids, counts=counts)
 
     def __len__(self) -> int:
         return len(self.ids)

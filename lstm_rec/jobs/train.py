@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lstm_rec.baselines import Popularity
-from lstm_rec.data import SessionDataModule
+from lstm_rec.data import ItemIndex, SessionDataModule
 from lstm_rec.data.sessions import SESSION
 from lstm_rec.evaluation import evaluate
 from lstm_rec.jobs.auto import TOP_UP, resolve_refit
@@ -92,12 +92,12 @@ def _fit(
     callbacks: Sequence[L.Callback],
     resume: bool,
     frames: tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None] | None = None,
-    count_items: pd.Series | None = None,
+    counted_by: ItemIndex | None = None,
 ) -> tuple[L.Trainer, SessionRecModule, SessionDataModule, str | None]:
     """Seeds, data, model (from init_from or built), trainer; fits; `resume`: honour ckpt_path; `frames`: the
-    (train, valid, test) events already read, in place of cfg.data's; `count_items`: the clicks by which the model's
-    item index (its checkpoints' counts, the test's popularity bias) counts the items, in place of its training
-    data's (which still draw the negatives)."""
+    (train, valid, test) events already read, in place of cfg.data's; `counted_by`: the items whose counts the model's
+    item index takes (its checkpoints' counts, the test's popularity bias), in place of its training data's (which
+    still draw the negatives)."""
     prepare_run(cfg)
     if not (resume and cfg.get("ckpt_path")):  # a new run, before its data is read
         _check_no_earlier_run(cfg)
@@ -109,8 +109,8 @@ def _fit(
         ckpt_path = _checkpoint_to_resume(cfg) if resume else None
         datamodule.setup("fit")
         model = build_model(cfg, datamodule)
-    if count_items is not None:
-        model.item_index = model.item_index.recounted(count_items)
+    if counted_by is not None:
+        model.item_index = model.item_index.recounted(counted_by)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=[*instantiate_all(cfg.get("callbacks")), *callbacks],
@@ -203,7 +203,7 @@ def _top_up(
         scheduler = top_cfg.model.get("scheduler")
         if scheduler is not None and "warmup_steps" in scheduler:  # a few hundred steps: a short warm-up
             scheduler.warmup_steps = min(int(scheduler.warmup_steps), int(settings.get("top_up_warmup_steps", 20)))
-    held, test, train_items = datamodule.carved_frames
+    held, test, all_items = datamodule.carved_frames
     log.info(
         "top up: training the selected network %d more epochs on the %d validation sessions in %s",
         epochs, held[SESSION].nunique(), out,
@@ -211,7 +211,7 @@ def _top_up(
     _clear_earlier_refit(top_cfg)
     # It draws its negatives by the validation sessions' clicks (as measured); its checkpoint counts every click of
     # data.train, as a refit's does (serving's popularity, a later init_from's known counts).
-    trainer, model, top_data, _ = _fit(top_cfg, (), resume=False, frames=(held, None, test), count_items=train_items)
+    trainer, model, top_data, _ = _fit(top_cfg, (), resume=False, frames=(held, None, test), counted_by=all_items)
     checkpoint = _checkpoint_to_test(trainer, "last")
     tested = trainer.test(model, datamodule=top_data, ckpt_path=checkpoint)[0]
     kept = {k: v for k, v in selected.items() if not k.startswith("test/")}
