@@ -86,6 +86,14 @@ def test_item_index_reserves_zero_and_counts_clicks():
     assert index.lookup(np.array([10, 30, 99])).tolist() == [1, 3, 0]
 
 
+def test_recounted_keeps_the_items_and_takes_the_other_indexs_counts():
+    index = ItemIndex(ids=np.array([30, 10, 99]), counts=np.array([5, 6, 7]))  # a grown index: not sorted
+    other = ItemIndex.from_items(np.array([10, 10, 30, 40]))  # 10 twice, 30 once, 40 not in index
+    recounted = index.recounted(other)
+    assert recounted.ids.tolist() == [30, 10, 99]
+    assert recounted.counts.tolist() == [1, 2, 0]
+
+
 def test_unknown_items_are_dropped_then_short_sessions(caplog):
     index = ItemIndex.from_items(np.array(["a", "b", "c"]))
     events = pd.DataFrame(

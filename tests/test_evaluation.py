@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from lstm_rec.baselines import Popularity
-from lstm_rec.evaluation import breakdown, collect_ranks, evaluate, rank_batch
+from lstm_rec.data import ItemIndex
+from lstm_rec.evaluation import CatalogScorer, breakdown, collect_ranks, evaluate, rank_batch
 from lstm_rec.model import SessionLSTM
 
 
@@ -72,3 +73,20 @@ def test_breakdown_by_position_and_length():
     by_length = breakdown(ranked, [2], "length", max_group=3).set_index("length")
     assert list(by_length.index) == ["2", "3+"]
     assert by_length.loc["3+", "mrr@2"] == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_a_catalog_scorer_ranks_unknown_targets_last_in_any_catalog_order():
+    # The model knows items 10, 20, 30 (scores 0.2, 0.9, 0.5); the catalog adds 40 and 50.
+    own = ItemIndex.from_items(np.array([10, 20, 30]))
+    scorer = FixedScores([0.2, 0.9, 0.5])
+    appended = own.grown(np.array([40, 50]))  # 10 20 30 40 50: the fast path
+    shuffled = ItemIndex(ids=np.array([50, 30, 40, 10, 20]), counts=np.ones(5, dtype=np.int64))
+    for catalog in (appended, shuffled):
+        wrapped = CatalogScorer(scorer, own, catalog)
+        assert wrapped.appended == (catalog is appended) and wrapped.n_items == 5
+        column = {item: i + 1 for i, item in enumerate(catalog.ids.tolist())}
+        batch = torch.tensor([[column[10], column[40], column[20], column[50]]])
+        # Targets 40 (unknown: rank 5, last, pessimistic), 20 (rank 1), 50 (rank 5).
+        assert rank_batch(wrapped, batch).ranks.tolist() == [5, 1, 5]
+        scores = wrapped.score(torch.zeros((1, 0)))
+        assert scores[0, column[20] - 1] == pytest.approx(0.9) and scores[0, column[40] - 1] == float("-inf")
