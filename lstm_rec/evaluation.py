@@ -42,12 +42,11 @@ class CatalogScorer(nn.Module):
     catalog lacks are not scored.
     """
 
-    def __init__(self, scorer: Any, own: Any, catalog: Any, own_of: np.ndarray | None = None) -> None:
-        """`own` and `catalog` are ItemIndex objects: the model's items, and the items the batches index; `own_of`,
-        when given, is `own.lookup(catalog.ids)`, computed once by a caller that wraps many scorers."""
+    def __init__(self, scorer: Any, own: Any, catalog: Any) -> None:
+        """`own` and `catalog` are ItemIndex objects: the model's items, and the items the batches index."""
         super().__init__()
         self.scorer, self.n_items = scorer, len(catalog)
-        own_of = torch.from_numpy(own.lookup(catalog.ids) if own_of is None else own_of)  # (n_catalog,) 0: unknown
+        own_of = torch.from_numpy(own.lookup(catalog.ids))  # (n_catalog,) the model's index, 0 where unknown
         self.register_buffer("to_own", torch.cat([torch.zeros(1, dtype=torch.long), own_of]))
         self.register_buffer("known", own_of > 0)
         self.register_buffer("own_columns", own_of[own_of > 0] - 1)

@@ -97,6 +97,8 @@ class SessionRecModule(L.LightningModule):
         self.scheduler_factory = scheduler
         # The lanes' states between session-parallel steps (data.batching=parallel).
         self._lanes: Carry | None = None
+        # What test_step ranks with, made by on_test_start.
+        self._test_scorer: Any = None
         # A checkpoint's optimizer state that training starts from (init_from with init_optimizer=carry).
         self.carried_optimizer_state: dict[str, Any] | None = None
         self.register_buffer("prior_scores", None if prior is None else prior.scores, persistent=False)
@@ -254,19 +256,21 @@ class SessionRecModule(L.LightningModule):
         return total / count if count else float("nan")
 
     def on_test_start(self) -> None:
-        # Coverage and popularity bias over the items the test sessions index: the network's, or all of data.train's
-        # when validation split off it held more (SessionDataModule.test_catalog), as scripts/evaluate.py counts them.
-        catalog = getattr(getattr(self._trainer, "datamodule", None), "test_catalog", None)
+        # The test sessions may index more items than the network knows: all of data.train's when validation split
+        # off it held more (SessionDataModule.test_catalog, test_scorer). Coverage and popularity bias count over
+        # those items, as scripts/evaluate.py counts them. Made once per test, after the tested weights are loaded.
+        datamodule = getattr(self._trainer, "datamodule", None)
+        catalog = getattr(datamodule, "test_catalog", None)
         counts = (self.item_index if catalog is None else catalog).counts
         self.test_metrics = ranking_metrics(self.ks, "test/", torch.from_numpy(counts)).to(self.device)
+        scorer = self.scorer()
+        self._test_scorer = scorer if catalog is None else datamodule.test_scorer(scorer).to(self.device)
+
+    def on_test_end(self) -> None:
+        self._test_scorer = None
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
-        # The datamodule's test sessions may index more items than the network knows (SessionDataModule.test_scorer).
-        datamodule = getattr(self._trainer, "datamodule", None)
-        scorer = self.scorer()
-        if datamodule is not None and hasattr(datamodule, "test_scorer"):
-            scorer = datamodule.test_scorer(scorer).to(self.device)
-        self._evaluation_step(batch, self.test_metrics, scorer)
+        self._evaluation_step(batch, self.test_metrics, self._test_scorer)
 
     def sparse_rows_blockers(self) -> list[str]:
         """Why the item table cannot (or, under auto, should not) take sparse gradients here; [] when it can."""

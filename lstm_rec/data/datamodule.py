@@ -86,12 +86,11 @@ class SessionDataModule(L.LightningDataModule):
         # The items of all of data.train when validation was split off it and holds items the rest lacks: the test
         # sessions index this catalog (the model's items first), so that no test click on a training item is dropped.
         self.test_catalog: ItemIndex | None = None
-        self._own_of_catalog: np.ndarray | None = None
         # (train, valid, test) event frames already read, as load_frames returns them: setup takes these instead.
         self.preloaded: tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None] | None = None
-        # The validation sessions split off data.train and the test events, as read, and all of data.train's items
-        # with their clicks, when validation was split off.
-        self.carved_frames: tuple[pd.DataFrame, pd.DataFrame | None, ItemIndex] | None = None
+        # When validation was split off data.train: its sessions, as read, and all of data.train's items (the model's
+        # first, in its order) with their clicks, for a top-up on them (lstm_rec.jobs.train).
+        self.carved: tuple[pd.DataFrame, ItemIndex] | None = None
         self._loaded = False
 
     def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
@@ -106,12 +105,9 @@ class SessionDataModule(L.LightningDataModule):
         if self._loaded:
             return
         train, valid, test = self.load_frames() if self.preloaded is None else self.preloaded
-        all_items = None
         if train is not None and valid is None and self.item_index is None and self.valid_fraction > 0:
-            all_items = ItemIndex.from_items(train[ITEM])  # every item of data.train and its clicks
             train, valid = split_by_start_time(train, self.valid_fraction, "validation", self.valid_max_predictions)
             self.valid_carved = True
-            self.carved_frames = (valid, test, all_items)  # for a top-up on them (lstm_rec.jobs.train), as read
         if self.item_index is None and train is None and self.known_items is not None:
             self.item_index = self.known_items
         if self.item_index is None:
@@ -129,51 +125,51 @@ class SessionDataModule(L.LightningDataModule):
             self.train_sessions = to_sessions(train, self.item_index, "train", self.sources.get("train"))
         if valid is not None:
             self.valid_sessions = to_sessions(valid, self.item_index, "validation", self.sources.get("valid"))
+        if self.valid_carved:
+            self.carved = (valid, self._all_training_items(valid))
         if test is not None:
-            if self.valid_carved:
-                self.test_catalog = self._catalog_of(all_items, valid)
+            if self.valid_carved and len(self.carved[1]) > len(self.item_index):
+                self.test_catalog = self.carved[1]
+                self._log_validation_only_items(valid)
             catalog = self.item_index if self.test_catalog is None else self.test_catalog
             self.test_sessions = to_sessions(test, catalog, "test", self.sources.get("test"))
             if self.test_catalog is not None:
                 self._log_unknown_test_items()
         self._loaded = True
 
-    def _catalog_of(self, all_items: ItemIndex, valid: pd.DataFrame) -> ItemIndex | None:
-        """The items of all of data.train (`all_items`; the model's first, in its order, then the others), counted by
-        their clicks there, when the validation sessions split off it hold items that the rest lacks; None when the
-        model knows them all."""
-        catalog = self.item_index.grown(all_items.ids)
-        if len(catalog) == len(self.item_index):
-            return None
-        catalog = catalog.recounted(all_items)
+    def _all_training_items(self, valid: pd.DataFrame) -> ItemIndex:
+        """All of data.train's items: the model's, in its order, then those only the validation sessions split off it
+        hold (ItemIndex.grown), each counted by its clicks in both parts."""
+        grown = self.item_index.grown(valid[ITEM])  # counts: the validation sessions' clicks
+        grown.counts[: len(self.item_index)] += self.item_index.counts
+        return grown
+
+    def _log_validation_only_items(self, valid: pd.DataFrame) -> None:
         log.warning(
             "%d items of the training data appear only in the validation sessions split off it (%d sessions), which "
             "the model does not train on: the test keeps their clicks, as blank steps of the input and, as targets, "
             "misses (they are never recommended)",
-            len(catalog) - len(self.item_index),
+            len(self.test_catalog) - len(self.item_index),
             valid[SESSION].nunique(),
         )
-        return catalog
 
     def _log_unknown_test_items(self) -> None:
         """How many test predictions are on items only the validation sessions hold (misses)."""
-        n_own, items = len(self.item_index), self.test_sessions.items
-        is_target = np.ones(len(items), dtype=bool)
-        is_target[self.test_sessions.offsets[:-1]] = False  # a session's first click is no target
-        missed = int((items[is_target] > n_own).sum())
+        n_own, sessions = len(self.item_index), self.test_sessions
+        is_target = np.ones(sessions.n_events, dtype=bool)
+        is_target[sessions.offsets[:-1]] = False  # a session's first click is no target
+        missed = int((sessions.items[is_target] > n_own).sum())
         log.warning(
             "test: %d of its %d next-item predictions are on items only in the validation sessions (counted as misses)",
             missed,
-            int(is_target.sum()),
+            sessions.n_targets,
         )
 
     def test_scorer(self, scorer: Any) -> Any:
         """`scorer` (of the model's items) as it ranks the test sessions: on the test catalog when there is one."""
         if self.test_catalog is None:
             return scorer
-        if self._own_of_catalog is None:
-            self._own_of_catalog = self.item_index.lookup(self.test_catalog.ids)
-        return CatalogScorer(scorer, self.item_index, self.test_catalog, self._own_of_catalog)
+        return CatalogScorer(scorer, self.item_index, self.test_catalog)
 
     @property
     def valid_share(self) -> float:

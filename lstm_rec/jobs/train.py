@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -133,40 +134,12 @@ def _refit(cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: 
     in <run>/refit/, tested on its last epoch. Returns the metrics: the refit's test metrics and checkpoint; the
     selected network's validation metrics, and its test metrics as selected/test/..."""
     out = Path(cfg.paths.output_dir) / "refit"
-    refit_cfg = copy.deepcopy(cfg)
-    settings = {
-        "paths.output_dir": str(out),
-        "data.valid_fraction": 0.0,
-        "trainer.max_epochs": epochs,
-        "callbacks.early_stopping": None,
-        "ckpt_path": None,
-        "refit": False,
-    }
-    with open_dict(refit_cfg):
-        for key, value in settings.items():
-            OmegaConf.update(refit_cfg, key, value, merge=False)
-        refit_cfg.trainer.limit_val_batches = 0  # nothing held out: no validation
-        if (refit_cfg.get("callbacks") or {}).get("model_checkpoint") is not None:
-            refit_cfg.callbacks.model_checkpoint.monitor = None  # keeps the latest epoch
     log.info("refit: training a fresh network on all of data.train for %d epochs in %s", epochs, out)
-    _clear_earlier_refit(refit_cfg)
-    trainer, model, datamodule, _ = _fit(refit_cfg, (), resume=False)
-    checkpoint = _checkpoint_to_test(trainer, "last")
+    trainer, model, datamodule, checkpoint = _second_fit(cfg, "refit", epochs, {})
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint)[0]
     tested |= _popularity(datamodule, "test", model.ks)
-    kept = {k: v for k, v in selected.items() if not k.startswith("test/")}
-    kept |= {f"selected/{k}": v for k, v in selected.items() if k.startswith("test/")}
-    kept |= {"selected_checkpoint": selected["checkpoint"], "selected_train_seconds": selected["train_seconds"]}
-    return (
-        kept
-        | tested
-        | {
-            "refit_epochs": epochs,
-            "refit_train_seconds": model.train_seconds,
-            "train_seconds": fit_seconds + model.train_seconds,  # both fits: the refit needs the first one's epochs
-            "checkpoint": checkpoint,
-        }
-    )
+    # The train seconds are both fits': the refit needs the first one's epochs.
+    return _after_selected(selected, tested | {"refit_epochs": epochs}, model, checkpoint, fit_seconds, "refit")
 
 
 def _top_up(
@@ -175,58 +148,80 @@ def _top_up(
     """The selected network trained `auto_refit.top_up_epochs` more epochs on the validation sessions alone (split off
     data.train, so far unseen in training), its optimizer's state carried (init_from with init_optimizer=carry: the
     rows it has learned take small steps, the items only those sessions hold learn at full speed), in <run>/top_up/,
-    tested on its last epoch. Returns the metrics: the top-up's test metrics and checkpoint; the selected network's
-    validation and popularity metrics, and its test metrics as selected/test/..."""
+    tested on its last epoch on the test sessions the selected network was tested on. Returns the metrics: the
+    top-up's test metrics and checkpoint; the selected network's validation and popularity metrics, and its test
+    metrics as selected/test/..."""
     if selected["checkpoint"] is None:
         log.warning("top up: skipped, the run saved no checkpoint to continue; the tested network is the run's model")
         return selected
-    out = Path(cfg.paths.output_dir) / "top_up"
     settings = cfg.get("auto_refit") or {}
     epochs = int(settings.get("top_up_epochs", 3))
-    top_cfg = copy.deepcopy(cfg)
-    changes = {
-        "paths.output_dir": str(out),
+    changes: dict[str, Any] = {"init_from": selected["checkpoint"], "init_optimizer": "carry"}
+    scheduler = cfg.model.get("scheduler")
+    if scheduler is not None and "warmup_steps" in scheduler:  # a few hundred steps: a short warm-up
+        changes["model.scheduler.warmup_steps"] = min(
+            int(scheduler.warmup_steps), int(settings.get("top_up_warmup_steps", 20))
+        )
+    held, all_items = datamodule.carved
+    log.info(
+        "top up: training the selected network %d more epochs on the %d validation sessions in %s",
+        epochs, held[SESSION].nunique(), Path(cfg.paths.output_dir) / "top_up",
+    )  # fmt: skip
+    # It draws its negatives by the validation sessions' clicks (as measured); its checkpoint counts every click of
+    # data.train, as a refit's does (serving's popularity, a later init_from's known counts).
+    trainer, model, top_data, checkpoint = _second_fit(
+        cfg, "top_up", epochs, changes, frames=(held, None, None), counted_by=all_items
+    )
+    # Its items are all of data.train's in the order of the selected network's test catalog: the same test sessions.
+    if not np.array_equal(top_data.item_index.ids, all_items.ids):
+        raise RuntimeError("top up: the grown item index does not match data.train's items; please report this")
+    top_data.test_sessions = datamodule.test_sessions
+    tested = trainer.test(model, datamodule=top_data, ckpt_path=checkpoint)[0]
+    return _after_selected(selected, tested | {"top_up_epochs": epochs}, model, checkpoint, fit_seconds, "top_up")
+
+
+def _second_fit(
+    cfg: DictConfig, name: str, epochs: int, changes: dict[str, Any], **fit_args: Any
+) -> tuple[L.Trainer, SessionRecModule, SessionDataModule, str | None]:
+    """A second training run after the selected network's (a refit, a top-up), in <run>/<name>/: `epochs` epochs,
+    nothing held out or validated, its latest epoch kept; `changes` are further config keys, `fit_args` go to _fit.
+    Returns its trainer, model, data and last checkpoint."""
+    second = copy.deepcopy(cfg)
+    settings = {
+        "paths.output_dir": str(Path(cfg.paths.output_dir) / name),
         "data.valid_fraction": 0.0,
         "trainer.max_epochs": epochs,
         "callbacks.early_stopping": None,
         "ckpt_path": None,
-        "init_from": selected["checkpoint"],
-        "init_optimizer": "carry",
         "refit": False,
+        **changes,
     }
-    with open_dict(top_cfg):
-        for key, value in changes.items():
-            OmegaConf.update(top_cfg, key, value, merge=False)
-        top_cfg.trainer.limit_val_batches = 0  # the validation sessions are its training data: no validation
-        if (top_cfg.get("callbacks") or {}).get("model_checkpoint") is not None:
-            top_cfg.callbacks.model_checkpoint.monitor = None  # keeps the latest epoch
-        scheduler = top_cfg.model.get("scheduler")
-        if scheduler is not None and "warmup_steps" in scheduler:  # a few hundred steps: a short warm-up
-            scheduler.warmup_steps = min(int(scheduler.warmup_steps), int(settings.get("top_up_warmup_steps", 20)))
-    held, test, all_items = datamodule.carved_frames
-    log.info(
-        "top up: training the selected network %d more epochs on the %d validation sessions in %s",
-        epochs, held[SESSION].nunique(), out,
-    )  # fmt: skip
-    _clear_earlier_refit(top_cfg)
-    # It draws its negatives by the validation sessions' clicks (as measured); its checkpoint counts every click of
-    # data.train, as a refit's does (serving's popularity, a later init_from's known counts).
-    trainer, model, top_data, _ = _fit(top_cfg, (), resume=False, frames=(held, None, test), counted_by=all_items)
-    checkpoint = _checkpoint_to_test(trainer, "last")
-    tested = trainer.test(model, datamodule=top_data, ckpt_path=checkpoint)[0]
+    with open_dict(second):
+        for key, value in settings.items():
+            OmegaConf.update(second, key, value, merge=False)
+        second.trainer.limit_val_batches = 0  # nothing held out: no validation
+        if (second.get("callbacks") or {}).get("model_checkpoint") is not None:
+            second.callbacks.model_checkpoint.monitor = None  # keeps the latest epoch
+    _clear_earlier_refit(second)
+    trainer, model, datamodule, _ = _fit(second, (), resume=False, **fit_args)
+    return trainer, model, datamodule, _checkpoint_to_test(trainer, "last")
+
+
+def _after_selected(
+    selected: dict[str, Any],
+    tested: dict[str, Any],
+    model: SessionRecModule,
+    checkpoint: str | None,
+    fit_seconds: float,
+    name: str,
+) -> dict[str, Any]:
+    """The metrics of a run whose second fit `name` (refit, top_up) is its model: the second fit's test metrics and
+    checkpoint, the selected network's other metrics, its test metrics as selected/test/..., and both fits' seconds."""
     kept = {k: v for k, v in selected.items() if not k.startswith("test/")}
     kept |= {f"selected/{k}": v for k, v in selected.items() if k.startswith("test/")}
     kept |= {"selected_checkpoint": selected["checkpoint"], "selected_train_seconds": selected["train_seconds"]}
-    return (
-        kept
-        | tested
-        | {
-            "top_up_epochs": epochs,
-            "top_up_train_seconds": model.train_seconds,
-            "train_seconds": fit_seconds + model.train_seconds,
-            "checkpoint": checkpoint,
-        }
-    )
+    seconds = {f"{name}_train_seconds": model.train_seconds, "train_seconds": fit_seconds + model.train_seconds}
+    return kept | tested | seconds | {"checkpoint": checkpoint}
 
 
 def _earlier_checkpoints(cfg: DictConfig) -> tuple[Path, list[Path]]:
