@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TINY, compose_config
 from lstm_rec.data.synthetic import generate_events
-from lstm_rec.jobs.tune import PruneTrial, tune, tuning_splits
+from lstm_rec.jobs.tune import PruneTrial, make_study, tune, tuning_splits
 
 QUICK = [o for o in TINY if not o.startswith(("data.", "trainer.max_epochs"))]
 
@@ -61,6 +61,30 @@ def test_a_trial_is_stopped_when_the_pruner_says_so_or_the_time_is_up():
     trial.should_prune = lambda: True
     with pytest.raises(optuna.TrialPruned, match=r"val/mrr@20=0\.2500 after epoch 3"):
         PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() + 60).on_validation_end(trainer, None)
+
+
+def test_from_the_second_trial_a_trial_below_the_first_trials_curve_is_pruned(log_files, tmp_path):
+    def study_with_the_defaults_done(*overrides):
+        study = make_study(compose_config("tune", [*files(log_files), *overrides], tmp_path))
+        defaults = study.ask()
+        for epoch, value in enumerate([0.20, 0.30, 0.35]):
+            defaults.report(value, epoch)
+        study.tell(defaults, 0.35)
+        return study
+
+    study = study_with_the_defaults_done()  # prune_after_trials=1, warmup_epochs=1
+    worse, better = study.ask(), study.ask()
+    worse.report(0.10, 0)
+    assert not worse.should_prune()  # its first epoch is the warm-up
+    worse.report(0.25, 1)
+    assert worse.should_prune()  # below the defaults' 0.30 after two epochs
+    better.report(0.10, 0)
+    better.report(0.31, 1)
+    assert not better.should_prune()
+    waiting = study_with_the_defaults_done("prune_after_trials=2").ask()  # one completed curve is not enough
+    waiting.report(0.10, 0)
+    waiting.report(0.25, 1)
+    assert not waiting.should_prune()
 
 
 @pytest.mark.slow

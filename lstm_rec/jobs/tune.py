@@ -55,12 +55,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     _check_fresh(out)
     splits = tuning_splits(cfg, out / "data")
     deadline = time.monotonic() + 60 * cfg.budget_minutes
-    study = optuna.create_study(
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs),
-    )
-    study.enqueue_trial(_defaults(cfg))  # the configured values are the first trial
+    study = make_study(cfg)
 
     def objective(trial: optuna.Trial) -> float:
         trial_cfg = _with(cfg, _suggest(trial, cfg.search), splits, out / f"trial_{trial.number:03d}")
@@ -75,6 +70,19 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     metrics = train(final)
     write_report(study, final, metrics, out)
     return metrics
+
+
+def make_study(cfg: DictConfig) -> optuna.Study:
+    """The search: TPE after `startup_trials` random ones, the configured values first; a median pruner that stops a
+    trial below the median curve of the completed ones once `prune_after_trials` have completed, from its
+    (`warmup_epochs` + 1)-th epoch on."""
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_after_trials, n_warmup_steps=cfg.warmup_epochs),
+    )
+    study.enqueue_trial(_defaults(cfg))  # the configured values are the first trial
+    return study
 
 
 def tuning_splits(cfg: DictConfig, folder: Path) -> dict[str, str]:
