@@ -173,6 +173,7 @@ def test_windows_keep_every_target_once():
     assert starts.tolist() == [0, 2, 5, 7, 10]
     assert lengths.tolist() == [2, 4, 2, 4, 4]
     assert (lengths - 1).sum() == sessions.n_targets
+    assert np.flatnonzero(~sessions.is_target).tolist() == [0, 2, 7]  # each session's first click
     batch = SessionBatches(sessions, 3)[np.arange(5)]
     targets = batch[:, 1:][batch[:, 1:] > 0]
     expected = np.concatenate([sessions.session(s)[1:] for s in range(3)])

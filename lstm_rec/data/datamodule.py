@@ -156,9 +156,7 @@ class SessionDataModule(L.LightningDataModule):
     def _log_unknown_test_items(self) -> None:
         """How many test predictions are on items only the validation sessions hold (misses)."""
         n_own, sessions = len(self.item_index), self.test_sessions
-        is_target = np.ones(sessions.n_events, dtype=bool)
-        is_target[sessions.offsets[:-1]] = False  # a session's first click is no target
-        missed = int((sessions.items[is_target] > n_own).sum())
+        missed = int((sessions.items[sessions.is_target] > n_own).sum())
         log.warning(
             "test: %d of its %d next-item predictions are on items only in the validation sessions (counted as misses)",
             missed,

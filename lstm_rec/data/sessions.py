@@ -123,6 +123,13 @@ class Sessions:
         """Next-item predictions: every position after the first of each session."""
         return int(np.maximum(self.lengths - 1, 0).sum())
 
+    @property
+    def is_target(self) -> np.ndarray:
+        """(n_events,) True at the clicks that are next-item predictions: all but each session's first."""
+        mask = np.ones(self.n_events, dtype=bool)
+        mask[self.offsets[:-1][self.lengths > 0]] = False
+        return mask
+
     def session(self, s: int) -> np.ndarray:
         return self.items[self.offsets[s] : self.offsets[s + 1]]
 

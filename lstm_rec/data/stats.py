@@ -25,8 +25,7 @@ def repeat_rates(sessions: Sessions) -> dict[str, float]:
     """Share of clicks (after a session's first) on an item clicked earlier in the session, and right before."""
     session_of = np.repeat(np.arange(sessions.n_sessions), sessions.lengths)
     pairs = pd.DataFrame({"session": session_of, "item": sessions.items})
-    not_first = np.ones(sessions.n_events, dtype=bool)
-    not_first[sessions.offsets[:-1]] = False
+    not_first = sessions.is_target
     seen_before = pairs.duplicated(["session", "item"]).to_numpy()
     consecutive = np.r_[False, (sessions.items[1:] == sessions.items[:-1]) & (session_of[1:] == session_of[:-1])]
     return {
