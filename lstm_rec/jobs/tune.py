@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -156,13 +157,35 @@ def _with(cfg: DictConfig, values: dict[str, Any], splits: dict[str, str], outpu
 def _final_config(
     cfg: DictConfig, best: optuna.trial.FrozenTrial, splits: dict[str, str], output_dir: Path
 ) -> DictConfig:
-    """The best values trained on all the training data for the epochs that served best, then tested once."""
+    """The best values trained on all the training data for the epochs that served best (final_epochs), then tested
+    once."""
     final = _with(cfg, best.params, splits, output_dir)
-    epochs = best.user_attrs.get("epochs") or cfg.trainer.max_epochs
+    tolerance = cfg.get("final_epochs_tolerance", 0.0)
+    epochs = final_epochs(best, tolerance) or cfg.trainer.max_epochs
+    log.info(
+        "final run: %s epochs on all the training data (trial %d: best epoch %s; the latest within %g %% of its best "
+        "validation value, final_epochs_tolerance=%g)", epochs, best.number, best.user_attrs.get("epochs"),
+        100 * tolerance, tolerance,
+    )  # fmt: skip
     test = {"data.train": splits["full"], "data.test": cfg.data.test, "trainer.max_epochs": epochs}
     for key, value in (test | {"callbacks.early_stopping": None, "test_ckpt": "last"}).items():
         OmegaConf.update(final, key, value, merge=False)
     return final
+
+
+def final_epochs(trial: optuna.trial.FrozenTrial, tolerance: float) -> int | None:
+    """The epochs the final run trains: the trial's latest validated epoch whose value lies within `tolerance` (a share
+    of it) of the trial's best. Where the curve has levelled off, the best epoch on a validation sample is as likely
+    an early one as a late one, and the final run, which decays its rate over these epochs, gains from the later
+    ones (docs/experiments.md). With tolerance 0, or without a curve, the best epoch (the trial's record)."""
+    if not tolerance >= 0:
+        raise ValueError(f"final_epochs_tolerance must be a share >= 0, got {tolerance}")
+    # epoch index (from 0) -> the monitored value after it
+    curve = {epoch: value for epoch, value in trial.intermediate_values.items() if math.isfinite(value)}
+    if not curve:
+        return trial.user_attrs.get("epochs")
+    best = max(curve.values())
+    return 1 + max(epoch for epoch, value in curve.items() if value >= best - tolerance * abs(best))
 
 
 def write_report(study: optuna.Study, final: DictConfig, metrics: dict[str, Any], out: Path) -> None:
