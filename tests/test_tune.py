@@ -109,6 +109,8 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     final = json.loads((tmp_path / "final" / "metrics.json").read_text())
     assert metrics["test/n_predictions"] == final["test/n_predictions"]
     assert final["epochs"] == int(chosen[-1].split("=")[1])  # the epochs chosen from the best trial's curve
+    best = trials[trials["state"] == "COMPLETE"].sort_values("value").iloc[-1]
+    assert best["user_attrs_epochs"] <= final["epochs"] <= 3  # its best epoch or a later one within the tolerance
     assert metrics["test/recall@20"] > 1.5 * metrics["pop/test/recall@20"]
     assert (tmp_path / "optimization_history.png").is_file() and (tmp_path / "best.yaml").is_file()
 
