@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TINY, compose_config
 from lstm_rec.data.synthetic import generate_events
-from lstm_rec.jobs.tune import PruneTrial, final_epochs, make_study, tune, tuning_splits
+from lstm_rec.jobs.tune import PruneTrial, final_epochs, make_study, tune, tuning_splits, write_report
 
 QUICK = [o for o in TINY if not o.startswith(("data.", "trainer.max_epochs"))]
 
@@ -100,7 +100,10 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     first = trials[trials["number"] == 0].iloc[0]
     assert (first["params_model.optimizer.lr"], first["params_model.hidden"]) == (0.01, 32)  # the defaults first
     report = json.loads((tmp_path / "tune.json").read_text())
-    assert report["best_value"] == pytest.approx(trials["value"].max())
+    completed = trials[trials["state"] == "COMPLETE"]
+    assert report["best_value"] == pytest.approx(completed["value"].max())
+    assert trials.iloc[0]["value"] == pytest.approx(report["best_value"])  # the best completed trial first
+    assert list(trials["state"]) == sorted(trials["state"], key=lambda state: state != "COMPLETE")
     # The final run trained on all of data.train with the best values and tested once on data.test.
     chosen = (tmp_path / "best_overrides.txt").read_text().split()
     assert {o.split("=")[0] for o in chosen} == {"model.optimizer.lr", "model.hidden", "trainer.max_epochs"}
@@ -109,7 +112,7 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     final = json.loads((tmp_path / "final" / "metrics.json").read_text())
     assert metrics["test/n_predictions"] == final["test/n_predictions"]
     assert final["epochs"] == int(chosen[-1].split("=")[1])  # the epochs chosen from the best trial's curve
-    best = trials[trials["state"] == "COMPLETE"].sort_values("value").iloc[-1]
+    best = trials.iloc[0]
     assert best["user_attrs_epochs"] <= final["epochs"] <= 3  # its best epoch or a later one within the tolerance
     assert metrics["test/recall@20"] > 1.5 * metrics["pop/test/recall@20"]
     assert (tmp_path / "optimization_history.png").is_file() and (tmp_path / "best.yaml").is_file()
@@ -134,3 +137,23 @@ def test_the_final_run_trains_to_the_latest_epoch_within_the_tolerance_of_the_be
     assert final_epochs(SimpleNamespace(intermediate_values={}, user_attrs={"epochs": 3}), 0.01) == 3
     with pytest.raises(ValueError, match="final_epochs_tolerance"):
         final_epochs(trial, -0.1)
+
+
+def test_the_report_lists_completed_trials_first_even_below_a_stopped_trials_value(tmp_path):
+    # A trial stopped by the budget can have reported more than the best completed one; it is no candidate.
+    distributions = {"model.optimizer.lr": optuna.distributions.UniformDistribution(0.001, 0.1)}
+    study = optuna.create_study(direction="maximize")
+    for lr, value, state in [(0.01, 0.30, "COMPLETE"), (0.05, 0.35, "PRUNED"), (0.07, 0.32, "COMPLETE")]:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"model.optimizer.lr": lr}, distributions=distributions, value=value,
+                state=optuna.trial.TrialState[state], intermediate_values={0: value}, user_attrs={"epochs": 1},
+            )
+        )  # fmt: skip
+    final = SimpleNamespace(trainer=SimpleNamespace(max_epochs=1))
+    write_report(study, final, {"test/recall@20": 0.5}, tmp_path)
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert list(zip(trials["state"], trials["value"], strict=True)) == [
+        ("COMPLETE", 0.32), ("COMPLETE", 0.30), ("PRUNED", 0.35)
+    ]  # fmt: skip
+    assert (tmp_path / "best_overrides.txt").read_text().split() == ["model.optimizer.lr=0.07", "trainer.max_epochs=1"]

@@ -191,7 +191,10 @@ def final_epochs(trial: optuna.trial.FrozenTrial, tolerance: float) -> int | Non
 def write_report(study: optuna.Study, final: DictConfig, metrics: dict[str, Any], out: Path) -> None:
     """trials.csv/.md, best.yaml and best_overrides.txt (the chosen values as Hydra overrides), plots."""
     frame = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"))
-    frame = frame.sort_values("value", ascending=False, na_position="last")
+    # Completed trials first, best first: a pruned trial's value is its curve where it was stopped, which can lie above
+    # the best completed trial's (a trial stopped by the budget) but is no candidate for the final run.
+    frame = frame.assign(_complete=frame["state"] == "COMPLETE")
+    frame = frame.sort_values(["_complete", "value"], ascending=False, na_position="last").drop(columns="_complete")
     frame.to_csv(out / "trials.csv", index=False)
     (out / "trials.md").write_text(frame_to_markdown(frame.astype({"duration": str})) + "\n")
     overrides = [f"{key}={value}" for key, value in study.best_trial.params.items()]
