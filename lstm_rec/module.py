@@ -112,6 +112,7 @@ class SessionRecModule(L.LightningModule):
         # (global step, epoch, batch) of the first non-finite loss, -1 while there is none; on the device.
         self.register_buffer("first_nonfinite", torch.full((3,), -1, dtype=torch.long), persistent=False)
         self.skipped_batches = 0
+        self._epoch_rows = 0  # see _log_training_loss
         self.train_seconds = 0.0  # wall time spent in training epochs, kept in checkpoints
 
     @property
@@ -144,9 +145,27 @@ class SessionRecModule(L.LightningModule):
                         self.skipped_batches)  # fmt: skip
             return None  # Lightning then runs no backward pass and no optimizer step
         self._watch_loss(loss.detach(), batch_idx)
-        batch_loss = loss.detach() / self.net.n_members
-        self.log("train/loss", batch_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self._log_training_loss(loss.detach() / self.net.n_members, size, batch_idx)
         return loss
+
+    def _log_training_loss(self, batch_loss: Tensor, size: int, batch_idx: int) -> None:
+        """train/loss_step and train/loss_epoch (the mean over the epoch's predictions), handed to Lightning only at the
+        steps its logger writes and at the epoch's or the run's last step: self.log every step cost 0.4 ms of a 9 ms
+        step. The epoch's sum is kept here on the device; each hand-over carries the rows since the last one as its
+        weight, so Lightning's weighted epoch mean is the mean over every step."""
+        if self._trainer is None:  # a step run by hand: nothing to log to
+            return
+        if self._epoch_rows == 0:
+            self._epoch_loss = torch.zeros((), device=batch_loss.device)
+        self._epoch_loss.add_(batch_loss * size)
+        self._epoch_rows += size
+        trainer, step = self.trainer, self.global_step + 1
+        last = batch_idx + 1 >= trainer.num_training_batches or 0 < trainer.max_steps <= step
+        if last or step % max(trainer.log_every_n_steps, 1) == 0:
+            self.log("train/loss_step", batch_loss, on_step=True, on_epoch=False, prog_bar=True)
+            chunk, rows = self._epoch_loss / self._epoch_rows, self._epoch_rows
+            self.log("train/loss_epoch", chunk, on_step=False, on_epoch=True, prog_bar=True, batch_size=rows)
+            self._epoch_rows = 0
 
     def _parallel_step_loss(self, step: ParallelStep) -> Tensor:
         """The loss of one session-parallel step (data.batching=parallel): each lane's state goes on from its
@@ -357,6 +376,7 @@ class SessionRecModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_train_epoch_start(self) -> None:
+        self._epoch_rows = 0  # train/loss_epoch's predictions so far (_log_training_loss)
         self._epoch_start: float | None = time.perf_counter()
         self._lanes = None  # session-parallel lanes start every epoch empty
 

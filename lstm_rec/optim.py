@@ -7,20 +7,31 @@ same update, written for lstm_rec:
     sum += g^2;  velocity = momentum * velocity + g / (sqrt(sum) + eps);  param -= lr * velocity
 
 for every element of a dense gradient, and for the looked-up rows alone of a sparse one. With momentum 0 it is
-torch.optim.Adagrad without lr_decay; model/optimizer=adagrad is then faster (its fused kernel).
+torch.optim.Adagrad without lr_decay; model/optimizer=adagrad is then faster (its fused kernel). A sparse gradient
+of a float32 CPU table takes one compiled pass (lstm_rec.row_kernel) unless `row_update="torch"`.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
+
+from lstm_rec import row_kernel
+
+log = logging.getLogger(__name__)
+
+ROW_UPDATES = ("auto", "compiled", "torch")
 
 
 class AdagradMomentum(torch.optim.Adagrad):
     """Adagrad (`lr`, `eps`, `initial_accumulator_value`) with heavy-ball `momentum` in [0, 1).
 
     Takes dense and sparse gradients (a sparse one updates only its rows: their squared-gradient sums, their
-    velocities and their values). No weight decay, lr decay or fused kernel.
+    velocities and their values). No weight decay, lr decay or fused kernel. `row_update` picks how a sparse
+    gradient's rows are updated: "compiled" (lstm_rec.row_kernel, float32 CPU tensors), "torch" (torch ops, any
+    device), or "auto": compiled where it applies and numba is there, else torch. The two agree within rounding.
     """
 
     def __init__(
@@ -32,6 +43,7 @@ class AdagradMomentum(torch.optim.Adagrad):
         eps: float = 1e-10,
         weight_decay: float = 0.0,
         fused: bool | None = None,
+        row_update: str = "auto",
     ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"model.optimizer.momentum must be in [0, 1), got {momentum}")
@@ -42,9 +54,15 @@ class AdagradMomentum(torch.optim.Adagrad):
             )
         if fused:
             raise ValueError("Adagrad with momentum has no fused kernel: set model.optimizer.fused=false")
+        if row_update not in ROW_UPDATES:
+            raise ValueError(f"model.optimizer.row_update must be one of {', '.join(ROW_UPDATES)}, got {row_update!r}")
+        if row_update == "compiled" and row_kernel.available() is not None:
+            raise ValueError(f"model.optimizer.row_update=compiled: {row_kernel.available()}; use auto or torch")
         super().__init__(params, lr=lr, initial_accumulator_value=initial_accumulator_value, eps=eps)
         for group in self.param_groups:
             group["momentum"] = momentum
+        self.row_update = row_update
+        self._told: set[str] = set()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -61,11 +79,46 @@ class AdagradMomentum(torch.optim.Adagrad):
                 state["step"] += 1
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(param)
-                if param.grad.is_sparse:
-                    _sparse_step(param, param.grad.coalesce(), state, lr, momentum, eps)
-                else:
+                if not param.grad.is_sparse:
                     _dense_step(param, param.grad, state, lr, momentum, eps)
+                elif self._compiled_rows(param, state):
+                    table, rows, values = _row_view(param, param.grad)
+                    row_kernel.update_rows(table, *(state[k].view(table.shape) for k in ("sum", "velocity")),
+                                           rows, values, lr, momentum, eps)  # fmt: skip
+                else:
+                    _sparse_step(param, param.grad.coalesce(), state, lr, momentum, eps)
         return loss
+
+    def _compiled_rows(self, param: Tensor, state: dict) -> bool:
+        """Whether `param`'s sparse gradient takes the compiled row update (said once per reason in the log)."""
+        if self.row_update == "torch":
+            return False
+        tensors = (param, param.grad, state["sum"], state["velocity"])
+        fits = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        fits = fits and all(t.is_contiguous() for t in tensors[::2] + tensors[3:])
+        if self.row_update == "compiled" and not fits:
+            raise ValueError(
+                f"model.optimizer.row_update=compiled takes contiguous float32 CPU tensors, got a {param.dtype} "
+                f"tensor on {param.device}; use auto or torch"
+            )
+        why = None if fits else "the table, its gradient or its state is not contiguous float32 on the CPU"
+        why = why or row_kernel.available()
+        choice = "torch ops: " + why if why else "one compiled pass (lstm_rec.row_kernel)"
+        if choice not in self._told:
+            self._told.add(choice)
+            log.info("model.optimizer.row_update=%s: sparse rows by %s", self.row_update, choice)
+        return why is None
+
+
+def _row_view(param: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(R, W) view of `param`, the flat row index (N,) and the values (N, W) of its uncoalesced sparse `grad`,
+    whose first k dimensions are sparse (k = 2 for a member-stacked item table)."""
+    indices, k = grad._indices(), grad.sparse_dim()
+    rows = indices[0]
+    for dim in range(1, k):
+        rows = rows * param.shape[dim] + indices[dim]
+    table = param.view(int(torch.tensor(param.shape[:k]).prod()), -1)
+    return table, rows.contiguous(), grad._values().reshape(len(rows), table.shape[1])
 
 
 def _dense_step(param: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float) -> None:

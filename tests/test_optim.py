@@ -114,3 +114,53 @@ def test_state_survives_a_checkpoint():
 def test_bad_settings_are_named(settings, message):
     with pytest.raises(ValueError, match=message):
         AdagradMomentum([torch.zeros(2, requires_grad=True)], lr=0.1, **settings)
+
+
+def _sparse_steps(row_update: str, shape: tuple[int, ...], sparse_dims: int, dtype=torch.float32) -> tuple:
+    """Four steps of sparse gradients with repeated rows (as a step's input and candidate lookups give them)."""
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(*shape, generator=generator, dtype=dtype).requires_grad_()
+    optimizer = AdagradMomentum([weight], lr=0.1, momentum=0.4, initial_accumulator_value=0.05, row_update=row_update)
+    for _ in range(4):
+        index = torch.stack([torch.randint(0, size, (40,), generator=generator) for size in shape[:sparse_dims]])
+        values = torch.randn(40, *shape[sparse_dims:], generator=generator, dtype=dtype)
+        with torch.sparse.check_sparse_tensor_invariants(enable=False):
+            weight.grad = torch.sparse_coo_tensor(index, values, shape)  # uncoalesced: rows repeat
+        optimizer.step()
+    return weight.detach(), optimizer.state[weight]["sum"], optimizer.state[weight]["velocity"]
+
+
+@pytest.mark.parametrize("shape, sparse_dims", [((30, 5), 1), ((2, 30, 5), 2), ((30, 2, 3), 1)])
+def test_the_compiled_row_update_is_the_torch_one(shape, sparse_dims):
+    """lstm_rec.row_kernel's one pass gives the torch ops' values, sums and velocities (within float32 rounding),
+    repeated rows summed first, for a plain table, a member-stacked one and rows of more than one dimension."""
+    for compiled, plain in zip(
+        _sparse_steps("compiled", shape, sparse_dims), _sparse_steps("torch", shape, sparse_dims), strict=True
+    ):
+        torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_takes_the_torch_ops_where_the_compiled_pass_does_not_apply(caplog):
+    caplog.set_level("INFO", logger="lstm_rec.optim")
+    for auto, plain in zip(
+        _sparse_steps("auto", (30, 5), 1, torch.float64), _sparse_steps("torch", (30, 5), 1, torch.float64), strict=True
+    ):
+        torch.testing.assert_close(auto, plain, rtol=0, atol=0)  # the same ops: bit for bit
+    assert "torch ops: the table, its gradient or its state is not contiguous float32 on the CPU" in caplog.text
+    with pytest.raises(ValueError, match="row_update=compiled takes contiguous float32 CPU tensors"):
+        _sparse_steps("compiled", (30, 5), 1, torch.float64)
+
+
+def test_without_numba_auto_falls_back_and_compiled_is_an_error(monkeypatch, caplog):
+    from lstm_rec import row_kernel
+
+    monkeypatch.setattr(row_kernel, "_kernel", None)
+    monkeypatch.setattr(row_kernel, "_unavailable", "ModuleNotFoundError: No module named 'numba'")
+    caplog.set_level("INFO", logger="lstm_rec.optim")
+    for auto, plain in zip(_sparse_steps("auto", (30, 5), 1), _sparse_steps("torch", (30, 5), 1), strict=True):
+        torch.testing.assert_close(auto, plain, rtol=0, atol=0)
+    assert "sparse rows by torch ops: ModuleNotFoundError" in caplog.text
+    with pytest.raises(ValueError, match=r"row_update=compiled: ModuleNotFoundError.*use auto or torch"):
+        AdagradMomentum([torch.zeros(2, requires_grad=True)], lr=0.1, row_update="compiled")
+    with pytest.raises(ValueError, match="row_update must be one of auto, compiled, torch, got 'numba'"):
+        AdagradMomentum([torch.zeros(2, requires_grad=True)], lr=0.1, row_update="numba")

@@ -188,3 +188,30 @@ def test_a_figure_that_cannot_be_drawn_is_a_warning(tmp_path, caplog):
     curves.path = tmp_path / "curves.png"
     curves.on_exception(SimpleNamespace(is_global_zero=True), None, KeyboardInterrupt())  # a failed run draws too
     assert curves.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class StepLosses(L.Callback):
+    """Each training step's loss as returned, with its weight (the sessions of a window batch)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append((float(outputs["loss"]), len(batch)))
+
+
+@pytest.mark.parametrize("every", [1, 2, 4, 50])
+def test_train_loss_epoch_is_the_mean_over_every_step_whichever_steps_are_logged(every):
+    """train/loss is handed to Lightning only at the logger's steps and the epoch's last one; the epoch's value still
+    weighs every step by its sessions, and train/loss_step is the latest logged step's loss."""
+    torch.manual_seed(0)
+    batches = [torch.tensor([[1, 2, 3, 0], [2, 4, 0, 0]]), torch.tensor([[3, 1]]), torch.tensor([[4, 3, 2]])] * 3
+    steps = StepLosses()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, max_epochs=2, log_every_n_steps=every, callbacks=[steps],
+                        limit_val_batches=0)  # fmt: skip
+    trainer.fit(four_item_module(), train_dataloaders=DataLoader(batches, batch_size=None))
+    last_epoch = steps.steps[len(batches) :]
+    losses, weights = np.array([loss for loss, _ in last_epoch]), np.array([size for _, size in last_epoch])
+    assert trainer.callback_metrics["train/loss_epoch"].item() == pytest.approx(np.average(losses, weights=weights))
+    assert trainer.callback_metrics["train/loss_step"].item() == pytest.approx(losses[-1])
