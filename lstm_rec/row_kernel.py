@@ -3,8 +3,13 @@
 The torch ops of the same update make eleven passes over the looked-up rows (a coalesce to sum repeated rows, three
 gathers, two copies back, an indexed add, the arithmetic), most of them single-threaded scatters: about 1.6 ms of a
 9 ms training step on retailrocket-sessions' 2,300 rows a step (docs/model.md#the-sparse-row-update). This kernel
-sorts the gradient's row indices, sums each row's entries and updates its sum, velocity and value in one parallel
-pass: about 0.3 ms. It needs numba (installed with lstm_rec); without it the optimizer takes the torch ops.
+sorts the gradient's row indices, sums each row's entries and updates its sum, velocity and value in one pass, over
+torch's number of threads. It needs numba (installed with lstm_rec); without it the optimizer takes the torch ops.
+
+With torch on one thread the pass runs on the calling thread alone and numba starts no thread pool. Its threaded
+version brings an OpenMP pool of its own beside torch's, whose idle workers keep a core busy: two one-thread training
+runs side by side on 2 cores ran 2.4 times slower each with that pool started than without it (28.7 against 12.1 ms a
+step), so it runs only where torch itself was given more than one thread.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _kernel: Any = None
 _unavailable: str | None = None
+_threads_fail: str | None = None
 
 
 def available() -> str | None:
@@ -34,16 +40,31 @@ def update_rows(
 ) -> None:  # fmt: skip
     """Adagrad with momentum on the rows `rows` (N,) of (R, W) float32 `table`, `sums` and `velocities`, in place,
     for the gradient rows `values` (N, W); a row listed more than once takes the sum of its entries first."""
-    kernel = _compiled()
-    if kernel is None:
+    kernels = _compiled()
+    if kernels is None:
         raise RuntimeError(f"the compiled row update is unavailable: {_unavailable}")
-    import numba
+    segment, one_thread, threads = kernels
+    rows_np = rows.numpy()
+    order, starts = segment(rows_np)
+    arrays = (table.numpy(), sums.numpy(), velocities.numpy(), rows_np, values.contiguous().numpy(), order, starts)
+    settings = (np.float32(lr), np.float32(momentum), np.float32(eps))
+    workers = torch.get_num_threads()
+    if workers > 1 and _threads_fail is None:
+        import numba
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    kernel(
-        table.numpy(), sums.numpy(), velocities.numpy(), rows.numpy(), values.contiguous().numpy(),
-        np.float32(lr), np.float32(momentum), np.float32(eps),
-    )  # fmt: skip
+        try:
+            numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
+            threads(*arrays, *settings)
+            return
+        except Exception as error:  # no threading layer: the one-thread pass does the same
+            _threads_failed(error)
+    one_thread(*arrays, *settings)
+
+
+def _threads_failed(error: Exception) -> None:
+    global _threads_fail
+    _threads_fail = f"{type(error).__name__}: {error}"
+    log.warning("the compiled row update runs on one thread: its threaded version failed (%s)", _threads_fail)
 
 
 def _compiled() -> Any:
@@ -60,36 +81,51 @@ def _compiled() -> Any:
 def _build() -> Any:
     import numba
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def adagrad_momentum_rows(table, sums, velocities, rows, values, lr, momentum, eps):  # pragma: no cover
-        order = np.argsort(rows, kind="mergesort")  # stable: a row's entries are summed in their given order
-        n = rows.shape[0]
-        starts = np.empty(n + 1, np.int64)
+    @numba.njit(cache=True, nogil=True)
+    def segment(rows):  # pragma: no cover
+        """The order that sorts `rows` (stable: a row's entries are summed in their given order), and where each
+        distinct row's entries start in it, with the end last."""
+        order = np.argsort(rows, kind="mergesort")
+        starts = np.empty(len(rows) + 1, np.int64)
         count = 0
-        for i in range(n):
+        for i in range(len(order)):
             if i == 0 or rows[order[i]] != rows[order[i - 1]]:
                 starts[count] = i
                 count += 1
-        starts[count] = n
-        for u in numba.prange(count):
-            first, end = starts[u], starts[u + 1]
-            row = rows[order[first]]
-            for j in range(table.shape[1]):
-                grad = values[order[first], j]
-                for k in range(first + 1, end):
-                    grad += values[order[k], j]
-                total = sums[row, j] + grad * grad
-                sums[row, j] = total
-                velocity = velocities[row, j] * momentum + grad / (np.sqrt(total) + eps)
-                velocities[row, j] = velocity
-                table[row, j] -= lr * velocity
+        starts[count] = len(order)
+        return order, starts[: count + 1]
+
+    # error_model="numpy": no zero-division check per element, which would keep the loop from vectorising.
+    @numba.njit(inline="always", error_model="numpy")
+    def update_row(table, sums, velocities, rows, values, order, first, end, lr, momentum, eps):  # pragma: no cover
+        row = rows[order[first]]
+        for j in range(table.shape[1]):
+            grad = values[order[first], j]
+            for i in range(first + 1, end):
+                grad += values[order[i], j]
+            total = sums[row, j] + grad * grad
+            sums[row, j] = total
+            velocity = velocities[row, j] * momentum + grad / (np.sqrt(total) + eps)
+            velocities[row, j] = velocity
+            table[row, j] -= lr * velocity
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def one_thread(table, sums, velocities, rows, values, order, starts, lr, momentum, eps):  # pragma: no cover
+        for u in range(len(starts) - 1):
+            update_row(table, sums, velocities, rows, values, order, starts[u], starts[u + 1], lr, momentum, eps)
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+    def threads(table, sums, velocities, rows, values, order, starts, lr, momentum, eps):  # pragma: no cover
+        for u in numba.prange(len(starts) - 1):
+            update_row(table, sums, velocities, rows, values, order, starts[u], starts[u + 1], lr, momentum, eps)
 
     # Compile now, on a tiny problem, so that a failure shows here and not in the middle of a training step.
+    rows = np.array([1, 1], np.int64)
     table = np.zeros((2, 1), np.float32)
-    adagrad_momentum_rows(
-        table, np.zeros_like(table), np.zeros_like(table), np.array([1, 1], np.int64), np.ones((2, 1), np.float32),
+    one_thread(
+        table, np.zeros_like(table), np.zeros_like(table), rows, np.ones((2, 1), np.float32), *segment(rows),
         np.float32(0.1), np.float32(0.0), np.float32(1e-10),
     )  # fmt: skip
     if not np.isclose(table[1, 0], -0.1):
         raise RuntimeError(f"self-check failed: one step of the row update gave {table[1, 0]}, expected -0.1")
-    return adagrad_momentum_rows
+    return segment, one_thread, threads  # `threads` compiles at its first call: its thread pool starts only then

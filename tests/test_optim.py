@@ -130,14 +130,20 @@ def _sparse_steps(row_update: str, shape: tuple[int, ...], sparse_dims: int, dty
     return weight.detach(), optimizer.state[weight]["sum"], optimizer.state[weight]["velocity"]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape, sparse_dims", [((30, 5), 1), ((2, 30, 5), 2), ((30, 2, 3), 1)])
-def test_the_compiled_row_update_is_the_torch_one(shape, sparse_dims):
+def test_the_compiled_row_update_is_the_torch_one(shape, sparse_dims, threads, monkeypatch):
     """lstm_rec.row_kernel's one pass gives the torch ops' values, sums and velocities (within float32 rounding),
-    repeated rows summed first, for a plain table, a member-stacked one and rows of more than one dimension."""
+    repeated rows summed first, for a plain table, a member-stacked one and rows of more than one dimension, on one
+    thread and on several (its threaded version)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # what the kernel reads; torch's own stay
     for compiled, plain in zip(
         _sparse_steps("compiled", shape, sparse_dims), _sparse_steps("torch", shape, sparse_dims), strict=True
     ):
         torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-6)
+    from lstm_rec import row_kernel
+
+    assert row_kernel._threads_fail is None  # the threaded version ran, not its fallback
 
 
 def test_auto_takes_the_torch_ops_where_the_compiled_pass_does_not_apply(caplog):
