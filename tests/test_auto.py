@@ -90,10 +90,10 @@ def batch_config(batch_size):
 @pytest.mark.parametrize(
     ("n_targets", "expected", "why"),
     [
-        (47_235, 80, "fewer than 150,000: a small log needs many steps"),  # yoochoose-100k's train_full less 10 %
+        (47_235, 80, "fewer than 150,000: small steps score best"),  # yoochoose-100k's train_full less 10 %
         (149_999, 80, "fewer than 150,000"),
-        (150_000, 128, "at least 150,000: wider steps buy a large log more epochs"),
-        (497_279, 128, "at least 150,000"),  # retailrocket-sessions' train_full less 10,000 validation predictions
+        (150_000, 128, "at least 150,000: wider steps keep a very large log's run affordable"),
+        (497_279, 128, "at least 150,000"),
     ],
 )
 def test_auto_batch_size_widens_the_steps_of_a_large_log(caplog, n_targets, expected, why):

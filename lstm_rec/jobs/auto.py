@@ -8,8 +8,8 @@ monitored metric stalls.
 
 `data.batch_size=auto` (the default) takes `auto_batch_size.small` sessions per batch (lanes of session-parallel
 steps), or `auto_batch_size.large` on a log with at least `auto_batch_size.large_from` training predictions an epoch:
-wider steps cost fewer seconds per prediction, which buys a large log more epochs in the same time, while a small
-log needs the many small steps (docs/tuning-log.md, "Large logs").
+the small steps score best up to retailrocket-sessions' size (docs/tuning-log.md, "Faster steps"), and on a log whose
+few epochs are still many steps, wider ones cost fewer seconds per prediction and keep the run affordable.
 
 `model.cell=auto` (the default) takes the `auto_cell.small` cell (an LSTM), or `auto_cell.large` (a GRU) on a log with
 at least `auto_cell.large_from` training predictions an epoch that trains on session-parallel steps: with the few
@@ -99,7 +99,7 @@ def resolve_batch_size(cfg: DictConfig, datamodule: Any) -> None:
         f"{n_targets:,}",
         "at least" if wide else "fewer than",
         f"{large_from:,}",
-        "wider steps buy a large log more epochs" if wide else "a small log needs many steps",
+        "wider steps keep a very large log's run affordable" if wide else "small steps score best",
     )
     datamodule.batch_size = chosen
     with open_dict(cfg):
