@@ -14,6 +14,7 @@ of a float32 CPU table takes one compiled pass (lstm_rec.row_kernel) unless `row
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import Tensor
@@ -93,9 +94,9 @@ class AdagradMomentum(torch.optim.Adagrad):
         """Whether `param`'s sparse gradient takes the compiled row update (said once per reason in the log)."""
         if self.row_update == "torch":
             return False
-        tensors = (param, param.grad, state["sum"], state["velocity"])
-        fits = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        fits = fits and all(t.is_contiguous() for t in tensors[::2] + tensors[3:])
+        tables = (param, state["sum"], state["velocity"])  # viewed in place as (rows, width): contiguous
+        fits = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (*tables, param.grad))
+        fits = fits and all(t.is_contiguous() for t in tables)
         if self.row_update == "compiled" and not fits:
             raise ValueError(
                 f"model.optimizer.row_update=compiled takes contiguous float32 CPU tensors, got a {param.dtype} "
@@ -113,12 +114,18 @@ class AdagradMomentum(torch.optim.Adagrad):
 def _row_view(param: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(R, W) view of `param`, the flat row index (N,) and the values (N, W) of its uncoalesced sparse `grad`,
     whose first k dimensions are sparse (k = 2 for a member-stacked item table)."""
-    indices, k = grad._indices(), grad.sparse_dim()
-    rows = indices[0]
-    for dim in range(1, k):
-        rows = rows * param.shape[dim] + indices[dim]
-    table = param.view(int(torch.tensor(param.shape[:k]).prod()), -1)
+    rows = _flat_rows(param.shape, grad._indices())
+    table = param.view(math.prod(param.shape[: grad.sparse_dim()]), -1)
     return table, rows.contiguous(), grad._values().reshape(len(rows), table.shape[1])
+
+
+def _flat_rows(shape: torch.Size, indices: Tensor) -> Tensor:
+    """The flat row index (N,) of sparse `indices` (k, N) over a table of `shape` flattened in its first k
+    dimensions."""
+    rows = indices[0]
+    for dim in range(1, len(indices)):
+        rows = rows * shape[dim] + indices[dim]
+    return rows
 
 
 def _dense_step(param: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float) -> None:
@@ -131,11 +138,8 @@ def _sparse_step(param: Tensor, grad: Tensor, state: dict, lr: float, momentum: 
     """The update of the rows of a coalesced `grad`, sparse in its first k dimensions (k = 2 for a member-stacked
     item table): those are flattened into one row index over views sharing the parameter's and the state's
     memory."""
-    k = grad.sparse_dim()
-    rows = grad.indices()[0]
-    for dim in range(1, k):
-        rows = rows * param.shape[dim] + grad.indices()[dim]
-    row_shape = (-1, *param.shape[k:])
+    rows = _flat_rows(param.shape, grad.indices())
+    row_shape = (-1, *param.shape[grad.sparse_dim() :])
     table, sums, velocities = param.view(row_shape), state["sum"].view(row_shape), state["velocity"].view(row_shape)
     values = grad.values()
     total = sums.index_select(0, rows).addcmul_(values, values)
