@@ -4,6 +4,7 @@ curves."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor
 
 from lstm_rec.checkpoint import load_checked
 from lstm_rec.checkpoint_checks import check_training_state
@@ -56,12 +58,50 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LatestCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, whose last checkpoint (save_last) is always the latest epoch's state.
+    """Lightning's ModelCheckpoint, whose last checkpoint (save_last) is always the latest epoch's state, and whose
+    kept ("best") checkpoint may be the latest epoch within `tolerance` of the best.
 
     Lightning 2.6 rewrites last.ckpt only at a step where it also kept a best (top-k) checkpoint, so once the
     monitored metric stops improving, last.ckpt silently stays at the best epoch: test_ckpt=last would test that
     epoch, and ckpt_path=last would resume from it and train its later epochs again.
+
+    `tolerance` (a share, 0 for off; with a monitor, one kept checkpoint, save_top_k=1): an epoch whose monitored
+    value lies within that share of the best value so far replaces the kept checkpoint, so the run keeps the latest
+    epoch that scores about as well as the best rather than an earlier one that won by the noise of a validation
+    sample. Each new best is such an epoch, so one kept checkpoint is enough. docs/experiments.md#the-tested-checkpoint.
     """
+
+    def __init__(self, *args: Any, tolerance: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not tolerance >= 0:
+            raise ValueError(f"callbacks.model_checkpoint.tolerance must be a share >= 0, got {tolerance}")
+        if tolerance and self.monitor is not None and self.save_top_k != 1:
+            raise ValueError(
+                "callbacks.model_checkpoint.tolerance keeps one checkpoint by the monitored value: it needs "
+                f"save_top_k=1, got {self.save_top_k}"
+            )
+        self.tolerance = tolerance
+        self.best_seen: float | None = None  # the best monitored value so far (the kept one may be a later, lower one)
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: Tensor | None = None) -> bool:
+        if not self.tolerance or current is None:
+            return super().check_monitor_top_k(trainer, current)
+        value = float(current)
+        if math.isnan(value):
+            keep = self.best_seen is None
+        else:
+            sign = 1.0 if self.mode == "max" else -1.0
+            if self.best_seen is None or sign * value > sign * self.best_seen:
+                self.best_seen = value
+            keep = sign * value >= sign * self.best_seen - self.tolerance * abs(self.best_seen)
+        return trainer.strategy.reduce_boolean_decision(bool(keep))
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"best_seen": self.best_seen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.best_seen = state_dict.get("best_seen", self.best_seen)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, module)
@@ -77,6 +117,34 @@ class LatestCheckpoint(ModelCheckpoint):
         # The skip test is also true when this step was saved already (then last.ckpt was written with it).
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class PlateauEarlyStopping(EarlyStopping):
+    """Lightning's EarlyStopping whose patience counts only the epochs more than `tolerance` (a share) worse than the
+    best value so far: an epoch within that share of the best is as good as the best, so the run goes on (0: off,
+    Lightning's rule). With a learning rate that decays to the last epoch, a validation curve often lies flat within
+    a sample's noise for several epochs before the lowest rates give their gain; stopping there would cut the
+    schedule short. docs/experiments.md#the-tested-checkpoint.
+    """
+
+    def __init__(self, *args: Any, tolerance: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not tolerance >= 0:
+            raise ValueError(f"callbacks.early_stopping.tolerance must be a share >= 0, got {tolerance}")
+        self.tolerance = tolerance
+
+    def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
+        best = self.best_score.to(current.device)
+        if self.tolerance and torch.isfinite(current) and torch.isfinite(best):
+            improved = self.monitor_op(current - self.min_delta, best)
+            sign = 1.0 if self.mode == "max" else -1.0
+            if not improved and sign * current >= sign * best - self.tolerance * best.abs():
+                self.wait_count = 0
+                return False, (
+                    f"Metric {self.monitor} = {float(current):.4f} lies within {100 * self.tolerance:g} % of the best "
+                    f"{float(best):.4f}: patience starts again"
+                )
+        return super()._evaluate_stopping_criteria(current)
 
 
 class EpochSeed(L.Callback):

@@ -130,18 +130,48 @@ class BPRMax(SampledLoss):
 
 
 class PopularitySampler(nn.Module):
-    """Draws items with probability proportional to popularity ** alpha (alpha 0: uniform); unseen items count 1."""
+    """Draws items with probability proportional to popularity ** alpha (alpha 0: uniform); unseen items count 1.
+
+    By the alias method (Walker; Vose's construction): a draw takes a uniform column and keeps it with that column's
+    own share, else takes the column's alias. Two uniform numbers per draw whatever the catalog's size, where
+    torch.multinomial searches the cumulative law: 35 against 220 microseconds for 2,048 draws from 36,000 items on
+    the 2-core machine, 3 % of a default training step (docs/model.md#losses)."""
 
     def __init__(self, counts: Tensor, alpha: float) -> None:
         super().__init__()
         weights = counts.double().clamp(min=1.0) ** alpha
         frequency = counts.double().clamp(min=1.0)
-        self.register_buffer("probability", (weights / weights.sum()).float(), persistent=False)
-        self.register_buffer("log_probability", (weights / weights.sum()).log().float(), persistent=False)
+        probability = weights / weights.sum()
+        keep, alias = alias_table(probability.numpy())
+        self.register_buffer("probability", probability.float(), persistent=False)
+        self.register_buffer("log_probability", probability.log().float(), persistent=False)
         self.register_buffer("log_frequency", (frequency / frequency.sum()).log().float(), persistent=False)
+        self.register_buffer("keep", torch.from_numpy(keep).float(), persistent=False)
+        self.register_buffer("alias", torch.from_numpy(alias), persistent=False)
 
     def forward(self, n: int) -> Tensor:
-        return torch.multinomial(self.probability, n, replacement=True)  # (n,) score columns
+        """(n,) score columns, independent draws."""
+        column = torch.randint(len(self.keep), (n,), device=self.keep.device)
+        stay = torch.rand(n, device=self.keep.device) < self.keep[column]
+        return torch.where(stay, column, self.alias[column])
+
+
+def alias_table(probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker's alias table of a law over n outcomes (Vose's construction): column i keeps i with chance keep[i], else
+    gives alias[i], so a uniform column then this choice draws i with probability probability[i]. Each column under
+    its fair share 1 / n takes its remainder from one over it, which then holds that much less."""
+    n = len(probability)
+    share = (probability.astype(np.float64) * n).tolist()  # the columns hold 1 each in all
+    keep, alias = [1.0] * n, list(range(n))
+    small = [i for i, s in enumerate(share) if s < 1.0]
+    large = [i for i, s in enumerate(share) if s >= 1.0]
+    while small and large:
+        low, high = small.pop(), large[-1]
+        keep[low], alias[low] = share[low], high
+        share[high] -= 1.0 - share[low]
+        if share[high] < 1.0:
+            small.append(large.pop())
+    return np.array(keep), np.array(alias, dtype=np.int64)  # columns left over hold 1 up to rounding: they keep
 
 
 class Candidates(NamedTuple):

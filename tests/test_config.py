@@ -85,7 +85,7 @@ def test_callbacks_options(option, tmp_path):
     cfg = compose_config("train", [f"callbacks={option}"], tmp_path)
     callbacks = instantiate_all(cfg.callbacks)
     names = {type(c).__name__ for c in callbacks}
-    assert {"LatestCheckpoint", "EarlyStopping", "LearningRateMonitor"} <= names
+    assert {"LatestCheckpoint", "PlateauEarlyStopping", "LearningRateMonitor"} <= names
     assert any(isinstance(c, ModelCheckpoint) for c in callbacks)  # what trainer.checkpoint_callback finds
     assert cfg.callbacks.model_checkpoint.monitor == cfg.monitor == cfg.callbacks.early_stopping.monitor
 

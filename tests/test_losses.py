@@ -13,6 +13,7 @@ from lstm_rec.losses import (
     CrossEntropy,
     PopularitySampler,
     SampledSoftmax,
+    alias_table,
     bpr_max_loss,
     distinct_candidates,
     sampled_softmax_loss,
@@ -178,6 +179,28 @@ def test_sampler_follows_popularity_to_the_alpha():
     assert ((draws - expected) ** 2 / expected).sum() < 16.3  # chi-square, 3 degrees of freedom, p = 0.001
     np.testing.assert_allclose(sampler.log_probability.exp().numpy(), [1 / 8, 2 / 8, 4 / 8, 1 / 8], rtol=1e-6)
     np.testing.assert_allclose(sampler.log_frequency.exp().numpy(), np.array([1, 4, 16, 1]) / 22, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [[1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 4.0, 1.0], [1000.0, 1.0, 1.0, 1.0, 1.0, 1.0], [0.5, 0.25, 3.0, 0.125, 7.0, 1.0]],
+)
+def test_alias_table_holds_the_law_exactly(weights):
+    probability = np.array(weights) / np.sum(weights)
+    keep, alias = alias_table(probability)
+    n = len(probability)
+    assert ((keep >= 0) & (keep <= 1 + 1e-12)).all() and ((alias >= 0) & (alias < n)).all()
+    law = keep / n  # a uniform column, kept with its own share, else its alias
+    np.add.at(law, alias, (1 - keep) / n)
+    np.testing.assert_allclose(law, probability, rtol=1e-12)
+
+
+def test_alias_table_by_hand():
+    # Shares of a column 2, 1/2, 1, 1/2: column 3 takes its other half from 2, which then holds 1/2 and takes its
+    # other half from 0, as does column 1; 0 is left with exactly 1.
+    keep, alias = alias_table(np.array([0.5, 0.125, 0.25, 0.125]))
+    np.testing.assert_allclose(keep, [1.0, 0.5, 0.5, 0.5])
+    assert alias[1:].tolist() == [0, 0, 2]
 
 
 def training_case(loss_name: str, layout: str, members: list | None):
