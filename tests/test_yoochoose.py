@@ -34,8 +34,10 @@ def test_protocol_and_popularity_match_the_reference(yoochoose, tmp_path):
 # cosine decay then span that epoch; no per-epoch validation, the last weights are tested. Measured on the 2-core CPU
 #   python scripts/train.py experiment=yoochoose_100k_tuning trainer.max_epochs=1 +trainer.limit_val_batches=0
 #     test_ckpt=last num_threads=2
-# The full 14-epoch preset scores 0.670 / 0.366 on train_valid (docs/tuning-log.md).
-SHORT_RUN = {"recall@20": 0.5238, "mrr@20": 0.3267}
+# The full 14-epoch preset scores 0.670 / 0.366 on train_valid (docs/tuning-log.md). The numbers follow the seeded
+# random streams: drawing the negatives from the alias table instead of torch.multinomial (the same law) moved them
+# from 0.5238 / 0.3267 to 0.5372 / 0.3296, as another seed would.
+SHORT_RUN = {"recall@20": 0.5372, "mrr@20": 0.3296}
 SHORT_RUN_TOLERANCE = 0.005  # the same CPU build gives the same numbers; this covers other CPUs' float sums
 
 
