@@ -143,7 +143,6 @@ class PopularitySampler(nn.Module):
         frequency = counts.double().clamp(min=1.0)
         probability = weights / weights.sum()
         keep, alias = alias_table(probability.numpy())
-        self.register_buffer("probability", probability.float(), persistent=False)
         self.register_buffer("log_probability", probability.log().float(), persistent=False)
         self.register_buffer("log_frequency", (frequency / frequency.sum()).log().float(), persistent=False)
         self.register_buffer("keep", torch.from_numpy(keep).float(), persistent=False)
