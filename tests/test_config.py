@@ -138,3 +138,12 @@ def test_eval_config(tmp_path):
 def test_every_baseline_option_builds(name, tmp_path):
     cfg = compose_config("eval", [], tmp_path)
     assert hasattr(instantiate(cfg.baselines[name]), "fit")
+
+
+def test_monitor_tolerance_reaches_both_callbacks_and_tune_trials_take_none(tmp_path):
+    train_cfg = compose_config("train", [], tmp_path / "train")
+    assert train_cfg.monitor_tolerance == 0.01
+    assert train_cfg.callbacks.model_checkpoint.tolerance == train_cfg.callbacks.early_stopping.tolerance == 0.01
+    tune_cfg = compose_config("tune", [], tmp_path / "tune")  # trials stop on a plateau; final_epochs_tolerance stays
+    assert tune_cfg.callbacks.model_checkpoint.tolerance == tune_cfg.callbacks.early_stopping.tolerance == 0.0
+    assert tune_cfg.final_epochs_tolerance == 0.01
