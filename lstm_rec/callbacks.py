@@ -57,6 +57,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         log.debug("saved checkpoint %s", path)
 
 
+def check_tolerance(tolerance: float, name: str) -> float:
+    """`tolerance` if it is a share >= 0, else a ValueError naming the setting."""
+    if not tolerance >= 0:
+        raise ValueError(f"{name} must be a share >= 0, got {tolerance}")
+    return tolerance
+
+
+def within_tolerance(value: float, best: float, tolerance: float, mode: str = "max") -> bool:
+    """Whether `value` scores as well as `best` up to `tolerance`, a share of |best| (mode max: at least best minus that
+    share; min: at most best plus it). The one rule of the tested checkpoint, early stopping and tune.py's final
+    epochs (docs/experiments.md#the-tested-checkpoint)."""
+    sign = 1.0 if mode == "max" else -1.0
+    return sign * value >= sign * best - tolerance * abs(best)
+
+
 class LatestCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, whose last checkpoint (save_last) is always the latest epoch's state, and whose
     kept ("best") checkpoint may be the latest epoch within `tolerance` of the best.
@@ -73,8 +88,7 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def __init__(self, *args: Any, tolerance: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not tolerance >= 0:
-            raise ValueError(f"callbacks.model_checkpoint.tolerance must be a share >= 0, got {tolerance}")
+        check_tolerance(tolerance, "callbacks.model_checkpoint.tolerance")
         if tolerance and self.monitor is not None and self.save_top_k != 1:
             raise ValueError(
                 "callbacks.model_checkpoint.tolerance keeps one checkpoint by the monitored value: it needs "
@@ -90,10 +104,9 @@ class LatestCheckpoint(ModelCheckpoint):
         if math.isnan(value):
             keep = self.best_seen is None
         else:
-            sign = 1.0 if self.mode == "max" else -1.0
-            if self.best_seen is None or sign * value > sign * self.best_seen:
+            if self.best_seen is None or (value > self.best_seen if self.mode == "max" else value < self.best_seen):
                 self.best_seen = value
-            keep = sign * value >= sign * self.best_seen - self.tolerance * abs(self.best_seen)
+            keep = within_tolerance(value, self.best_seen, self.tolerance, self.mode)
         return trainer.strategy.reduce_boolean_decision(bool(keep))
 
     def state_dict(self) -> dict[str, Any]:
@@ -129,16 +142,13 @@ class PlateauEarlyStopping(EarlyStopping):
 
     def __init__(self, *args: Any, tolerance: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not tolerance >= 0:
-            raise ValueError(f"callbacks.early_stopping.tolerance must be a share >= 0, got {tolerance}")
-        self.tolerance = tolerance
+        self.tolerance = check_tolerance(tolerance, "callbacks.early_stopping.tolerance")
 
     def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
         best = self.best_score.to(current.device)
         if self.tolerance and torch.isfinite(current) and torch.isfinite(best):
             improved = self.monitor_op(current - self.min_delta, best)
-            sign = 1.0 if self.mode == "max" else -1.0
-            if not improved and sign * current >= sign * best - self.tolerance * best.abs():
+            if not improved and within_tolerance(float(current), float(best), self.tolerance, self.mode):
                 self.wait_count = 0
                 return False, (
                     f"Metric {self.monitor} = {float(current):.4f} lies within {100 * self.tolerance:g} % of the best "

@@ -19,6 +19,7 @@ import lightning as L
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
+from lstm_rec.callbacks import check_tolerance, within_tolerance
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, split_by_start_time
 from lstm_rec.jobs.report import frame_to_markdown, write_json
@@ -178,14 +179,13 @@ def final_epochs(trial: optuna.trial.FrozenTrial, tolerance: float) -> int | Non
     of it) of the trial's best. Where the curve has levelled off, the best epoch on a validation sample is as likely
     an early one as a late one, and the final run, which decays its rate over these epochs, gains from the later
     ones (docs/experiments.md). With tolerance 0, or without a curve, the best epoch (the trial's record)."""
-    if not tolerance >= 0:
-        raise ValueError(f"final_epochs_tolerance must be a share >= 0, got {tolerance}")
+    check_tolerance(tolerance, "final_epochs_tolerance")
     # epoch index (from 0) -> the monitored value after it
     curve = {epoch: value for epoch, value in trial.intermediate_values.items() if math.isfinite(value)}
     if not curve:
         return trial.user_attrs.get("epochs")
     best = max(curve.values())
-    return 1 + max(epoch for epoch, value in curve.items() if value >= best - tolerance * abs(best))
+    return 1 + max(epoch for epoch, value in curve.items() if within_tolerance(value, best, tolerance))
 
 
 def write_report(study: optuna.Study, final: DictConfig, metrics: dict[str, Any], out: Path) -> None:
