@@ -81,6 +81,10 @@ class RankedPredictions:
     def concat(cls, parts: Sequence[RankedPredictions]) -> RankedPredictions:
         return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ranks", "top_items", "positions", "lengths")))
 
+    def subset(self, rows: Tensor) -> RankedPredictions:
+        """The predictions where the boolean mask `rows` (N,) is true."""
+        return RankedPredictions(self.ranks[rows], self.top_items[rows], self.positions[rows], self.lengths[rows])
+
 
 def rank_batch(
     scorer: SessionScorer, batch: Tensor, k_max: int = 20, ties: str = "pessimistic", max_scores: int = 2**24
@@ -166,10 +170,7 @@ def breakdown(ranked: RankedPredictions, ks: Sequence[int], by: str, max_group: 
     groups = np.minimum(values, max_group)
     rows = []
     for group in np.unique(groups):
-        members = torch.from_numpy(groups == group)
-        part = RankedPredictions(
-            ranked.ranks[members], ranked.top_items[members], ranked.positions[members], ranked.lengths[members]
-        )
+        part = ranked.subset(torch.from_numpy(groups == group))
         label = f"{group}+" if group == max_group and (values > max_group).any() else str(group)
         metrics = metrics_of(part, ks, "")
         rows.append(

@@ -8,6 +8,10 @@ keeps the initial model; all three are ranked on the following day's sessions.
 All three rank the same predictions: the day's sessions on the items seen so far (the catalog of (a) and (b)).
 (c) never recommends the items it does not know, and a click on one is a blank step of its input (the padding
 row), as a running service without the new items would see them.
+
+Each day's metrics are also given apart for the predictions whose target the initial model knew ("known/") and
+for those on items new since ("new/"): where a strategy gains or loses, on the catalog it started with or on the
+items that came later.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor
 
 from lstm_rec.checkpoint import load_network
 from lstm_rec.data import FileDataModule, ItemIndex
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import SESSION, TIME
-from lstm_rec.evaluation import CatalogScorer, evaluate
+from lstm_rec.evaluation import CatalogScorer, RankedPredictions, collect_ranks, metrics_of
 from lstm_rec.jobs.config import load_config
 from lstm_rec.jobs.report import write_json
 
@@ -83,6 +89,7 @@ def benchmark_fresh(
     so_far = initial
     first = _train("initial", _write(initial, files / "initial.parquet"), day_files[0], epochs, overrides, output_dir)
     checkpoints = {"a": first["checkpoint"], "b": first["checkpoint"], "c": first["checkpoint"]}
+    n_initial = len(load_network(first["checkpoint"]).item_index)
     rows, seconds = [], {name: 0.0 for name in STRATEGIES}
     for d in range(1, n_days):
         so_far = pd.concat([so_far, days[d - 1]], ignore_index=True)
@@ -98,7 +105,7 @@ def benchmark_fresh(
             seconds[name] += run["train_seconds"]
         catalog = load_network(checkpoints["a"]).item_index
         for name in STRATEGIES:
-            metrics = _evaluate(checkpoints[name], catalog, day_files[d])
+            metrics = _evaluate(checkpoints[name], catalog, day_files[d], n_initial)
             run = runs.get(name, {"train_seconds": 0.0, "wall_seconds": 0.0})
             rows.append({"trained_on_day": d, "tested_on_day": d + 1, "strategy": name, **metrics,
                          "train_seconds": run["train_seconds"], "wall_seconds": run["wall_seconds"]})  # fmt: skip
@@ -154,36 +161,66 @@ def _train(name: str, train: Path, test: Path, epochs: int, overrides: list[str]
     return train_job(cfg)
 
 
-def _evaluate(checkpoint: str, catalog: ItemIndex, day: Path) -> dict[str, float]:
-    """Recall@20 and MRR@20 of a checkpoint on a day's sessions over `catalog`."""
+def _evaluate(checkpoint: str, catalog: ItemIndex, day: Path, n_initial: int) -> dict[str, float]:
+    """Recall@20 and MRR@20 of a checkpoint on a day's sessions over `catalog`, for all predictions and apart for
+    those on the initial model's `n_initial` items (the first of the catalog) and on the items new since."""
     trained = load_network(checkpoint)
     datamodule = FileDataModule(test=str(day))
     datamodule.item_index = catalog
     datamodule.setup("test")
-    scorer = CatalogScorer(trained.scorer(), trained.item_index, catalog)
-    metrics = evaluate(scorer, datamodule.full_dataloader("test"), [20], "")
-    return {key: metrics[key] for key in ("recall@20", "mrr@20", "n_predictions")}
+    batches = list(datamodule.full_dataloader("test"))
+    ranked = collect_ranks(CatalogScorer(trained.scorer(), trained.item_index, catalog), batches, k_max=20)
+    return known_and_new(ranked, torch.cat([prediction_targets(batch) for batch in batches]), n_initial)
+
+
+def prediction_targets(batch: Tensor) -> Tensor:
+    """The catalog columns of a padded batch's next-item targets, in the order rank_batch ranks them."""
+    targets = batch[:, 1:]
+    return targets[targets > 0] - 1
+
+
+def known_and_new(ranked: RankedPredictions, targets: Tensor, n_initial: int) -> dict[str, float]:
+    """Recall@20, MRR@20 and the prediction count of all of `ranked`, and under "known/" and "new/" of those whose
+    target column is below `n_initial` and of the rest (NaN metrics for a part without predictions)."""
+    results = {}
+    for prefix, rows in (("", None), ("known/", targets < n_initial), ("new/", targets >= n_initial)):
+        part = ranked if rows is None else ranked.subset(rows)
+        keys = (f"{prefix}recall@20", f"{prefix}mrr@20", f"{prefix}n_predictions")
+        if len(part.ranks) == 0:
+            results |= dict(zip(keys, (float("nan"), float("nan"), 0.0), strict=True))
+            continue
+        metrics = metrics_of(part, [20], prefix)
+        results |= {key: metrics[key] for key in keys}
+    return results
 
 
 def _mean(rows: list[dict[str, Any]]) -> dict[str, float]:
-    return {key: float(np.mean([r[key] for r in rows])) for key in ("recall@20", "mrr@20")}
+    """Each metric's mean over the days (the parts' over the days that have predictions in them)."""
+    means = {}
+    for key in (f"{part}{name}" for part in ("", "known/", "new/") for name in ("recall@20", "mrr@20")):
+        values = [r[key] for r in rows if not np.isnan(r[key])]
+        means[key] = float(np.mean(values)) if values else float("nan")
+    return means
 
 
 def table(results: dict[str, Any]) -> str:
-    """The per-day results and totals as a Markdown table."""
+    """The per-day results and totals as a Markdown table; Recall@20 also apart for the targets the initial model
+    knew and for the items new since."""
     lines = [
-        "| tested on day | strategy | recall@20 | mrr@20 | predictions | training s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| tested on day | strategy | recall@20 | mrr@20 | recall@20 known / new | predictions (new) | training s |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in results["days"]:
         lines.append(
             f"| {row['tested_on_day']} | {row['strategy']}: {STRATEGIES[row['strategy']]} | {row['recall@20']:.4f} | "
-            f"{row['mrr@20']:.4f} | {int(row['n_predictions'])} | {row['train_seconds']:.1f} |"
+            f"{row['mrr@20']:.4f} | {row['known/recall@20']:.4f} / {row['new/recall@20']:.4f} | "
+            f"{int(row['n_predictions'])} ({int(row['new/n_predictions'])}) | {row['train_seconds']:.1f} |"
         )
     for name, label in STRATEGIES.items():
         mean = results["mean"][name]
         lines.append(
-            f"| mean | {name}: {label} | {mean['recall@20']:.4f} | {mean['mrr@20']:.4f} | | "
+            f"| mean | {name}: {label} | {mean['recall@20']:.4f} | {mean['mrr@20']:.4f} | "
+            f"{mean['known/recall@20']:.4f} / {mean['new/recall@20']:.4f} | | "
             f"{results['total_train_seconds'][name]:.1f} |"
         )
     return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""The fine-tune / retrain / keep protocol (lstm_rec.jobs.fresh): its known / new split of the predictions."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY_RECIPE
+from lstm_rec.data.synthetic import generate_events
+from lstm_rec.evaluation import RankedPredictions, rank_batch
+from lstm_rec.jobs.fresh import DAY_SECONDS, benchmark_fresh, known_and_new, prediction_targets, table
+
+
+def _ranked(ranks: list[float]) -> RankedPredictions:
+    n = len(ranks)
+    return RankedPredictions(
+        torch.tensor(ranks, dtype=torch.float64), torch.zeros(n, 20, dtype=torch.long), torch.ones(n), torch.ones(n)
+    )
+
+
+def test_known_and_new_split_the_predictions_by_the_initial_catalog():
+    # Targets 0 and 1 are below n_initial = 5 (known), 5 and 7 are not (new); ranks 1 and 25 / 3 and 2.
+    metrics = known_and_new(_ranked([1.0, 3.0, 25.0, 2.0]), torch.tensor([0, 5, 1, 7]), n_initial=5)
+    assert metrics["n_predictions"] == 4 and metrics["known/n_predictions"] == 2 and metrics["new/n_predictions"] == 2
+    assert metrics["recall@20"] == pytest.approx(3 / 4) and metrics["mrr@20"] == pytest.approx((1 + 1 / 3 + 1 / 2) / 4)
+    assert metrics["known/recall@20"] == pytest.approx(1 / 2) and metrics["known/mrr@20"] == pytest.approx(1 / 2)
+    assert metrics["new/recall@20"] == pytest.approx(1.0) and metrics["new/mrr@20"] == pytest.approx(
+        (1 / 3 + 1 / 2) / 2
+    )
+
+
+def test_a_part_without_predictions_is_nan_with_a_count_of_0():
+    metrics = known_and_new(_ranked([2.0, 30.0]), torch.tensor([0, 1]), n_initial=5)
+    assert metrics["new/n_predictions"] == 0 and math.isnan(metrics["new/recall@20"])
+    assert metrics["known/recall@20"] == pytest.approx(1 / 2)
+
+
+class _IndexScorer:
+    """Scores item column j with -j, so a target's (pessimistic) rank is its column + 1."""
+
+    n_items = 9
+
+    def encode(self, items):
+        return items[..., None].float()
+
+    def score(self, states):
+        return -torch.arange(self.n_items, dtype=torch.float32).expand(len(states), -1)
+
+
+def test_prediction_targets_follow_the_order_rank_batch_ranks_in():
+    batch = torch.tensor([[3, 5, 0, 0], [2, 4, 6, 9], [7, 1, 8, 0]])
+    ranked = rank_batch(_IndexScorer(), batch)
+    assert prediction_targets(batch).tolist() == [4, 3, 5, 8, 0, 7]
+    torch.testing.assert_close(ranked.ranks, prediction_targets(batch).double() + 1)
+
+
+def _shop(n_days: int) -> pd.DataFrame:
+    """Sessions spread over n_days + 1 days; each day clicks 20 items more than the day before."""
+    events = generate_events(n_sessions=3000, n_items=120, seed=5)
+    day = events["session"] * (n_days + 1) // 3000
+    events = events[events["item"] <= 60 + 20 * day].copy()
+    elapsed = events["time"] - events["time"].min()  # stretched over the days, in session order
+    events["time"] = elapsed / elapsed.max() * (n_days + 1) * DAY_SECONDS * 0.999
+    return events.rename(columns={"session": "SessionId", "item": "ItemId", "time": "Time"})
+
+
+def test_fresh_protocol_reports_known_and_new_items_and_keep_never_hits_a_new_one(tmp_path):
+    data = tmp_path / "log.parquet"
+    _shop(2).to_parquet(data, index=False)
+    overrides = [*TINY_RECIPE, "model.hidden=16", "model.embedding_dim=16", "data.batch_size=64", "num_threads=1",
+                 "refit=false", "seed=3"]  # fmt: skip
+    results = benchmark_fresh(data, tmp_path / "out", n_days=2, epochs=2, fine_tune_epochs=1, overrides=overrides)
+    rows = {row["strategy"]: row for row in results["days"]}
+    assert set(rows) == {"a", "b", "c"} and all(row["tested_on_day"] == 2 for row in rows.values())
+    for row in rows.values():
+        assert row["known/n_predictions"] + row["new/n_predictions"] == row["n_predictions"]
+        assert row["new/n_predictions"] > 0  # day 2 clicks items that came after the initial part
+        weighted = row["known/recall@20"] * row["known/n_predictions"] + row["new/recall@20"] * row["new/n_predictions"]
+        assert weighted / row["n_predictions"] == pytest.approx(row["recall@20"])
+    assert rows["c"]["new/recall@20"] == 0.0  # the kept model does not know the new items
+    assert rows["a"]["new/recall@20"] > 0.0 and rows["b"]["new/recall@20"] > 0.0
+    written = json.loads((tmp_path / "out" / "fresh.json").read_text())
+    assert written["mean"]["c"]["new/recall@20"] == 0.0
+    assert np.isclose(written["mean"]["a"]["known/recall@20"], rows["a"]["known/recall@20"])
+    assert "recall@20 known / new" in table(results)
