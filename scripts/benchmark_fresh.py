@@ -22,6 +22,9 @@ def main() -> None:
     parser.add_argument("--fine-tune-epochs", type=int, default=3, help="epochs of each fine-tuning run")
     parser.add_argument("--fine-tune", nargs="*", default=[], help="train overrides for the fine-tuning runs only")
     parser.add_argument("--replay-days", type=int, default=0, help="fine-tune on the day and this many days before")
+    parser.add_argument(
+        "--day-seconds", type=float, default=86_400.0, help="a day's length in the Time column (604800: weeks)"
+    )
     parser.add_argument("--output", type=Path, required=True, help="directory of the runs and fresh.json")
     parser.add_argument("overrides", nargs="*", help="train overrides for every run (after --)")
     args = parser.parse_args()
@@ -35,6 +38,7 @@ def main() -> None:
         args.overrides,
         args.fine_tune,
         args.replay_days,
+        args.day_seconds,
     )
     print(json.dumps({key: results[key] for key in ("total_train_seconds", "mean")}, indent=2))
     print(table(results))

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import torch
 from conftest import TINY_RECIPE
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.evaluation import RankedPredictions, rank_batch
-from lstm_rec.jobs.fresh import DAY_SECONDS, benchmark_fresh, known_and_new, prediction_targets, table
+from lstm_rec.jobs.fresh import DAY_SECONDS, benchmark_fresh, known_and_new, prediction_targets, split_days, table
 
 
 def _ranked(ranks: list[float]) -> RankedPredictions:
@@ -86,3 +87,22 @@ def test_fresh_protocol_reports_known_and_new_items_and_keep_never_hits_a_new_on
     assert written["mean"]["c"]["new/recall@20"] == 0.0
     assert np.isclose(written["mean"]["a"]["known/recall@20"], rows["a"]["known/recall@20"])
     assert "recall@20 known / new" in table(results)
+
+
+def test_days_can_be_any_length_of_the_time_column():
+    # The log ends at 14,040 s. With hour-long days, counted back from the end, sessions 5 and 6 (starting at 11,520 and
+    # 14,040 s) are the last day, 3 and 4 (7,200 and 9,000 s) the one before, 1 and 2 (0 and 3,600 s) the initial part.
+    events = pd.DataFrame(
+        {
+            "session": [1, 1, 2, 3, 4, 5, 6],
+            "item": [1, 2, 3, 4, 5, 6, 7],
+            "time": [0, 60, 3600, 7200, 9000, 11520, 14040],
+        }
+    )
+    initial, days = split_days(events, n_days=2, day_seconds=3600)
+    assert sorted(initial["session"].unique()) == [1, 2]
+    assert [sorted(day["session"].unique()) for day in days] == [[3, 4], [5, 6]]
+    with pytest.raises(ValueError, match=r"spans 3\.9 days of 3600 s"):
+        split_days(events, n_days=4, day_seconds=3600)
+    with pytest.raises(ValueError, match="day_seconds must be positive"):
+        benchmark_fresh(Path("unused.parquet"), Path("unused"), 2, 1, 1, [], day_seconds=0)

@@ -54,17 +54,20 @@ RUN = [
 ]
 
 
-def split_days(events: pd.DataFrame, n_days: int) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
-    """The sessions that start before the log's last `n_days` days, and those that start on each of those days."""
+def split_days(
+    events: pd.DataFrame, n_days: int, day_seconds: float = DAY_SECONDS
+) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """The sessions that start before the log's last `n_days` days, and those that start on each of those days (a
+    day: `day_seconds` of the Time column)."""
     starts = events.groupby(SESSION, sort=False)[TIME].transform("min")
     end = events[TIME].max()
-    day = np.ceil((end - starts) / DAY_SECONDS).clip(lower=1)  # 1: the last day, 2: the one before, ...
+    day = np.ceil((end - starts) / day_seconds).clip(lower=1)  # 1: the last day, 2: the one before, ...
     parts = [events[(day == d).to_numpy()].reset_index(drop=True) for d in range(n_days, 0, -1)]
     initial = events[(day > n_days).to_numpy()].reset_index(drop=True)
     if initial.empty or any(part.empty for part in parts):
         raise ValueError(
-            f"the log spans {(end - events[TIME].min()) / DAY_SECONDS:.1f} days: it needs sessions before its last "
-            f"{n_days} days and on each of them; give fewer days"
+            f"the log spans {(end - events[TIME].min()) / day_seconds:.1f} days of {day_seconds:g} s: it needs "
+            f"sessions before its last {n_days} days and on each of them; give fewer or shorter days (--day-seconds)"
         )
     return initial, parts
 
@@ -78,27 +81,34 @@ def benchmark_fresh(
     overrides: list[str],
     fine_tune_overrides: list[str] = (),
     replay_days: int = 0,
+    day_seconds: float = DAY_SECONDS,
 ) -> dict[str, Any]:
     """Run the protocol on the log at `data`; returns (and writes fresh.json) each day's metrics and training
     seconds per strategy. `overrides` configure every run; `fine_tune_overrides` come after them in (a)'s runs,
-    which fine-tune on the sessions of the day and of the `replay_days` days before it."""
-    initial, days = split_days(read_events(data, "data"), n_days)
+    which fine-tune on the sessions of the day and of the `replay_days` days before it. A day is `day_seconds` of the
+    log's Time column (7 * 86,400 for weeks)."""
+    if not day_seconds > 0:
+        raise ValueError(f"day_seconds must be positive, got {day_seconds}")
+    initial, days = split_days(read_events(data, "data"), n_days, day_seconds)
     files = output_dir / "data"
     files.mkdir(parents=True, exist_ok=True)
     day_files = [_write(part, files / f"day_{d + 1}.parquet") for d, part in enumerate(days)]
     so_far = initial
-    first = _train("initial", _write(initial, files / "initial.parquet"), day_files[0], epochs, overrides, output_dir)
+    first = _train(
+        "initial", _write(initial, files / "initial.parquet"), day_files[0], epochs, overrides, output_dir, day_seconds
+    )
     checkpoints = {"a": first["checkpoint"], "b": first["checkpoint"], "c": first["checkpoint"]}
     n_initial = len(load_network(first["checkpoint"]).item_index)
     rows, seconds = [], {name: 0.0 for name in STRATEGIES}
     for d in range(1, n_days):
         so_far = pd.concat([so_far, days[d - 1]], ignore_index=True)
         runs = {
-            "a": _train(f"a_day_{d}", _write(_window(initial, days, d, replay_days), files / f"a_{d}.parquet"),
+            "a": _train(f"a_day_{d}",
+                        _write(_window(initial, days, d, replay_days, day_seconds), files / f"a_{d}.parquet"),
                         day_files[d], fine_tune_epochs,
-                        [*overrides, *fine_tune_overrides, f"init_from={checkpoints['a']}"], output_dir),
+                        [*overrides, *fine_tune_overrides, f"init_from={checkpoints['a']}"], output_dir, day_seconds),
             "b": _train(f"b_day_{d}", _write(so_far, files / f"up_to_day_{d}.parquet"), day_files[d], epochs,
-                        overrides, output_dir),
+                        overrides, output_dir, day_seconds),
         }  # fmt: skip
         for name, run in runs.items():
             checkpoints[name] = run["checkpoint"]
@@ -113,6 +123,7 @@ def benchmark_fresh(
     results = {
         "data": str(data),
         "n_days": n_days,
+        "day_seconds": day_seconds,
         "epochs": epochs,
         "fine_tune_epochs": fine_tune_epochs,
         "overrides": list(overrides),
@@ -128,19 +139,21 @@ def benchmark_fresh(
     return results
 
 
-def _window(initial: pd.DataFrame, days: list[pd.DataFrame], d: int, replay_days: int) -> pd.DataFrame:
+def _window(
+    initial: pd.DataFrame, days: list[pd.DataFrame], d: int, replay_days: int, day_seconds: float = DAY_SECONDS
+) -> pd.DataFrame:
     """The sessions of later day `d` (1-based) and of the `replay_days` days before it."""
     first = d - 1 - replay_days
     parts = days[max(first, 0) : d]
     if first < 0:
-        parts = [_latest(initial, -first), *parts]
+        parts = [_latest(initial, -first, day_seconds), *parts]
     return pd.concat(parts, ignore_index=True)
 
 
-def _latest(events: pd.DataFrame, n_days: int) -> pd.DataFrame:
+def _latest(events: pd.DataFrame, n_days: int, day_seconds: float = DAY_SECONDS) -> pd.DataFrame:
     """The sessions that start in the last `n_days` days of `events`."""
     starts = events.groupby(SESSION, sort=False)[TIME].transform("min")
-    return events[(starts > events[TIME].max() - n_days * DAY_SECONDS).to_numpy()].reset_index(drop=True)
+    return events[(starts > events[TIME].max() - n_days * day_seconds).to_numpy()].reset_index(drop=True)
 
 
 def _write(events: pd.DataFrame, path: Path) -> Path:
@@ -148,13 +161,21 @@ def _write(events: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _train(name: str, train: Path, test: Path, epochs: int, overrides: list[str], output_dir: Path) -> dict[str, Any]:
+def _train(
+    name: str,
+    train: Path,
+    test: Path,
+    epochs: int,
+    overrides: list[str],
+    output_dir: Path,
+    day_seconds: float = DAY_SECONDS,
+) -> dict[str, Any]:
     """One training run (the train job itself) on `train`, validated on its own latest day."""
     from lstm_rec.jobs.train import train as train_job
 
     frame = pd.read_parquet(train)
     valid = train.with_suffix(".valid.parquet")
-    frame[frame["Time"] >= frame["Time"].max() - DAY_SECONDS].to_parquet(valid, index=False)
+    frame[frame["Time"] >= frame["Time"].max() - day_seconds].to_parquet(valid, index=False)
     data = [f"data.train={train}", f"data.valid={valid}", f"data.test={test}", f"trainer.max_epochs={epochs}"]
     cfg = load_config("train", [*RUN, *data, *overrides], output_dir=str(output_dir / "runs" / name))
     log.info("training %s on %s for %d epochs", name, train.name, epochs)
