@@ -86,6 +86,13 @@ class RankedPredictions:
         return RankedPredictions(self.ranks[rows], self.top_items[rows], self.positions[rows], self.lengths[rows])
 
 
+def prediction_targets(batch: Tensor) -> Tensor:
+    """(N,) the score columns of a padded batch's next-item targets (padding is never one), in the order of its
+    predictions: row by row, position by position, as rank_batch ranks them."""
+    targets = batch[:, 1:]
+    return targets[targets > 0] - 1
+
+
 def rank_batch(
     scorer: SessionScorer, batch: Tensor, k_max: int = 20, ties: str = "pessimistic", max_scores: int = 2**24
 ) -> RankedPredictions:
@@ -96,10 +103,9 @@ def rank_batch(
         k_max: length of the top lists kept for coverage and popularity bias.
         max_scores: most scores held at once; rows are scored in chunks that fit.
     """
-    inputs, targets = batch[:, :-1], batch[:, 1:]
-    is_target = targets > 0  # (B, T - 1)
+    inputs, is_target = batch[:, :-1], batch[:, 1:] > 0  # (B, T - 1) each
     states = scorer.encode(inputs)[is_target]  # N states
-    targets = targets[is_target] - 1  # (N,) score columns
+    targets = prediction_targets(batch)  # (N,) score columns
     rows = max(1, min(max_scores, CHUNK_SCORES) // scorer.n_items)
     ranks, tops = [], []
     for begin in range(0, len(targets), rows):

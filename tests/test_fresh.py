@@ -1,7 +1,6 @@
 """The fine-tune / retrain / keep protocol (lstm_rec.jobs.fresh): its known / new split of the predictions."""
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,8 @@ import torch
 
 from conftest import TINY_RECIPE
 from lstm_rec.data.synthetic import generate_events
-from lstm_rec.evaluation import RankedPredictions, rank_batch
-from lstm_rec.jobs.fresh import DAY_SECONDS, benchmark_fresh, known_and_new, prediction_targets, split_days, table
+from lstm_rec.evaluation import RankedPredictions, prediction_targets, rank_batch
+from lstm_rec.jobs.fresh import DAY_SECONDS, benchmark_fresh, known_and_new, split_days, table
 
 
 def _ranked(ranks: list[float]) -> RankedPredictions:
@@ -33,10 +32,11 @@ def test_known_and_new_split_the_predictions_by_the_initial_catalog():
     )
 
 
-def test_a_part_without_predictions_is_nan_with_a_count_of_0():
+def test_a_part_without_predictions_has_no_metrics_and_a_count_of_0():
     metrics = known_and_new(_ranked([2.0, 30.0]), torch.tensor([0, 1]), n_initial=5)
-    assert metrics["new/n_predictions"] == 0 and math.isnan(metrics["new/recall@20"])
+    assert metrics["new/n_predictions"] == 0 and metrics["new/recall@20"] is None and metrics["new/mrr@20"] is None
     assert metrics["known/recall@20"] == pytest.approx(1 / 2)
+    json.dumps(metrics, allow_nan=False)  # strict JSON: null, not NaN
 
 
 class _IndexScorer:

@@ -29,7 +29,7 @@ from lstm_rec.checkpoint import load_network
 from lstm_rec.data import FileDataModule, ItemIndex
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import SESSION, TIME
-from lstm_rec.evaluation import CatalogScorer, RankedPredictions, collect_ranks, metrics_of
+from lstm_rec.evaluation import CatalogScorer, RankedPredictions, collect_ranks, metrics_of, prediction_targets
 from lstm_rec.jobs.config import load_config
 from lstm_rec.jobs.report import write_json
 
@@ -182,7 +182,7 @@ def _train(
     return train_job(cfg)
 
 
-def _evaluate(checkpoint: str, catalog: ItemIndex, day: Path, n_initial: int) -> dict[str, float]:
+def _evaluate(checkpoint: str, catalog: ItemIndex, day: Path, n_initial: int) -> dict[str, float | None]:
     """Recall@20 and MRR@20 of a checkpoint on a day's sessions over `catalog`, for all predictions and apart for
     those on the initial model's `n_initial` items (the first of the catalog) and on the items new since."""
     trained = load_network(checkpoint)
@@ -194,34 +194,33 @@ def _evaluate(checkpoint: str, catalog: ItemIndex, day: Path, n_initial: int) ->
     return known_and_new(ranked, torch.cat([prediction_targets(batch) for batch in batches]), n_initial)
 
 
-def prediction_targets(batch: Tensor) -> Tensor:
-    """The catalog columns of a padded batch's next-item targets, in the order rank_batch ranks them."""
-    targets = batch[:, 1:]
-    return targets[targets > 0] - 1
-
-
-def known_and_new(ranked: RankedPredictions, targets: Tensor, n_initial: int) -> dict[str, float]:
+def known_and_new(ranked: RankedPredictions, targets: Tensor, n_initial: int) -> dict[str, float | None]:
     """Recall@20, MRR@20 and the prediction count of all of `ranked`, and under "known/" and "new/" of those whose
-    target column is below `n_initial` and of the rest (NaN metrics for a part without predictions)."""
+    target column is below `n_initial` and of the rest (metrics None, null in fresh.json, for a part without
+    predictions)."""
     results = {}
     for prefix, rows in (("", None), ("known/", targets < n_initial), ("new/", targets >= n_initial)):
         part = ranked if rows is None else ranked.subset(rows)
         keys = (f"{prefix}recall@20", f"{prefix}mrr@20", f"{prefix}n_predictions")
         if len(part.ranks) == 0:
-            results |= dict(zip(keys, (float("nan"), float("nan"), 0.0), strict=True))
+            results |= dict(zip(keys, (None, None, 0.0), strict=True))
             continue
         metrics = metrics_of(part, [20], prefix)
         results |= {key: metrics[key] for key in keys}
     return results
 
 
-def _mean(rows: list[dict[str, Any]]) -> dict[str, float]:
+def _mean(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     """Each metric's mean over the days (the parts' over the days that have predictions in them)."""
     means = {}
     for key in (f"{part}{name}" for part in ("", "known/", "new/") for name in ("recall@20", "mrr@20")):
-        values = [r[key] for r in rows if not np.isnan(r[key])]
-        means[key] = float(np.mean(values)) if values else float("nan")
+        values = [r[key] for r in rows if r[key] is not None]
+        means[key] = float(np.mean(values)) if values else None
     return means
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def table(results: dict[str, Any]) -> str:
@@ -234,14 +233,14 @@ def table(results: dict[str, Any]) -> str:
     for row in results["days"]:
         lines.append(
             f"| {row['tested_on_day']} | {row['strategy']}: {STRATEGIES[row['strategy']]} | {row['recall@20']:.4f} | "
-            f"{row['mrr@20']:.4f} | {row['known/recall@20']:.4f} / {row['new/recall@20']:.4f} | "
+            f"{row['mrr@20']:.4f} | {_number(row['known/recall@20'])} / {_number(row['new/recall@20'])} | "
             f"{int(row['n_predictions'])} ({int(row['new/n_predictions'])}) | {row['train_seconds']:.1f} |"
         )
     for name, label in STRATEGIES.items():
         mean = results["mean"][name]
         lines.append(
             f"| mean | {name}: {label} | {mean['recall@20']:.4f} | {mean['mrr@20']:.4f} | "
-            f"{mean['known/recall@20']:.4f} / {mean['new/recall@20']:.4f} | | "
+            f"{_number(mean['known/recall@20'])} / {_number(mean['new/recall@20'])} | | "
             f"{results['total_train_seconds'][name]:.1f} |"
         )
     return "\n".join(lines)
