@@ -140,7 +140,7 @@ def benchmark_fresh(
 
 
 def _window(
-    initial: pd.DataFrame, days: list[pd.DataFrame], d: int, replay_days: int, day_seconds: float = DAY_SECONDS
+    initial: pd.DataFrame, days: list[pd.DataFrame], d: int, replay_days: int, day_seconds: float
 ) -> pd.DataFrame:
     """The sessions of later day `d` (1-based) and of the `replay_days` days before it."""
     first = d - 1 - replay_days
@@ -150,7 +150,7 @@ def _window(
     return pd.concat(parts, ignore_index=True)
 
 
-def _latest(events: pd.DataFrame, n_days: int, day_seconds: float = DAY_SECONDS) -> pd.DataFrame:
+def _latest(events: pd.DataFrame, n_days: int, day_seconds: float) -> pd.DataFrame:
     """The sessions that start in the last `n_days` days of `events`."""
     starts = events.groupby(SESSION, sort=False)[TIME].transform("min")
     return events[(starts > events[TIME].max() - n_days * day_seconds).to_numpy()].reset_index(drop=True)
@@ -168,7 +168,7 @@ def _train(
     epochs: int,
     overrides: list[str],
     output_dir: Path,
-    day_seconds: float = DAY_SECONDS,
+    day_seconds: float,
 ) -> dict[str, Any]:
     """One training run (the train job itself) on `train`, validated on its own latest day."""
     from lstm_rec.jobs.train import train as train_job
