@@ -73,6 +73,7 @@ class AdagradMomentum(torch.optim.Adagrad):
                 loss = closure()
         for group in self.param_groups:
             lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
+            dense = []
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -81,13 +82,15 @@ class AdagradMomentum(torch.optim.Adagrad):
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(param)
                 if not param.grad.is_sparse:
-                    _dense_step(param, param.grad, state, lr, momentum, eps)
+                    dense.append(param)
                 elif self._compiled_rows(param, state):
                     table, rows, values = _row_view(param, param.grad)
                     row_kernel.update_rows(table, *(state[k].view(table.shape) for k in ("sum", "velocity")),
                                            rows, values, lr, momentum, eps)  # fmt: skip
                 else:
                     _sparse_step(param, param.grad.coalesce(), state, lr, momentum, eps)
+            if dense:
+                _dense_steps(dense, [self.state[param] for param in dense], lr, momentum, eps)
         return loss
 
     def _compiled_rows(self, param: Tensor, state: dict) -> bool:
@@ -128,10 +131,17 @@ def _flat_rows(shape: torch.Size, indices: Tensor) -> Tensor:
     return rows
 
 
-def _dense_step(param: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float) -> None:
-    total = state["sum"].addcmul_(grad, grad)
-    state["velocity"].mul_(momentum).addcdiv_(grad, total.sqrt().add_(eps))
-    param.add_(state["velocity"], alpha=-lr)
+def _dense_steps(params: list[Tensor], states: list[dict], lr: float, momentum: float, eps: float) -> None:
+    """The update of dense gradients, all parameters at once (torch's _foreach ops: the elementwise arithmetic of one
+    parameter at a time, without a dispatch per parameter and operation)."""
+    grads = [param.grad for param in params]
+    sums, velocities = [state["sum"] for state in states], [state["velocity"] for state in states]
+    torch._foreach_addcmul_(sums, grads, grads)
+    roots = torch._foreach_sqrt(sums)
+    torch._foreach_add_(roots, eps)
+    torch._foreach_mul_(velocities, momentum)
+    torch._foreach_addcdiv_(velocities, grads, roots)
+    torch._foreach_add_(params, velocities, alpha=-lr)
 
 
 def _sparse_step(param: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float) -> None:

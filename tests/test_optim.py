@@ -39,6 +39,29 @@ def test_momentum_zero_is_torch_adagrad():
     torch.testing.assert_close(ours, theirs)
 
 
+def test_parameters_updated_together_as_each_alone():
+    """The dense parameters of a group take one batched update (_foreach ops): each ends exactly where an optimizer of
+    its own puts it, with and without a gradient at a step."""
+    torch.manual_seed(0)
+    starts = [torch.randn(4, 3), torch.randn(7), torch.randn(2, 5)]
+    together = [start.clone().requires_grad_() for start in starts]
+    alone = [start.clone().requires_grad_() for start in starts]
+    joint = AdagradMomentum(together, lr=0.1, momentum=0.4)
+    singles = [AdagradMomentum([param], lr=0.1, momentum=0.4) for param in alone]
+    for step in range(3):
+        for i, (mine, theirs) in enumerate(zip(together, alone, strict=True)):
+            skipped = step == 1 and i == 1
+            grad = None if skipped else torch.randn(mine.shape)
+            mine.grad, theirs.grad = grad, None if grad is None else grad.clone()
+        joint.step()
+        for single in singles:
+            single.step()
+    for mine, theirs, single in zip(together, alone, singles, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+        for key in ("sum", "velocity"):
+            torch.testing.assert_close(joint.state[mine][key], single.state[theirs][key], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("shape, sparse_dims", [((6, 3), 1), ((2, 6, 3), 2)])
 def test_sparse_rows_match_dense_where_looked_up(shape, sparse_dims):
     """A row-sparse gradient updates its rows as the dense update would, and leaves the others (value, sum and
