@@ -73,7 +73,7 @@ class AdagradMomentum(torch.optim.Adagrad):
                 loss = closure()
         for group in self.param_groups:
             lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
-            dense = []
+            dense, dense_states = [], []
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -83,6 +83,7 @@ class AdagradMomentum(torch.optim.Adagrad):
                     state["velocity"] = torch.zeros_like(param)
                 if not param.grad.is_sparse:
                     dense.append(param)
+                    dense_states.append(state)
                 elif self._compiled_rows(param, state):
                     table, rows, values = _row_view(param, param.grad)
                     row_kernel.update_rows(table, *(state[k].view(table.shape) for k in ("sum", "velocity")),
@@ -90,7 +91,7 @@ class AdagradMomentum(torch.optim.Adagrad):
                 else:
                     _sparse_step(param, param.grad.coalesce(), state, lr, momentum, eps)
             if dense:
-                _dense_steps(dense, [self.state[param] for param in dense], lr, momentum, eps)
+                _dense_steps(dense, dense_states, lr, momentum, eps)
         return loss
 
     def _compiled_rows(self, param: Tensor, state: dict) -> bool:

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import TINY_RECIPE
+from lstm_rec.data.sessions import SESSION, TIME
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.evaluation import RankedPredictions, prediction_targets, rank_batch
-from lstm_rec.jobs.fresh import DAY_SECONDS, benchmark_fresh, known_and_new, split_days, table
+from lstm_rec.jobs.fresh import DAY_SECONDS, _latest, _window, benchmark_fresh, known_and_new, split_days, table
 
 
 def _ranked(ranks: list[float]) -> RankedPredictions:
@@ -106,3 +107,26 @@ def test_days_can_be_any_length_of_the_time_column():
         split_days(events, n_days=4, day_seconds=3600)
     with pytest.raises(ValueError, match="day_seconds must be positive"):
         benchmark_fresh(Path("unused.parquet"), Path("unused"), 2, 1, 1, [], day_seconds=0)
+
+
+def test_replayed_days_follow_the_split_rule_at_the_boundary():
+    """A session that starts exactly n days before the log's last click lies in its last n days, both for
+    split_days and for the replayed days taken from the initial part (_latest, via _window)."""
+    day = 100.0
+    events = pd.DataFrame(
+        {SESSION: [1, 1, 2, 2, 3, 3, 4, 4], "item": [1, 2, 1, 3, 2, 3, 1, 2],
+         TIME: [0.0, 10.0, 200.0, 210.0, 300.0, 310.0, 400.0, 400.0]}
+    )  # fmt: skip
+    # The last click is at 400: session 2 starts exactly 2 days before it, session 3 exactly 1.
+    initial, (before_last, last) = split_days(events, 2, day)
+    assert sorted(initial[SESSION].unique()) == [1]
+    assert sorted(before_last[SESSION].unique()) == [2]
+    assert sorted(last[SESSION].unique()) == [3, 4]
+    assert sorted(_latest(events, 1, day)[SESSION].unique()) == [3, 4]
+    assert sorted(_latest(events, 2, day)[SESSION].unique()) == [2, 3, 4]
+    # Within sessions 1-3 alone (last click 310), session 2 starts 1.1 days back: day 2, session 3 day 1.
+    head = events[events[SESSION] < 4]
+    assert sorted(_latest(head, 1, day)[SESSION].unique()) == [3]
+    # Day 1 fine-tuned with one replayed day: the initial part's last day, then day 1's sessions.
+    window = _window(events[events[SESSION] <= 2], [last], 1, 1, day)
+    assert sorted(window[SESSION].unique()) == [2, 3, 4]

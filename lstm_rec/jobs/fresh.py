@@ -59,14 +59,13 @@ def split_days(
 ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     """The sessions that start before the log's last `n_days` days, and those that start on each of those days (a
     day: `day_seconds` of the Time column)."""
-    starts = events.groupby(SESSION, sort=False)[TIME].transform("min")
-    end = events[TIME].max()
-    day = np.ceil((end - starts) / day_seconds).clip(lower=1)  # 1: the last day, 2: the one before, ...
-    parts = [events[(day == d).to_numpy()].reset_index(drop=True) for d in range(n_days, 0, -1)]
-    initial = events[(day > n_days).to_numpy()].reset_index(drop=True)
+    day = _days_back(events, day_seconds)
+    parts = [events[day == d].reset_index(drop=True) for d in range(n_days, 0, -1)]
+    initial = events[day > n_days].reset_index(drop=True)
     if initial.empty or any(part.empty for part in parts):
+        span = (events[TIME].max() - events[TIME].min()) / day_seconds
         raise ValueError(
-            f"the log spans {(end - events[TIME].min()) / day_seconds:.1f} days of {day_seconds:g} s: it needs "
+            f"the log spans {span:.1f} days of {day_seconds:g} s: it needs "
             f"sessions before its last {n_days} days and on each of them; give fewer or shorter days (--day-seconds)"
         )
     return initial, parts
@@ -151,9 +150,15 @@ def _window(
 
 
 def _latest(events: pd.DataFrame, n_days: int, day_seconds: float) -> pd.DataFrame:
-    """The sessions that start in the last `n_days` days of `events`."""
+    """The sessions that start in the last `n_days` days of `events` (by split_days' rule)."""
+    return events[_days_back(events, day_seconds) <= n_days].reset_index(drop=True)
+
+
+def _days_back(events: pd.DataFrame, day_seconds: float) -> np.ndarray:
+    """Each row's day by its session's start, counted back from the log's last click: 1 the last day (its end
+    included), 2 the one before, ..."""
     starts = events.groupby(SESSION, sort=False)[TIME].transform("min")
-    return events[(starts > events[TIME].max() - n_days * day_seconds).to_numpy()].reset_index(drop=True)
+    return np.ceil((events[TIME].max() - starts) / day_seconds).clip(lower=1).to_numpy()
 
 
 def _write(events: pd.DataFrame, path: Path) -> Path:
