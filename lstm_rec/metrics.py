@@ -41,6 +41,21 @@ def target_ranks(scores: Tensor, targets: Tensor, ties: str = "pessimistic") -> 
     return torch.where(target_scores[:, 0].isnan(), float(scores.shape[1]), ranks)
 
 
+def item_ranks(scores: Tensor, ties: str = "pessimistic") -> Tensor:
+    """(n_items,) float64: the rank target_ranks gives each item as the target when every prediction has the same
+    `scores` (n_items,), e.g. popularity. From one sort: g items above and e equal (the item included) are counted by
+    two binary searches, and the tie policy is target_ranks'. A NaN score gets the worst rank, n_items; NaN items never
+    count as above or equal, as in target_ranks' comparisons."""
+    if ties not in TIE_POLICIES:
+        raise ValueError(f"tie policy must be one of {TIE_POLICIES}, got {ties!r}")
+    ordered = scores[~scores.isnan()].sort().values
+    below = torch.searchsorted(ordered, scores, side="left")  # scores strictly below each item's
+    not_above = torch.searchsorted(ordered, scores, side="right")
+    greater, equal = (len(ordered) - not_above).double(), (not_above - below).double()
+    ranks = {"pessimistic": greater + equal, "optimistic": greater + 1, "mean": greater + (equal + 1) / 2}[ties]
+    return torch.where(scores.isnan(), float(len(scores)), ranks)
+
+
 class MeanMetric(Metric):
     """Mean over predictions of a per-prediction value; sum and count states, so exact across batches and devices."""
 

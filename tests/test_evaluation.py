@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lstm_rec.baselines import Popularity
+from lstm_rec.baselines import Popularity, SessionPopularity
 from lstm_rec.data import ItemIndex
 from lstm_rec.evaluation import CatalogScorer, breakdown, collect_ranks, evaluate, rank_batch
 from lstm_rec.model import SessionLSTM
@@ -90,3 +90,33 @@ def test_a_catalog_scorer_ranks_unknown_targets_last_in_any_catalog_order():
         assert rank_batch(wrapped, batch).ranks.tolist() == [5, 1, 5]
         scores = wrapped.score(torch.zeros((1, 0)))
         assert scores[0, column[20] - 1] == pytest.approx(0.9) and scores[0, column[40] - 1] == float("-inf")
+
+
+class Unshared:
+    """A scorer's scores without its shared_scores: rank_batch takes the full score matrix."""
+
+    def __init__(self, scorer):
+        self.scorer, self.n_items = scorer, scorer.n_items
+
+    def encode(self, items):
+        return self.scorer.encode(items)
+
+    def score(self, states):
+        return self.scorer.score(states)
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic", "mean"])
+def test_shared_scores_rank_as_the_full_score_matrix(ties):
+    # Popularity with many tied counts, on a catalog that adds unknown items in a shuffled order (-inf scores).
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 4, 60)
+    own = ItemIndex(ids=np.arange(100, 160), counts=counts)
+    catalog = ItemIndex(ids=rng.permutation(np.arange(100, 170)), counts=np.ones(70, dtype=np.int64))
+    for scorer in (Popularity(counts), CatalogScorer(Popularity(counts), own, catalog)):
+        batches = [torch.randint(1, scorer.n_items + 1, (5, 9)) for _ in range(3)]
+        batches[1][2, 4:] = 0
+        assert scorer.shared_scores is not None
+        fast, slow = (collect_ranks(s, batches, k_max=20, ties=ties) for s in (scorer, Unshared(scorer)))
+        for field in ("ranks", "top_items", "positions", "lengths"):
+            assert torch.equal(getattr(fast, field), getattr(slow, field)), field
+    assert SessionPopularity(counts).shared_scores is None  # the session's items change its scores

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lstm_rec.metrics import MRR, NDCG, Coverage, PopularityBias, Recall, ranking_metrics, target_ranks
+from lstm_rec.metrics import MRR, NDCG, Coverage, PopularityBias, Recall, item_ranks, ranking_metrics, target_ranks
 
 NO_TOPS = torch.zeros((0, 0), dtype=torch.int64)  # rank metrics ignore the top lists
 
@@ -106,3 +106,15 @@ def test_popularity_bias_is_the_mean_normalised_popularity_of_the_top_k():
 def test_collection_adds_coverage_and_bias_given_counts():
     names = set(ranking_metrics([5], "t/", torch.tensor([3, 2, 1])).keys())
     assert {"t/coverage@5", "t/popularity_bias@5", "t/recall@5"} <= names
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic", "mean"])
+def test_item_ranks_are_target_ranks_of_shared_scores(ties):
+    # Ties (0.5 three times, -inf twice), a NaN and +inf: every item as the target of one row of the same scores.
+    scores = torch.tensor([0.5, 0.1, 0.5, float("-inf"), 0.9, float("nan"), 0.5, float("-inf"), float("inf"), 0.2])
+    every = torch.arange(len(scores))
+    expected = target_ranks(scores.expand(len(scores), -1), every, ties)
+    assert torch.equal(item_ranks(scores, ties), expected)
+    # By hand, pessimistic: +inf 1st, 0.9 2nd, the three 0.5s 5th, 0.2 6th, 0.1 7th, -inf 9th, NaN last (10).
+    if ties == "pessimistic":
+        assert item_ranks(scores, ties).tolist() == [5, 7, 5, 9, 2, 10, 5, 9, 1, 6]

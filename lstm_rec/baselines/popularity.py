@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from lstm_rec.baselines.base import Baseline
 from lstm_rec.baselines.prefixes import PrefixSummary
@@ -25,9 +27,16 @@ class Popularity(Baseline):
     def score_summary(self, prefixes: PrefixSummary) -> np.ndarray:
         return np.broadcast_to(self.counts, (prefixes.n_prefixes, self.n_items))
 
+    @property
+    def shared_scores(self) -> Tensor:
+        """The same scores after every prefix, as score gives them (float32): the evaluation ranks them once."""
+        return torch.from_numpy(self.counts.astype(np.float32))
+
 
 class SessionPopularity(Popularity):
     """Items already clicked in the session first, by how often; then all others by training popularity."""
+
+    shared_scores = None  # the session's own items change the scores
 
     def score_summary(self, prefixes: PrefixSummary) -> np.ndarray:
         in_session = prefixes.matrix(prefixes.entries.count, self.n_items)
