@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lstm_rec.model import CELLS, MEMBER_SETTINGS, SessionLSTM
+from lstm_rec.model import CELLS, MEMBER_SETTINGS, RECURRENT_INITS, SessionLSTM
 
 WRITTEN_BY = "expected a .ckpt file written by scripts/train.py"
 DEFAULTS = {
@@ -134,6 +134,8 @@ def _check_setting(name: str, value: Any, what: str) -> None:
         raise CheckpointError(f"{what} must be a number in [0, 1), got {value!r}")
     if name == "cell" and value not in CELLS:
         raise CheckpointError(f"{what} must be one of {list(CELLS)}, got {value!r}")
+    if name == "recurrent_init" and value not in RECURRENT_INITS:
+        raise CheckpointError(f"{what} must be one of {list(RECURRENT_INITS)}, got {value!r}")
     if name == "tie_weights" and not isinstance(value, bool):
         raise CheckpointError(f"{what} must be true or false, got {value!r}")
 

@@ -18,6 +18,10 @@ from lstm_rec.layers import MemberDropout, MemberLinear
 MEMBER_SETTINGS = ("dropout", "embedding_dropout", "repeat_window")
 # The recurrent cells a network may use (model.cell).
 CELLS = ("lstm", "gru")
+# How the recurrent cell's weights start (model.recurrent_init): torch: PyTorch's U(-1/sqrt(H), 1/sqrt(H)) for every
+# weight and bias; glorot: each gate's input and recurrent matrices Glorot-uniform on their own (in + H), biases 0,
+# as GRU4Rec initialises its GRU.
+RECURRENT_INITS = ("torch", "glorot")
 
 
 @dataclass
@@ -101,6 +105,7 @@ class SessionLSTM(nn.Module):
         embedding_dropout: on the input embeddings.
         tie_weights: score items with their input embeddings (a linear map takes the LSTM output to the
             embedding size), which saves n_items * hidden parameters per member.
+        recurrent_init: how the cell's weights start, one of RECURRENT_INITS.
         repeat_window: 0, or how many of the latest clicks get a repeat score: each of the last
             `repeat_window` distinct items of the prefix adds a learned function of the state to its score,
             one per recency (the current click, the one before...).
@@ -120,6 +125,7 @@ class SessionLSTM(nn.Module):
         tie_weights: bool = False,
         repeat_window: int = 0,
         members: Sequence[Mapping[str, Any]] | None = None,
+        recurrent_init: str = "torch",
     ) -> None:
         super().__init__()
         if cell == "auto":
@@ -129,6 +135,8 @@ class SessionLSTM(nn.Module):
             )
         if cell not in CELLS:
             raise ValueError(f"model.cell must be one of {list(CELLS)}, got {cell!r}")
+        if recurrent_init not in RECURRENT_INITS:
+            raise ValueError(f"model.recurrent_init must be one of {list(RECURRENT_INITS)}, got {recurrent_init!r}")
         common = {"dropout": dropout, "embedding_dropout": embedding_dropout, "repeat_window": repeat_window}
         settings = member_settings(members, common)
         self.n_items, self.n_members, self.hidden_size = n_items, len(settings), hidden
@@ -145,6 +153,9 @@ class SessionLSTM(nn.Module):
             recurrent(embedding_dim, hidden, num_layers, batch_first=True, dropout=s["dropout"] * (num_layers > 1))
             for s in settings
         )
+        if recurrent_init == "glorot":
+            for recurrent_net in self.lstms:
+                glorot_gates_(recurrent_net)
         self.output_dropout = MemberDropout([s["dropout"] for s in settings])
         self._build_output(hidden, embedding_dim)
         self._build_repeat_scores(hidden, [s["repeat_window"] for s in settings])
@@ -303,6 +314,20 @@ class SessionLSTM(nn.Module):
         rowwise = self.rowwise_repeat_scores and states.hidden.shape[1] <= ROWWISE_MAX_ROWS
         linear = self.repeat_scores.rowwise if rowwise else self.repeat_scores
         return linear(states.hidden) * self.window_mask * counts
+
+
+@torch.no_grad()
+def glorot_gates_(recurrent: nn.LSTM | nn.GRU) -> None:
+    """Each gate's input and recurrent matrix Glorot-uniform over its own (inputs + hidden) and every bias 0, in
+    place (PyTorch stacks the gates' matrices row-wise: (gates * H, inputs))."""
+    hidden = recurrent.hidden_size
+    for name, weight in recurrent.named_parameters():
+        if name.startswith("bias"):
+            weight.zero_()
+            continue
+        for gate in weight.split(hidden, dim=0):
+            bound = (6.0 / (gate.shape[0] + gate.shape[1])) ** 0.5
+            gate.uniform_(-bound, bound)
 
 
 def build_network(n_items: int, settings: Mapping[str, Any]) -> SessionLSTM:

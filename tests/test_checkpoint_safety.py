@@ -78,6 +78,7 @@ CORRUPTIONS = [
     ("dropout 2", setting("dropout", 2.0), r"network setting dropout must be a number in \[0, 1\), got 2.0"),
     ("unknown cell", setting("cell", "rnn"), r"network setting cell must be one of \['lstm', 'gru'\], got 'rnn'"),
     ("other cell", setting("cell", "gru"), r"net.lstms.0.weight_ih_l0 has shape \(32, 6\), but its network"),
+    ("unknown init", setting("recurrent_init", "he"), r"recurrent_init must be one of \['torch', 'glorot'\], got 'he'"),
     ("tie as text", setting("tie_weights", "yes"), r"network setting tie_weights must be true or false, got 'yes'"),
     ("unknown setting", setting("width", 3), r"unknown network settings \['width'\]"),
     ("member bad key", setting("members", [{}, {"hidden": 4}]), r"members\[1\] sets \['hidden'\]; a member can set"),

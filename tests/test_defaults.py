@@ -25,6 +25,7 @@ def test_the_default_recipe():
     assert model.scheduler._target_ == "lstm_rec.schedules.warmup_decay" and model.scheduler.warmup_steps == 200
     assert (model.embedding_dim, model.hidden, model.tie_weights) == (224, 224, True)
     assert (model.dropout, model.embedding_dropout) == (0.05, 0.5)
+    assert model.recurrent_init == "torch"
     assert (cfg.data.batching, cfg.data.batch_size, cfg.trainer.gradient_clip_val) == ("auto", "auto", None)
     assert dict(cfg.auto_batch_size) == {"small": 80, "large": 128, "large_from": 1_000_000}
     assert model.cell == "auto" and dict(cfg.auto_cell) == {"small": "lstm", "large": "gru", "large_from": 150_000}
@@ -55,6 +56,22 @@ def test_the_defaults_learn_the_synthetic_sessions_far_better_than_popularity(de
     assert metrics["max_epochs"] == 4
     # refit=auto leaves the synthetic sessions (one unchanging process) alone: the validated network is tested.
     assert "refit_epochs" not in metrics and "/refit/" not in metrics["checkpoint"]
+
+
+def test_recurrent_init_reaches_the_network_from_the_config(tmp_path):
+    from hydra.utils import instantiate
+
+    from lstm_rec.jobs.runs import build_model
+
+    overrides = [*SMALL_DATA, *QUIET, "model.hidden=8", "model.embedding_dim=8", "model.recurrent_init=glorot"]
+    cfg = compose_config("train", overrides, tmp_path)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule)
+    assert model.network_settings["recurrent_init"] == "glorot"
+    cell = model.net.lstms[0]
+    assert torch.equal(cell.bias_ih_l0, torch.zeros_like(cell.bias_ih_l0))
+    assert cell.weight_hh_l0.abs().max() > 8**-0.5  # beyond PyTorch's 1 / sqrt(8); Glorot's bound is (6 / 16) ** 0.5
 
 
 def test_auto_epochs_are_logged(tmp_path, caplog):

@@ -170,6 +170,29 @@ def test_a_gru_network_runs_gru4rec_s_cell_and_carries_no_cell_state():
         SessionLSTM(12, cell="auto")
 
 
+@pytest.mark.parametrize("cell, gates", [("lstm", 4), ("gru", 3)])
+def test_glorot_recurrent_init_draws_each_gate_on_its_own_fan_and_zero_biases(cell, gates):
+    torch.manual_seed(0)
+    net = SessionLSTM(50, embedding_dim=40, hidden=24, num_layers=2, cell=cell, recurrent_init="glorot")
+    recurrent = net.lstms[0]
+    for name, weight in recurrent.named_parameters():
+        if name.startswith("bias"):
+            assert torch.equal(weight, torch.zeros_like(weight)), name
+            continue
+        inputs = 40 if name == "weight_ih_l0" else 24
+        assert weight.shape == (gates * 24, inputs)
+        bound = (6 / (24 + inputs)) ** 0.5  # Glorot over one gate's (inputs, hidden), e.g. (6 / 64) ** 0.5 = 0.306
+        for gate in weight.split(24):
+            # Uniform on [-bound, bound]: inside it, spread to its ends, mean near 0, std bound / sqrt(3).
+            assert gate.abs().max() <= bound and gate.abs().max() > 0.95 * bound, name
+            assert abs(gate.std().item() - bound / 3**0.5) < 0.1 * bound, name
+    # PyTorch's own init (the other choice, "torch") draws the biases too, all within 1 / sqrt(hidden).
+    plain = SessionLSTM(50, embedding_dim=40, hidden=24, cell=cell).lstms[0]
+    assert 0 < plain.bias_ih_l0.abs().max() <= 24**-0.5
+    with pytest.raises(ValueError, match=r"model.recurrent_init must be one of \['torch', 'glorot'\], got 'xavier'"):
+        SessionLSTM(12, recurrent_init="xavier")
+
+
 def test_rowwise_member_linear_is_forward_and_independent_of_the_other_rows():
     # Serving's repeat scores (lstm_rec.serving.Recommender): a batched product's kernel may round a row
     # differently beside other rows; the rowwise form must not, and must give forward's values.
