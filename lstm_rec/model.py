@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lstm_rec.layers import MemberDropout, MemberLinear
+from lstm_rec.layers import MemberDropout, MemberLinear, candidate_scores
 
 # What an ensemble member may set for itself; every other setting is shared, so the members run as one batched
 # computation (same shapes).
@@ -268,7 +268,7 @@ class SessionLSTM(nn.Module):
             offsets = torch.arange(self.n_members, device=columns.device)[:, None] * (self.n_items + 1)
             weight = self._rows(columns + 1 + offsets)
             bias = self.output_bias.gather(1, columns.clamp(min=0))  # (M, C)
-            scores = torch.baddbmm(bias[:, None], self._query(states.hidden), weight.transpose(1, 2))
+            scores = candidate_scores(bias, self._query(states.hidden), weight)
         else:
             scores = self.output.columns(states.hidden, columns.clamp(min=0))
         if self.repeat_window > 0:

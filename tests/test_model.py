@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lstm_rec.data import ItemIndex
-from lstm_rec.layers import MemberLinear
+from lstm_rec.layers import MemberLinear, candidate_scores
 from lstm_rec.model import MemberDropout, PrefixStates, SessionLSTM
 from lstm_rec.module import SessionRecModule
 
@@ -191,6 +191,29 @@ def test_glorot_recurrent_init_draws_each_gate_on_its_own_fan_and_zero_biases(ce
     assert 0 < plain.bias_ih_l0.abs().max() <= 24**-0.5
     with pytest.raises(ValueError, match=r"model.recurrent_init must be one of \['torch', 'glorot'\], got 'xavier'"):
         SessionLSTM(12, recurrent_init="xavier")
+
+
+def test_candidate_scores_are_bias_plus_the_product_with_their_gradients():
+    # By hand: one member, one query (1, 2), rows (3, 4) and (5, 6), biases 0.5 and -1.
+    scores = candidate_scores(
+        torch.tensor([[0.5, -1.0]]), torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[3.0, 4], [5, 6]]])
+    )
+    assert torch.equal(scores, torch.tensor([[[11.5, 16.0]]]))
+    # Against the product the other way round, values and gradients, in float64; the result and the rows' gradient
+    # come out in their own (contiguous) layout.
+    torch.manual_seed(0)
+    bias, queries, rows = (
+        torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in [(3, 9), (3, 5, 4), (3, 9, 4)]
+    )
+    upstream = torch.randn(3, 5, 9, dtype=torch.float64)
+    scores = candidate_scores(bias, queries, rows)
+    assert scores.shape == (3, 5, 9) and scores.is_contiguous()
+    grads = torch.autograd.grad((scores * upstream).sum(), (bias, queries, rows))
+    expected = torch.baddbmm(bias[:, None], queries, rows.transpose(1, 2))
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-12)
+    for got, want in zip(grads, torch.autograd.grad((expected * upstream).sum(), (bias, queries, rows)), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert grads[2].is_contiguous()
 
 
 def test_rowwise_member_linear_is_forward_and_independent_of_the_other_rows():
