@@ -13,8 +13,11 @@ def candidate_scores(bias: Tensor, queries: Tensor, weight: Tensor) -> Tensor:
     The product runs as weight @ queries^T, so that its backward gives the rows' gradient (M, C, D) in their own
     layout, one product of the (M, C, N) gradient with the queries, which the item table's sparse update takes as it
     is. The other way round (the rows' gradient as a transposed (D, C) product, then copied) made a default training
-    step 12-20 % slower on 2 CPU threads (docs/model.md#candidate-scores). The values agree to rounding.
+    step 12-20 % slower on 2 CPU threads (docs/model.md#candidate-scores). The values agree to rounding. On an
+    accelerator the product keeps the queries-first order, which needs no copy of the scores (not measured there).
     """
+    if weight.device.type != "cpu":
+        return torch.baddbmm(bias[:, None], queries, weight.transpose(1, 2))
     return torch.baddbmm(bias[:, :, None], weight, queries.transpose(1, 2)).transpose(1, 2).contiguous()
 
 
