@@ -326,8 +326,7 @@ def glorot_gates_(recurrent: nn.LSTM | nn.GRU) -> None:
             weight.zero_()
             continue
         for gate in weight.split(hidden, dim=0):
-            bound = (6.0 / (gate.shape[0] + gate.shape[1])) ** 0.5
-            gate.uniform_(-bound, bound)
+            nn.init.xavier_uniform_(gate)  # a view: fills its rows of `weight` in place
 
 
 def build_network(n_items: int, settings: Mapping[str, Any]) -> SessionLSTM:
