@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,6 +21,39 @@ def candidate_scores(bias: Tensor, queries: Tensor, weight: Tensor) -> Tensor:
     if weight.device.type != "cpu":
         return torch.baddbmm(bias[:, None], queries, weight.transpose(1, 2))
     return torch.baddbmm(bias[:, :, None], weight, queries.transpose(1, 2)).transpose(1, 2).contiguous()
+
+
+def _onednn_linear() -> Any:
+    """PyTorch's oneDNN linear kernel, or None where this build of torch lacks it."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+
+
+def catalog_scores(bias: Tensor, queries: Tensor, rows: Tensor) -> Tensor:
+    """bias (n,) + queries (N, D) @ rows (n, D)^T -> (N, n): every catalog item's score, for inference.
+
+    On the CPU, without gradients, in float32, the product runs in PyTorch's oneDNN linear kernel: on a 2-core AMD
+    EPYC it scored the 36k-item catalog 2.0-2.4x faster than the BLAS (MKL) product, whose float32 kernel there
+    runs at under half the machine's speed (docs/model.md#catalog-scores). Elsewhere (gradients, accelerators,
+    tracing or compiling for export, a torch without oneDNN) it is the BLAS product. The two agree to rounding.
+    """
+    fast = (
+        _ONEDNN_LINEAR is not None
+        and queries.device.type == "cpu"
+        and queries.dtype == rows.dtype == bias.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (queries.requires_grad or rows.requires_grad or bias.requires_grad))
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+    )
+    if fast:
+        return _ONEDNN_LINEAR(queries.contiguous(), rows.contiguous(), bias.contiguous(), "none", [], "")
+    return torch.addmm(bias, queries, rows.T)
 
 
 class MemberLinear(nn.Module):

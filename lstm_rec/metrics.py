@@ -31,13 +31,13 @@ def target_ranks(scores: Tensor, targets: Tensor, ties: str = "pessimistic") -> 
     target_scores = scores.gather(1, targets[:, None])  # (N, 1)
     # One pass over the scores for the reference protocol: g + e is the count of scores >= the target's.
     if ties == "pessimistic":
-        ranks = (scores >= target_scores).sum(dim=1).double()  # (N,)
+        ranks = (scores >= target_scores).sum(dim=1, dtype=torch.int32).double()  # (N,)
     else:
-        greater = (scores > target_scores).sum(dim=1).double()
+        greater = (scores > target_scores).sum(dim=1, dtype=torch.int32).double()
         if ties == "optimistic":
             ranks = greater + 1
         else:
-            ranks = greater + ((scores == target_scores).sum(dim=1).double() + 1) / 2
+            ranks = greater + ((scores == target_scores).sum(dim=1, dtype=torch.int32).double() + 1) / 2
     return torch.where(target_scores[:, 0].isnan(), float(scores.shape[1]), ranks)
 
 

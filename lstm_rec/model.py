@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lstm_rec.layers import MemberDropout, MemberLinear, candidate_scores
+from lstm_rec.layers import MemberDropout, MemberLinear, candidate_scores, catalog_scores
 
 # What an ensemble member may set for itself; every other setting is shared, so the members run as one batched
 # computation (same shapes).
@@ -238,7 +238,9 @@ class SessionLSTM(nn.Module):
         weight = self.item_embedding[:, 1:] if self.tie_weights else self.output.weight  # (M, n_items, D)
         bias = self.output_bias if self.tie_weights else self.output.bias  # (M, n_items)
         joined = queries.permute(1, 0, 2).reshape(queries.shape[1], -1)  # (N, M * D)
-        scores = torch.addmm(bias.mean(0), joined, weight.permute(0, 2, 1).reshape(-1, self.n_items), alpha=1 / members)
+        if members > 1:
+            joined = joined / members
+        scores = catalog_scores(bias.mean(0), joined, weight.permute(1, 0, 2).reshape(self.n_items, -1))
         if self.repeat_window > 0:
             bonus = self._repeat_bonus(flat).to(scores.dtype).sum(0) / members  # (N, W); 0 at padding clicks
             scores.scatter_add_(1, (flat.recent - 1).clamp(min=0), bonus)

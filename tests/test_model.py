@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lstm_rec import layers
 from lstm_rec.data import ItemIndex
-from lstm_rec.layers import MemberLinear, candidate_scores
+from lstm_rec.layers import MemberLinear, candidate_scores, catalog_scores
 from lstm_rec.model import MemberDropout, PrefixStates, SessionLSTM
 from lstm_rec.module import SessionRecModule
 
@@ -214,6 +215,36 @@ def test_candidate_scores_are_bias_plus_the_product_with_their_gradients():
     for got, want in zip(grads, torch.autograd.grad((expected * upstream).sum(), (bias, queries, rows)), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     assert grads[2].is_contiguous()
+
+
+def test_catalog_scores_are_bias_plus_the_product_in_either_kernel(monkeypatch):
+    # By hand: one query (1, 2), rows (3, 4) and (5, 6), biases 0.5 and -1; inference and training give the same.
+    bias, query, rows = torch.tensor([0.5, -1.0]), torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4], [5, 6]])
+    with torch.no_grad():
+        assert torch.equal(catalog_scores(bias, query, rows), torch.tensor([[11.5, 16.0]]))
+    assert torch.equal(catalog_scores(bias, query.requires_grad_(), rows), torch.tensor([[11.5, 16.0]]))
+    # Inference on the CPU runs in oneDNN's kernel where torch has it; its values are BLAS's to rounding, and a
+    # row's scores do not depend on the other rows of a batch of the same shape (serving's promise).
+    calls = []
+    if layers._ONEDNN_LINEAR is not None:
+        real = layers._ONEDNN_LINEAR
+        monkeypatch.setattr(layers, "_ONEDNN_LINEAR", lambda *args: calls.append(1) or real(*args))
+    torch.manual_seed(0)
+    bias, queries, rows = torch.randn(300), torch.randn(7, 16), torch.randn(300, 16)
+    with torch.no_grad():
+        scores = catalog_scores(bias, queries, rows)
+        others = torch.cat([queries[:1], torch.randn(6, 16)])
+        assert torch.equal(catalog_scores(bias, others, rows)[0], scores[0])
+    assert len(calls) == (2 if layers._ONEDNN_LINEAR is not None else 0)
+    torch.testing.assert_close(scores, torch.addmm(bias, queries, rows.T), rtol=1e-5, atol=1e-5)
+    # With gradients, and when traced for export, it is the BLAS product, differentiable and exportable.
+    queries.requires_grad_()
+    (catalog_scores(bias, queries, rows) ** 2).sum().backward()
+    expected = torch.autograd.grad((torch.addmm(bias, queries, rows.T) ** 2).sum(), queries)[0]
+    torch.testing.assert_close(queries.grad, expected)
+    traced = torch.jit.trace(lambda q: catalog_scores(bias, q, rows), torch.randn(7, 16), check_trace=False)
+    assert "aten::addmm" in str(traced.graph) and "mkldnn" not in str(traced.graph)
+    assert len(calls) == (2 if layers._ONEDNN_LINEAR is not None else 0)
 
 
 def test_rowwise_member_linear_is_forward_and_independent_of_the_other_rows():
