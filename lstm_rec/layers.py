@@ -38,7 +38,7 @@ def catalog_scores(bias: Tensor, queries: Tensor, rows: Tensor) -> Tensor:
     """bias (n,) + queries (N, D) @ rows (n, D)^T -> (N, n): every catalog item's score, for inference.
 
     On the CPU, without gradients, in float32, the product runs in PyTorch's oneDNN linear kernel: on a 2-core AMD
-    EPYC it scored the 36k-item catalog 2.0-2.4x faster than the BLAS (MKL) product, whose float32 kernel there
+    EPYC it scored the 36k-item catalog 1.7-2.4x faster than the BLAS (MKL) product, whose float32 kernel there
     runs at under half the machine's speed (docs/model.md#catalog-scores). Elsewhere (gradients, accelerators,
     tracing or compiling for export, a torch without oneDNN) it is the BLAS product. The two agree to rounding.
     """
