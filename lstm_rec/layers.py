@@ -40,13 +40,15 @@ def catalog_scores(bias: Tensor, queries: Tensor, rows: Tensor) -> Tensor:
     On the CPU, without gradients, in float32, the product runs in PyTorch's oneDNN linear kernel: on a 2-core AMD
     EPYC it scored the 36k-item catalog 1.7-2.4x faster than the BLAS (MKL) product, whose float32 kernel there
     runs at under half the machine's speed (docs/model.md#catalog-scores). Elsewhere (gradients, accelerators,
-    tracing or compiling for export, a torch without oneDNN) it is the BLAS product. The two agree to rounding.
+    CPU autocast, tracing or compiling for export, a torch without oneDNN) it is the BLAS product. The two agree to
+    rounding.
     """
     fast = (
         _ONEDNN_LINEAR is not None
         and queries.device.type == "cpu"
         and queries.dtype == rows.dtype == bias.dtype == torch.float32
         and not (torch.is_grad_enabled() and (queries.requires_grad or rows.requires_grad or bias.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
         and not torch.compiler.is_compiling()

@@ -237,11 +237,13 @@ def test_catalog_scores_are_bias_plus_the_product_in_either_kernel(monkeypatch):
         assert torch.equal(catalog_scores(bias, others, rows)[0], scores[0])
     assert len(calls) == (2 if layers._ONEDNN_LINEAR is not None else 0)
     torch.testing.assert_close(scores, torch.addmm(bias, queries, rows.T), rtol=1e-5, atol=1e-5)
-    # With gradients, and when traced for export, it is the BLAS product, differentiable and exportable.
+    # With gradients, under autocast, and when traced for export, it is the BLAS product.
     queries.requires_grad_()
     (catalog_scores(bias, queries, rows) ** 2).sum().backward()
     expected = torch.autograd.grad((torch.addmm(bias, queries, rows.T) ** 2).sum(), queries)[0]
     torch.testing.assert_close(queries.grad, expected)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision computes as configured
+        assert catalog_scores(bias, queries, rows).dtype == torch.bfloat16
     traced = torch.jit.trace(lambda q: catalog_scores(bias, q, rows), torch.randn(7, 16), check_trace=False)
     assert "aten::addmm" in str(traced.graph) and "mkldnn" not in str(traced.graph)
     assert len(calls) == (2 if layers._ONEDNN_LINEAR is not None else 0)
