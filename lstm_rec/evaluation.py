@@ -116,24 +116,46 @@ def rank_batch(
         k_max: length of the top lists kept for coverage and popularity bias.
         max_scores: most scores held at once; rows are scored in chunks that fit.
     """
+    return rank_batch_offsets(scorer, batch, [None], k_max, ties, max_scores)[0]
+
+
+def rank_batch_offsets(
+    scorer: SessionScorer,
+    batch: Tensor,
+    offsets: Sequence[Tensor | None],
+    k_max: int = 20,
+    ties: str = "pessimistic",
+    max_scores: int = 2**24,
+) -> list[RankedPredictions]:
+    """rank_batch once per offset: the scorer's scores plus that (n_items,) offset (None: none), the network run and
+    its scores computed once for all of them (choosing an item prior on the validation sessions)."""
     inputs, is_target = batch[:, :-1], batch[:, 1:] > 0  # (B, T - 1) each
     targets = prediction_targets(batch)  # (N,) score columns
     row, column = is_target.nonzero(as_tuple=True)
     lengths = (batch > 0).sum(dim=1)
+    where = column + 1, lengths[row]
+    offsets = [None if o is None else o.to(batch.device) for o in offsets]
+    k = min(k_max, scorer.n_items)
     shared = getattr(scorer, "shared_scores", None)
     if shared is not None:  # the same scores after every prefix: each item's rank once
         shared = shared.to(batch.device)
-        top = shared.topk(min(k_max, scorer.n_items)).indices
-        ranked = item_ranks(shared, ties)[targets], top.expand(len(targets), -1)
-        return RankedPredictions(*ranked, column + 1, lengths[row])
+        ranked = []
+        for offset in offsets:
+            scores = shared if offset is None else shared + offset
+            top = scores.topk(k).indices.expand(len(targets), -1)
+            ranked.append(RankedPredictions(item_ranks(scores, ties)[targets], top, *where))
+        return ranked
     states = scorer.encode(inputs)[is_target]  # N states
     rows = max(1, min(max_scores, CHUNK_SCORES) // scorer.n_items)
-    ranks, tops = [], []
+    ranks: list[list[Tensor]] = [[] for _ in offsets]
+    tops: list[list[Tensor]] = [[] for _ in offsets]
     for begin in range(0, len(targets), rows):
-        scores = scorer.score(states[begin : begin + rows])  # (rows, n_items)
-        ranks.append(target_ranks(scores, targets[begin : begin + rows], ties))
-        tops.append(scores.topk(min(k_max, scorer.n_items), dim=1).indices)
-    return RankedPredictions(torch.cat(ranks), torch.cat(tops), column + 1, lengths[row])
+        base = scorer.score(states[begin : begin + rows])  # (rows, n_items)
+        for i, offset in enumerate(offsets):
+            scores = base if offset is None else base + offset
+            ranks[i].append(target_ranks(scores, targets[begin : begin + rows], ties))
+            tops[i].append(scores.topk(k, dim=1).indices)
+    return [RankedPredictions(torch.cat(r), torch.cat(t), *where) for r, t in zip(ranks, tops, strict=True)]
 
 
 @torch.no_grad()
@@ -146,16 +168,31 @@ def collect_ranks(
     max_scores: int = 2**24,
 ) -> RankedPredictions:
     """Ranked predictions of `scorer` (in eval mode) over all batches, on the CPU."""
+    return collect_ranks_offsets(scorer, batches, [None], k_max, ties, device, max_scores)[0]
+
+
+@torch.no_grad()
+def collect_ranks_offsets(
+    scorer: SessionScorer,
+    batches: Iterable[Tensor],
+    offsets: Sequence[Tensor | None],
+    k_max: int = 20,
+    ties: str = "pessimistic",
+    device: torch.device | str = "cpu",
+    max_scores: int = 2**24,
+) -> list[RankedPredictions]:
+    """collect_ranks of the scorer's scores plus each (n_items,) offset (None: none), the scores computed once."""
     was_training = isinstance(scorer, nn.Module) and scorer.training
     if isinstance(scorer, nn.Module):
         scorer.eval()
-    parts = []
+    parts: list[list[RankedPredictions]] = [[] for _ in offsets]
     for batch in batches:
-        ranked = rank_batch(scorer, batch.to(device), k_max, ties, max_scores)
-        parts.append(RankedPredictions(*(t.cpu() for t in vars(ranked).values())))
+        ranked_all = rank_batch_offsets(scorer, batch.to(device), offsets, k_max, ties, max_scores)
+        for part, ranked in zip(parts, ranked_all, strict=True):
+            part.append(RankedPredictions(*(t.cpu() for t in vars(ranked).values())))
     if was_training:
         scorer.train()
-    return RankedPredictions.concat(parts)
+    return [RankedPredictions.concat(part) for part in parts]
 
 
 def metrics_of(

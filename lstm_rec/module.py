@@ -121,6 +121,16 @@ class SessionRecModule(L.LightningModule):
             return None
         return ItemPrior(self.prior_scores, **self.prior_settings)
 
+    def set_prior(self, prior: ItemPrior | None) -> None:
+        """Replace the item prior (None: none); checkpoints saved from now on carry it."""
+        if prior is not None and prior.scores.shape != (len(self.item_index),):
+            raise ValueError(
+                f"the prior needs one score per item ({len(self.item_index)}), got {tuple(prior.scores.shape)}"
+            )
+        device = next(self.net.parameters()).device
+        self.prior_scores = None if prior is None else prior.scores.to(device)
+        self.prior_settings = None if prior is None else {"weight": prior.weight, "hours": prior.hours}
+
     def scorer(self) -> PriorScorer:
         """The network with the item prior added to its scores: what evaluation ranks with."""
         return PriorScorer(self.net, self.prior)

@@ -4,6 +4,7 @@ clicked at the end of training. A network trained over the whole period cannot k
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +56,10 @@ class RecentPopularity:
             raise ValueError(f"prior.hours must be a positive number of hours, got {hours!r}")
         self.weight, self.hours = weight, hours
 
-    def fit(self, sessions: Sessions, n_items: int) -> ItemPrior:
-        if sessions.times is None:
+    def fit(self, sessions: Sessions | Sequence[Sessions], n_items: int) -> ItemPrior:
+        """The prior of `sessions` (several, with items numbered alike, count as one log) over `n_items` items."""
+        parts = [sessions] if isinstance(sessions, Sessions) else list(sessions)
+        if any(part.times is None for part in parts):
             raise ValueError(
                 "the recent-popularity prior (prior=recent_popularity) needs the training sessions' click times; "
                 "set prior=null for data without them"
@@ -115,3 +118,52 @@ class PriorScorer(nn.Module):
 def _device_of(scorer: Any) -> torch.device:
     parameter = next(scorer.parameters(), None) if isinstance(scorer, nn.Module) else None
     return torch.device("cpu") if parameter is None else parameter.device
+
+
+class RecentPopularitySearch:
+    """prior=auto: the recent-popularity prior whose (weight, hours) rank the validation sessions best, or none.
+
+    Chosen after training, on the tested network and the validation sessions split off the training data (its newest
+    sessions, which follow the rest in time as a test set follows data.train): each candidate prior is made from the
+    clicks of the training sessions that began in its last `hours` hours, the network's scores are computed once, and
+    the candidate (no prior among them) with the best validation metric wins. Whether the prior pays depends on the log
+    (how fast its fashions turn over, how the test follows the training data), so it is measured, not assumed.
+    """
+
+    def __init__(self, weights: Sequence[float] = (0.05, 0.1, 0.2), hours: Sequence[float] = (8.0, 24.0, 72.0)) -> None:
+        if not weights or any(not w > 0 for w in weights):
+            raise ValueError(f"prior.weights must be a non-empty list of weights > 0, got {list(weights)!r}")
+        if not hours or any(not h > 0 for h in hours):
+            raise ValueError(f"prior.hours must be a non-empty list of positive hours, got {list(hours)!r}")
+        self.weights, self.hours = [float(w) for w in weights], [float(h) for h in hours]
+
+    def choose(
+        self,
+        scorer: Any,
+        sessions: Sessions,
+        n_items: int,
+        batches: Iterable[Tensor],
+        metric: str,
+        ks: Sequence[int],
+        ties: str = "pessimistic",
+        device: torch.device | str = "cpu",
+        max_scores: int = 2**24,
+    ) -> tuple[ItemPrior | None, list[dict[str, float]]]:
+        """The best candidate's prior (None: no prior ranked best) and every candidate's validation metrics (weight 0
+        is no prior), by `metric` (a key such as "val/mrr@20"). `scorer` scores the `n_items` items of `sessions`
+        without a prior; `batches` are the validation sessions'."""
+        from lstm_rec.evaluation import collect_ranks_offsets, metrics_of
+
+        candidates: list[ItemPrior | None] = [None]
+        for hours in self.hours:
+            counts, _ = recent_item_counts(sessions, n_items, hours * 3600.0)
+            candidates += [ItemPrior.from_counts(counts, weight, hours) for weight in self.weights]
+        offsets = [None if c is None else c.scores for c in candidates]
+        ranked = collect_ranks_offsets(scorer, batches, offsets, max(ks), ties, device, max_scores)
+        table = []
+        for candidate, predictions in zip(candidates, ranked, strict=True):
+            values = metrics_of(predictions, ks, "val/")
+            weight, hours = (0.0, 0.0) if candidate is None else (candidate.weight, candidate.hours)
+            table.append({"weight": weight, "hours": hours} | {k: values[k] for k in sorted(values)})
+        best = max(range(len(table)), key=lambda i: (table[i][metric], -i))  # ties: the earlier, no prior first
+        return candidates[best], table

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, compose_config
+from lstm_rec.checkpoint import load_network
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.jobs.tune import PruneTrial, final_epochs, make_study, tune, tuning_splits, write_report
 
@@ -106,13 +107,28 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     assert list(trials["state"]) == sorted(trials["state"], key=lambda state: state != "COMPLETE")
     # The final run trained on all of data.train with the best values and tested once on data.test.
     chosen = (tmp_path / "best_overrides.txt").read_text().split()
-    assert {o.split("=")[0] for o in chosen} == {"model.optimizer.lr", "model.hidden", "trainer.max_epochs"}
+    searched = [o for o in chosen if "prior" not in o]
+    assert {o.split("=")[0] for o in searched} == {"model.optimizer.lr", "model.hidden", "trainer.max_epochs"}
     again = compose_config("train", [*QUICK, *files(log_files), *chosen], tmp_path / "again")  # they compose
     assert again.model.hidden == report["best_params"]["model.hidden"]
     final = json.loads((tmp_path / "final" / "metrics.json").read_text())
     assert metrics["test/n_predictions"] == final["test/n_predictions"]
-    assert final["epochs"] == int(chosen[-1].split("=")[1])  # the epochs chosen from the best trial's curve
+    assert final["epochs"] == int(searched[-1].split("=")[1])  # the epochs chosen from the best trial's curve
     best = trials.iloc[0]
+    # prior=auto: each trial chose its prior on its validation sessions; the final run and the overrides use the best
+    # trial's choice, made from all of data.train (none: ~prior), and its test ranks with it.
+    prior = json.loads(best["user_attrs_prior"].replace("'", '"'))
+    if prior["weight"] > 0:
+        assert chosen[-3:] == [
+            "prior=recent_popularity",
+            f"prior.weight={prior['weight']}",
+            f"prior.hours={prior['hours']}",
+        ]
+        assert (again.prior.weight, again.prior.hours) == (prior["weight"], prior["hours"])
+        assert load_network(final["checkpoint"]).prior.weight == prior["weight"]
+    else:
+        assert chosen[-1] == "~prior" and again.get("prior") is None
+        assert load_network(final["checkpoint"]).prior is None
     assert best["user_attrs_epochs"] <= final["epochs"] <= 3  # its best epoch or a later one within the tolerance
     assert metrics["test/recall@20"] > 1.5 * metrics["pop/test/recall@20"]
     assert (tmp_path / "optimization_history.png").is_file() and (tmp_path / "best.yaml").is_file()

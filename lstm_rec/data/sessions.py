@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -249,11 +250,17 @@ def _session_starts(sessions: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.concatenate([[True], sessions[1:] != sessions[:-1]]))
 
 
-def recent_item_counts(sessions: Sessions, n_items: int, seconds: float) -> tuple[np.ndarray, int]:
+def recent_item_counts(sessions: Sessions | Sequence[Sessions], n_items: int, seconds: float) -> tuple[np.ndarray, int]:
     """Clicks of each item (n_items,) in the sessions that began in the last `seconds` of the data (up to
-    its latest click), and how many sessions those are."""
-    if sessions.times is None:
+    its latest click), and how many sessions those are. Several Sessions (items numbered alike) count as one log."""
+    parts = [sessions] if isinstance(sessions, Sessions) else list(sessions)
+    if any(part.times is None for part in parts):
         raise ValueError("the recent-popularity prior needs click times; these sessions carry none")
-    recent = sessions.times[sessions.offsets[:-1]] >= sessions.times.max() - seconds  # (n_sessions,)
-    items = sessions.items[np.repeat(recent, sessions.lengths)]
-    return np.bincount(items, minlength=n_items + 1)[1:], int(recent.sum())
+    latest = max(part.times.max() for part in parts if len(part.times))
+    counts, n_recent = np.zeros(n_items, dtype=np.int64), 0
+    for part in parts:
+        recent = part.times[part.offsets[:-1]] >= latest - seconds  # (n_sessions,)
+        items = part.items[np.repeat(recent, part.lengths)]
+        counts += np.bincount(items, minlength=n_items + 1)[1 : n_items + 1]
+        n_recent += int(recent.sum())
+    return counts, n_recent

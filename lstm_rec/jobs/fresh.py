@@ -43,6 +43,7 @@ COLUMNS = {"session": "SessionId", "item": "ItemId", "time": "Time"}
 RUN = [
     "data=files",
     "data.valid_sample=200",
+    "~prior",  # the strategies are compared on the network alone (prior=auto would choose on the sample)
     "test_ckpt=last",
     "callbacks.early_stopping=null",
     "callbacks.progress_bar=null",

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lstm_rec.checkpoint import read_checkpoint
 from lstm_rec.jobs.auto import resolve_batch_size, resolve_cell, resolve_epochs
+from lstm_rec.jobs.prior_choice import is_search
 
 if TYPE_CHECKING:
     import lightning as L
@@ -61,7 +62,7 @@ def build_model(cfg: DictConfig, datamodule: SessionDataModule) -> SessionRecMod
     resolve_epochs(cfg, datamodule.train_sessions.n_targets)  # trainer.max_epochs=auto, before the schedule reads it
     resolve_cell(cfg, datamodule.train_sessions.n_targets)  # model.cell=auto
     prior = None
-    if cfg.get("prior") is not None:
+    if cfg.get("prior") is not None and not is_search(cfg.prior):  # prior=auto is chosen after training
         prior = instantiate(cfg.prior).fit(datamodule.train_sessions, datamodule.n_items)
     # val/loss in batches of the training's size (sampled losses share candidates within a batch).
     return instantiate(cfg.model, item_index=datamodule.item_index, prior=prior, loss_batch_size=datamodule.batch_size)

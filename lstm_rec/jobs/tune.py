@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_rec.callbacks import check_tolerance, within_tolerance
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, split_by_start_time
+from lstm_rec.jobs.prior_choice import RECENT_TARGET, is_search
 from lstm_rec.jobs.report import frame_to_markdown, write_json
 from lstm_rec.jobs.runs import checkpoint_epochs, prepare_run
 from lstm_rec.jobs.train import train
@@ -63,6 +64,8 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
         trial_cfg = _with(cfg, _suggest(trial, cfg.search), splits, out / f"trial_{trial.number:03d}")
         metrics = train(trial_cfg, callbacks=[PruneTrial(trial, cfg.monitor, deadline)])
         trial.set_user_attr("epochs", checkpoint_epochs(metrics["checkpoint"]))
+        if "prior_weight" in metrics:  # prior=auto's choice for this trial's network (weight 0: none)
+            trial.set_user_attr("prior", {"weight": metrics["prior_weight"], "hours": metrics["prior_hours"]})
         return metrics[cfg.monitor]
 
     # A trial whose loss turned NaN fails; the search goes on.
@@ -171,6 +174,11 @@ def _final_config(
     test = {"data.train": splits["full"], "data.test": cfg.data.test, "trainer.max_epochs": epochs}
     for key, value in (test | {"callbacks.early_stopping": None, "test_ckpt": "last"}).items():
         OmegaConf.update(final, key, value, merge=False)
+    chosen = best.user_attrs.get("prior")
+    if is_search(final.get("prior")):  # prior=auto: the best trial's choice, made from all the training data
+        prior = None if not chosen or chosen["weight"] <= 0 else {"_target_": RECENT_TARGET, **chosen}
+        log.info("final run: the recent-popularity prior of trial %d: %s", best.number, prior or "none")
+        OmegaConf.update(final, "prior", prior, merge=False)
     return final
 
 
@@ -199,10 +207,26 @@ def write_report(study: optuna.Study, final: DictConfig, metrics: dict[str, Any]
     (out / "trials.md").write_text(frame_to_markdown(frame.astype({"duration": str})) + "\n")
     overrides = [f"{key}={value}" for key, value in study.best_trial.params.items()]
     overrides.append(f"trainer.max_epochs={final.trainer.max_epochs}")
-    (out / "best_overrides.txt").write_text(" ".join(overrides) + "\n")
-    (out / "best.yaml").write_text("# @package _global_\n" + OmegaConf.to_yaml(OmegaConf.from_dotlist(overrides)))
+    body = OmegaConf.to_yaml(OmegaConf.from_dotlist(overrides))
+    prior, header = prior_overrides(study.best_trial)
+    (out / "best_overrides.txt").write_text(" ".join([*overrides, *prior]) + "\n")
+    (out / "best.yaml").write_text("# @package _global_\n" + header + body)
     write_json({"best_value": study.best_value, "best_params": study.best_trial.params, **metrics}, out / "tune.json")
     _plots(study, out)
+
+
+def prior_overrides(best: optuna.trial.FrozenTrial) -> tuple[list[str], str]:
+    """With prior=auto, the best trial's chosen prior that the final run used, as override-line entries and the head
+    of an experiment file; nothing otherwise (the prior the command line set stays as it was)."""
+    chosen = best.user_attrs.get("prior")
+    if chosen is None:
+        return [], ""
+    if chosen["weight"] <= 0:
+        return ["~prior"], "defaults:\n  - override /prior: null\n"
+    values = {"weight": chosen["weight"], "hours": chosen["hours"]}
+    entries = ["prior=recent_popularity", *(f"prior.{key}={value}" for key, value in values.items())]
+    header = "defaults:\n  - override /prior: recent_popularity\n" + OmegaConf.to_yaml({"prior": values})
+    return entries, header
 
 
 def _plots(study: optuna.Study, out: Path) -> None:

@@ -1,0 +1,125 @@
+"""prior=auto: the recent-popularity prior chosen on the validation sessions after training (lstm_rec.prior)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lstm_rec.checkpoint import CHECKPOINT_KEY, load_network, read_checkpoint
+from lstm_rec.prior import ItemPrior, PriorScorer, RecentPopularity, RecentPopularitySearch
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import lightning as L
+
+    from lstm_rec.data import SessionDataModule
+    from lstm_rec.data.sessions import Sessions
+    from lstm_rec.module import SessionRecModule
+
+log = logging.getLogger(__name__)
+
+# The metrics a prior is chosen by: the run's monitor when it is one of these, else MRR at the largest cutoff.
+CHOOSABLE = ("val/recall@", "val/mrr@", "val/ndcg@")
+SEARCH_TARGET = f"{RecentPopularitySearch.__module__}.{RecentPopularitySearch.__name__}"
+RECENT_TARGET = f"{RecentPopularity.__module__}.{RecentPopularity.__name__}"
+
+
+def is_search(prior_cfg: DictConfig | None) -> bool:
+    """Whether the prior config group is prior=auto (chosen after training, none while training)."""
+    return prior_cfg is not None and prior_cfg.get("_target_") == SEARCH_TARGET
+
+
+def choose_prior(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: SessionRecModule,
+    datamodule: SessionDataModule,
+    checkpoint: str | None,
+) -> dict[str, Any] | None:
+    """With prior=auto: choose the prior on the validation sessions for the network of `checkpoint` (None: the one in
+    memory), set it on `model` and store it in `checkpoint`, so that its test, its metrics and its checkpoint agree.
+    Returns the choice ({"weight", "hours", ...}; weight 0 is no prior), or None when the prior is not auto."""
+    if not is_search(cfg.get("prior")):
+        return None
+    search: RecentPopularitySearch = instantiate(cfg.prior)
+    choice = _search(cfg, search, model, datamodule, checkpoint) if trainer.is_global_zero else None
+    choice = trainer.strategy.broadcast(choice, src=0)
+    if choice["weight"] > 0:
+        store = checkpoint if trainer.is_global_zero else None
+        apply_prior(choice, model, datamodule.train_sessions, datamodule.n_items, store)
+    return choice
+
+
+def apply_prior(
+    choice: dict[str, Any],
+    model: SessionRecModule,
+    sessions: Sessions | Sequence[Sessions],
+    n_items: int,
+    checkpoint: str | None,
+) -> ItemPrior:
+    """The chosen prior made from `sessions` (the model's training data), set on `model` and stored in `checkpoint`."""
+    prior = RecentPopularity(choice["weight"], choice["hours"]).fit(sessions, n_items)
+    model.set_prior(prior)
+    if checkpoint is not None:
+        store_prior(checkpoint, prior)
+    return prior
+
+
+def store_prior(path: str | Path, prior: ItemPrior | None) -> None:
+    """Rewrite the checkpoint at `path` (atomically) with `prior` as its item prior."""
+    from lstm_rec.callbacks import AtomicCheckpointIO
+
+    checkpoint = read_checkpoint(path)
+    checkpoint[CHECKPOINT_KEY]["prior"] = None if prior is None else prior.to_checkpoint()
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+
+
+def _search(
+    cfg: DictConfig,
+    search: RecentPopularitySearch,
+    model: SessionRecModule,
+    datamodule: SessionDataModule,
+    checkpoint: str | None,
+) -> dict[str, Any]:
+    none = {"weight": 0.0, "hours": 0.0}
+    valid, train = datamodule.valid_sessions, datamodule.train_sessions
+    if valid is None or valid.n_targets == 0:
+        log.info("prior=auto: no validation sessions to choose the recent-popularity prior on; no prior")
+        return none
+    if train.times is None:
+        log.info("prior=auto: the training data has no click times; no recent-popularity prior")
+        return none
+    metric = cfg.monitor if cfg.monitor.startswith(CHOOSABLE) else f"val/mrr@{max(model.ks)}"
+    network = model.net if checkpoint is None else load_network(checkpoint, model.device).network
+    prior, table = search.choose(
+        PriorScorer(network),
+        train,
+        datamodule.n_items,
+        datamodule.full_dataloader("valid"),
+        metric,
+        model.ks,
+        model.ties,
+        model.device,
+        model.max_scores,
+    )
+    k = metric.rsplit("@", 1)[1]
+    for row in table:
+        log.info(
+            "prior=auto: weight %g, hours %g: val/recall@%s %.4f, val/mrr@%s %.4f",
+            row["weight"], row["hours"], k, row[f"val/recall@{k}"], k, row[f"val/mrr@{k}"],
+        )  # fmt: skip
+    without, best = table[0][metric], max(row[metric] for row in table)
+    if prior is None:
+        log.info("prior=auto: no recent-popularity prior (no candidate beat %s %.4f without one)", metric, without)
+        return none | {"without": without}
+    log.info(
+        "prior=auto: the recent-popularity prior of the last %g hours, weight %g: %s %.4f against %.4f without one, "
+        "on %d validation predictions",
+        prior.hours, prior.weight, metric, best, without, valid.n_targets,
+    )  # fmt: skip
+    return {"weight": prior.weight, "hours": prior.hours, "without": without}
