@@ -62,7 +62,7 @@ class RecentPopularity:
         if any(part.times is None for part in parts):
             raise ValueError(
                 "the recent-popularity prior (prior=recent_popularity) needs the training sessions' click times; "
-                "set prior=null for data without them"
+                "switch it off with ~prior on the command line for data without them"
             )
         counts, n_sessions = recent_item_counts(sessions, n_items, self.hours * 3600.0)
         log.info(

@@ -10,12 +10,13 @@ import torch
 from test_train import file_overrides
 
 from conftest import compose_config
+from lstm_rec.baselines import Popularity
 from lstm_rec.checkpoint import load_network
 from lstm_rec.data import FileDataModule, Sessions
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, recent_item_counts, split_by_start_time
 from lstm_rec.data.synthetic import generate_events
-from lstm_rec.evaluation import evaluate
+from lstm_rec.evaluation import collect_ranks, collect_ranks_offsets, evaluate
 from lstm_rec.jobs.train import train
 from lstm_rec.prior import RecentPopularity, RecentPopularitySearch
 
@@ -154,3 +155,22 @@ def test_the_chosen_prior_is_tested_and_stored_and_made_from_all_the_training_da
     test = datamodule.full_dataloader("test")
     assert evaluate(final.scorer(), test, [20], "test/")["test/mrr@20"] == pytest.approx(metrics["test/mrr@20"])
     assert evaluate(final.network, test, [20], "test/")["test/mrr@20"] != pytest.approx(metrics["test/mrr@20"])
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_ranks_with_offsets_are_the_ranks_of_the_offset_scores(shared):
+    # A scorer with shared scores (popularity: one sort per batch) and one without rank each offset's scores as a
+    # scorer of those scores would, from one pass over the batches.
+    counts = np.array([5, 3, 1, 3])
+    scorer = Popularity(counts) if shared else FixedScores(counts.tolist())
+    offsets = [None, torch.tensor([0.0, 2.5, 0.0, 0.0]), torch.tensor([0.0, 0.0, 4.5, 0.0])]
+    batches = [torch.tensor([[1, 2, 3, 4], [4, 3, 0, 0]]), torch.tensor([[2, 1, 2, 0]])]
+    ranked = collect_ranks_offsets(scorer, batches, offsets, k_max=2)
+    for offset, got in zip(offsets, ranked, strict=True):
+        scores = torch.as_tensor(counts, dtype=torch.float32) + (0 if offset is None else offset)
+        expected = collect_ranks(FixedScores(scores.tolist()), batches, k_max=2)
+        torch.testing.assert_close(got.ranks, expected.ranks)
+        torch.testing.assert_close(got.top_items, expected.top_items)
+    # By hand, with the second offset: items 2 (5.5), 1 (5), 4 (3), 3 (1); pessimistic ties.
+    assert ranked[1].ranks.tolist() == [1.0, 4.0, 3.0, 4.0, 2.0, 1.0]  # targets 2, 3, 4; 3; 1, 2
+    assert ranked[1].top_items[0].tolist() == [1, 0]
