@@ -114,7 +114,7 @@ def test_experiment_options(option, tmp_path):
     instantiate(cfg.data)
 
 
-def test_the_ensemble_preset_is_the_defaults_with_four_members(tmp_path):
+def test_the_ensemble_preset_is_the_defaults_with_four_members_and_no_prior(tmp_path):
     assert set(options("experiment")) - {"ensemble"} == {
         "yoochoose_100k",
         "yoochoose_100k_fast",
@@ -124,7 +124,11 @@ def test_the_ensemble_preset_is_the_defaults_with_four_members(tmp_path):
     ensemble = OmegaConf.to_container(compose_config("train", ["experiment=ensemble"], tmp_path))
     assert defaults["model"].pop("members") is None
     assert ensemble["model"].pop("members") == [{}, {}, {"repeat_window": 10}, {"repeat_window": 5}]
+    # No prior, as the preset was measured (prior=auto after it chooses one); the defaults choose it per log.
+    assert "prior" not in ensemble and defaults.pop("prior")["_target_"] == "lstm_rec.prior.RecentPopularitySearch"
     assert ensemble == defaults  # nothing else: the data-derived defaults apply to any log
+    again = compose_config("train", ["experiment=ensemble", "prior=auto"], tmp_path)
+    assert again.prior._target_ == "lstm_rec.prior.RecentPopularitySearch"
 
 
 def test_eval_config(tmp_path):
