@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lstm_rec.data.sessions import Sessions, recent_item_counts
+from lstm_rec.data.sessions import NoClickTimesError, Sessions, recent_item_counts
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,13 @@ class RecentPopularity:
 
     def fit(self, sessions: Sessions | Sequence[Sessions], n_items: int) -> ItemPrior:
         """The prior of `sessions` (several, with items numbered alike, count as one log) over `n_items` items."""
-        parts = [sessions] if isinstance(sessions, Sessions) else list(sessions)
-        if any(part.times is None for part in parts):
-            raise ValueError(
+        try:
+            counts, n_sessions = recent_item_counts(sessions, n_items, self.hours * 3600.0)
+        except NoClickTimesError as error:
+            raise NoClickTimesError(
                 "the recent-popularity prior (prior=recent_popularity) needs the training sessions' click times; "
                 "switch it off with ~prior on the command line for data without them"
-            )
-        counts, n_sessions = recent_item_counts(sessions, n_items, self.hours * 3600.0)
+            ) from error
         log.info(
             "recent-popularity prior: %d clicks on %d items in the %d training sessions of the last %g hours, "
             "weight %g",

@@ -250,12 +250,16 @@ def _session_starts(sessions: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.concatenate([[True], sessions[1:] != sessions[:-1]]))
 
 
+class NoClickTimesError(ValueError):
+    """Sessions without click times where times are needed (the recent-popularity prior)."""
+
+
 def recent_item_counts(sessions: Sessions | Sequence[Sessions], n_items: int, seconds: float) -> tuple[np.ndarray, int]:
     """Clicks of each item (n_items,) in the sessions that began in the last `seconds` of the data (up to
     its latest click), and how many sessions those are. Several Sessions (items numbered alike) count as one log."""
     parts = [sessions] if isinstance(sessions, Sessions) else list(sessions)
     if any(part.times is None for part in parts):
-        raise ValueError("the recent-popularity prior needs click times; these sessions carry none")
+        raise NoClickTimesError("the recent-popularity prior needs click times; these sessions carry none")
     latest = max(part.times.max() for part in parts if len(part.times))
     counts, n_recent = np.zeros(n_items, dtype=np.int64), 0
     for part in parts:
