@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lstm_rec.blend import BlendScorer, KNNBlend
 from lstm_rec.checkpoint_checks import (
     WRITTEN_BY,
     CheckpointError,
@@ -44,10 +45,15 @@ class TrainedModel:
     item_index: ItemIndex
     prior: ItemPrior | None
     train_seconds: float
+    blend: KNNBlend | None = None
 
     def scorer(self) -> PriorScorer:
-        """The network with its item prior added to its scores, as evaluation and serving score."""
-        return PriorScorer(self.network, self.prior)
+        """The network with its kNN blend and item prior added to its scores, as evaluation and serving score."""
+        return PriorScorer(self.blended(), self.prior)
+
+    def blended(self) -> SessionLSTM | BlendScorer:
+        """The network, with the kNN blend's scores added when it has one."""
+        return self.network if self.blend is None else BlendScorer(self.network, self.blend)
 
 
 def write_entry(
@@ -56,6 +62,7 @@ def write_entry(
     network: dict[str, Any],
     prior: ItemPrior | None,
     train_seconds: float,
+    blend: KNNBlend | None = None,
 ) -> None:
     """Store lstm_rec's entry as tensors and plain values, so that weights-only loading can read it."""
     numeric = np.issubdtype(index.ids.dtype, np.number)
@@ -66,6 +73,7 @@ def write_entry(
         "network": network,
         "prior": None if prior is None else prior.to_checkpoint(),
         "train_seconds": train_seconds,
+        "blend": None if blend is None else blend.to_checkpoint(),
     }
 
 
@@ -133,7 +141,8 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> Traine
     network = build_network(len(index), entry["network"])
     network.load_state_dict({name[4:]: value for name, value in checkpoint["state_dict"].items() if name[:4] == "net."})
     prior = ItemPrior.from_checkpoint(entry.get("prior"))
-    return TrainedModel(network.to(device).eval(), index, prior, float(entry.get("train_seconds", 0.0)))
+    blend = KNNBlend.from_checkpoint(entry.get("blend"), len(index))
+    return TrainedModel(network.to(device).eval(), index, prior, float(entry.get("train_seconds", 0.0)), blend)
 
 
 # Format version 1 (lstm_rec 0.1): module hyperparameters, each member's weights under net.members.<m>., the prior

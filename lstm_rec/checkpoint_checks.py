@@ -60,6 +60,7 @@ def check_entry(entry: Mapping[str, Any], source: str) -> None:
         raise CheckpointError(f"{source}: its 'network' must be a mapping of settings, got {network!r}; {WRITTEN_BY}")
     check_network_settings(network, source)
     _check_prior(entry.get("prior"), n_items, source)
+    _check_blend(entry.get("blend"), n_items, source)
     seconds = entry.get("train_seconds", 0.0)
     if not _is_number(seconds):
         raise CheckpointError(f"{source}: its 'train_seconds' must be a number, got {seconds!r}; {WRITTEN_BY}")
@@ -82,6 +83,37 @@ def _check_item_index(entry: Mapping[str, Any], source: str) -> int:
         repeated = ", ".join(map(str, unique[seen > 1][:5]))
         raise CheckpointError(f"{source}: its 'item_ids' repeats ids ({repeated}); each item id must appear once")
     return len(ids)
+
+
+def _check_blend(blend: Any, n_items: int, source: str) -> None:
+    """A kNN blend (lstm_rec.blend.KNNBlend.to_checkpoint): its weight, V-SKNN settings and training sessions."""
+    if blend is None:
+        return
+    from lstm_rec.blend import KNN_SETTINGS
+
+    if not isinstance(blend, Mapping):
+        raise CheckpointError(f"{source}: its 'blend' must be null or a mapping (weight, settings, sessions)")
+    settings = blend.get("settings")
+    for name in ("weight", "scale"):
+        value = blend.get(name)
+        if not (_is_number(value) and value > 0):
+            raise CheckpointError(f"{source}: its kNN blend's {name} must be a number > 0, got {value!r}")
+    if not (isinstance(settings, Mapping) and set(settings) <= set(KNN_SETTINGS)):
+        raise CheckpointError(f"{source}: its kNN blend's settings must be some of {sorted(KNN_SETTINGS)}")
+    items, offsets, times = blend.get("items"), blend.get("offsets"), blend.get("last_times")
+    integer = all(isinstance(t, Tensor) and t.dim() == 1 and not t.is_floating_point() for t in (items, offsets))
+    if not integer or not (isinstance(times, Tensor) and times.dim() == 1 and times.is_floating_point()):
+        raise CheckpointError(
+            f"{source}: its kNN blend's sessions must be 1-D tensors: integer items and offsets, float last_times"
+        )
+    if len(items) and not (int(items.min()) >= 1 and int(items.max()) <= n_items):
+        raise CheckpointError(f"{source}: its kNN blend's items must be item indices 1..{n_items}")
+    ordered = len(offsets) >= 1 and int(offsets[0]) == 0 and bool((offsets[1:] >= offsets[:-1]).all())
+    if not (ordered and int(offsets[-1]) == len(items) and len(times) == len(offsets) - 1):
+        raise CheckpointError(
+            f"{source}: its kNN blend's offsets must rise from 0 to its {len(items)} items, with one last time each "
+            "session"
+        )
 
 
 def _check_prior(prior: Any, n_items: int, source: str) -> None:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
+from lstm_rec.blend import BlendScorer, KNNBlend
 from lstm_rec.checkpoint import CheckpointError, item_index_of, read_entry, write_entry
 from lstm_rec.checkpoint_checks import check_training_state, check_weights
 from lstm_rec.data.batching import ParallelStep
@@ -103,6 +104,7 @@ class SessionRecModule(L.LightningModule):
         self.carried_optimizer_state: dict[str, Any] | None = None
         self.register_buffer("prior_scores", None if prior is None else prior.scores, persistent=False)
         self.prior_settings = None if prior is None else {"weight": prior.weight, "hours": prior.hours}
+        self.blend: KNNBlend | None = None  # the kNN blend, set after training (blend=...; lstm_rec.blend)
         counts = torch.from_numpy(item_index.counts)
         self.val_metrics = ranking_metrics(self.ks, "val/", counts)
         self.test_metrics = ranking_metrics(self.ks, "test/", counts)
@@ -131,9 +133,15 @@ class SessionRecModule(L.LightningModule):
         self.prior_scores = None if prior is None else prior.scores.to(device)
         self.prior_settings = None if prior is None else {"weight": prior.weight, "hours": prior.hours}
 
+    def set_blend(self, blend: KNNBlend | None) -> None:
+        """Replace the kNN blend (None: none); checkpoints saved from now on carry it."""
+        if blend is not None and blend.n_items != len(self.item_index):
+            raise ValueError(f"the kNN blend needs {len(self.item_index)} items, got {blend.n_items}")
+        self.blend = blend
+
     def scorer(self) -> PriorScorer:
-        """The network with the item prior added to its scores: what evaluation ranks with."""
-        return PriorScorer(self.net, self.prior)
+        """The network with the kNN blend and the item prior added to its scores: what evaluation ranks with."""
+        return PriorScorer(self.net if self.blend is None else BlendScorer(self.net, self.blend), self.prior)
 
     def on_fit_start(self) -> None:
         if hasattr(self.loss, "resolve_layout"):  # the sampled losses' layout follows the device (see there)
@@ -408,7 +416,7 @@ class SessionRecModule(L.LightningModule):
         broken = [name for name, weights in self.named_parameters() if not weights.isfinite().all()]
         if broken:
             raise NonFiniteLossError(f"refusing to save a checkpoint with non-finite weights in {broken}")
-        write_entry(checkpoint, self.item_index, self.network_settings, self.prior, self.train_seconds)
+        write_entry(checkpoint, self.item_index, self.network_settings, self.prior, self.train_seconds, self.blend)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         path = getattr(self._trainer, "ckpt_path", None)

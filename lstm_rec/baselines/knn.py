@@ -42,13 +42,23 @@ class SessionKNN(Baseline):
         those pairs within the N * n_items scores asked for, so a long session's prefixes are compared a run at
         a time.
         """
+        scores = np.empty((prefixes.n_prefixes, self.n_items))
+        for run in self._runs(prefixes):
+            scores[run] = self._votes(prefixes.take(run)).toarray()
+        return scores
+
+    def sparse_scores(self, prefixes: PrefixSummary) -> sp.csr_matrix:
+        """The scores of score_summary as a sparse (N, n_items) matrix: only the items some neighbour votes for (the
+        kNN blend adds them to the network's scores without a dense matrix)."""
+        runs = [self._votes(prefixes.take(run)) for run in self._runs(prefixes)]
+        return sp.csr_matrix(sp.vstack(runs, format="csr")) if runs else sp.csr_matrix((0, self.n_items))
+
+    def _runs(self, prefixes: PrefixSummary) -> list[slice]:
+        """Runs of prefixes whose (prefix, training session) pairs are no more than their N * n_items scores."""
         n_prefixes, entries = prefixes.n_prefixes, prefixes.entries
         shared = np.bincount(entries.prefix, self.sessions_per_item[entries.column], minlength=n_prefixes)
         pairs = np.minimum(shared, len(self.items_per_session))  # an upper bound of each prefix's candidates
-        scores = np.empty((n_prefixes, self.n_items))
-        for run in runs_within(pairs, max(n_prefixes, 1) * self.n_items):
-            scores[run] = self._score_run(prefixes.take(run))
-        return scores
+        return runs_within(pairs, max(n_prefixes, 1) * self.n_items)
 
     def _query(self, prefixes: PrefixSummary) -> sp.csr_matrix:
         """(N, n_items) the prefixes as sets of items."""
@@ -64,12 +74,13 @@ class SessionKNN(Baseline):
         """The `k` most similar candidates of each row (ties: the more recent session)."""
         return keep_top_per_row(similarity, self.k, tiebreak=self.recency)
 
-    def _score_run(self, prefixes: PrefixSummary) -> np.ndarray:
+    def _votes(self, prefixes: PrefixSummary) -> sp.csr_matrix:
+        """(N, n_items) each item's score: its neighbours' votes, sparse."""
         query = self._query(prefixes)
         distinct = np.asarray(query.sum(axis=1)).ravel()  # (N,)
         cosine = self._candidates(query).tocoo()  # shared-item counts
         cosine.data = cosine.data / np.sqrt(distinct[cosine.row] * self.items_per_session[cosine.col])
-        return (self._neighbours(cosine) @ self.session_items).toarray()
+        return sp.csr_matrix(self._neighbours(cosine) @ self.session_items)
 
 
 class VSKNN(SessionKNN):
@@ -107,7 +118,7 @@ class VSKNN(SessionKNN):
         self.item_factor = 1.0 + self.idf_weighting * np.where(clicks > 0, idf, 0.0)
         return self
 
-    def _score_run(self, prefixes: PrefixSummary) -> np.ndarray:
+    def _votes(self, prefixes: PrefixSummary) -> sp.csr_matrix:
         query = self._query(prefixes)
         last, lengths = prefixes.matrix(prefixes.entries.last, self.n_items), prefixes.lengths  # last 1-based positions
         weights = last.tocoo()
@@ -120,7 +131,7 @@ class VSKNN(SessionKNN):
             decay = self._steps_back(last, lengths, neighbours)
             decay.data = 1.0 / decay.data
             neighbours = neighbours.multiply(decay).tocsr()
-        return (neighbours @ self.session_items).toarray() * self.item_factor
+        return sp.csr_matrix((neighbours @ self.session_items).multiply(self.item_factor[None, :]))
 
     def _steps_back(self, last: sp.csr_matrix, lengths: np.ndarray, neighbours: sp.csr_matrix) -> sp.csr_matrix:
         """For each (prefix, neighbour) pair, how many clicks back the most recent shared item lies.

@@ -1,4 +1,5 @@
-"""prior=auto: the recent-popularity prior chosen on the validation sessions after training (lstm_rec.prior)."""
+"""prior=auto and blend=auto: the recent-popularity prior (lstm_rec.prior) and the kNN blend's weight (lstm_rec.blend)
+chosen on the validation sessions after training; a fixed blend (blend=vsknn) is made there too."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lstm_rec.blend import KNNBlend, KNNBlendSearch
 from lstm_rec.checkpoint import CHECKPOINT_KEY, load_network, read_checkpoint
 from lstm_rec.prior import ItemPrior, PriorScorer, RecentPopularity, RecentPopularitySearch
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 CHOOSABLE = ("val/recall@", "val/mrr@", "val/ndcg@")
 SEARCH_TARGET = f"{RecentPopularitySearch.__module__}.{RecentPopularitySearch.__name__}"
 RECENT_TARGET = f"{RecentPopularity.__module__}.{RecentPopularity.__name__}"
+BLEND_SEARCH_TARGET = f"{KNNBlendSearch.__module__}.{KNNBlendSearch.__name__}"
 
 
 def is_search(prior_cfg: DictConfig | None) -> bool:
@@ -72,11 +75,104 @@ def apply_prior(
 
 def store_prior(path: str | Path, prior: ItemPrior | None) -> None:
     """Rewrite the checkpoint at `path` (atomically) with `prior` as its item prior."""
+    _store(path, "prior", None if prior is None else prior.to_checkpoint())
+
+
+def _store(path: str | Path, key: str, value: Any) -> None:
+    """Rewrite the checkpoint at `path` (atomically) with `value` as lstm_rec's entry `key`."""
     from lstm_rec.callbacks import AtomicCheckpointIO
 
     checkpoint = read_checkpoint(path)
-    checkpoint[CHECKPOINT_KEY]["prior"] = None if prior is None else prior.to_checkpoint()
+    checkpoint[CHECKPOINT_KEY][key] = value
     AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+
+
+def choose_blend(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: SessionRecModule,
+    datamodule: SessionDataModule,
+    checkpoint: str | None,
+) -> dict[str, Any] | None:
+    """With a kNN blend configured (blend=vsknn: its weight; blend=auto: the weight chosen on the validation sessions
+    for the network of `checkpoint` with the prior already set on `model`): make it from the training sessions, set
+    it on `model` and store it in `checkpoint`. Returns the choice ({"weight", "scale", "knn", ...}; weight 0 is
+    none), or None when no blend is configured. Call it after choose_prior."""
+    blend_cfg = cfg.get("blend")
+    if blend_cfg is None:
+        return None
+    if blend_cfg.get("_target_") == BLEND_SEARCH_TARGET:
+        search: KNNBlendSearch = instantiate(blend_cfg)
+        choice = _search_blend(cfg, search, model, datamodule, checkpoint) if trainer.is_global_zero else None
+        choice = trainer.strategy.broadcast(choice, src=0)
+    else:
+        knn = dict(blend_cfg.get("knn") or {})
+        choice = {"weight": float(blend_cfg.weight), "scale": float(blend_cfg.get("scale", 100.0)), "knn": knn}
+    if choice["weight"] > 0:
+        store = checkpoint if trainer.is_global_zero else None
+        apply_blend(choice, model, datamodule.train_sessions, datamodule.n_items, store)
+    return choice
+
+
+def apply_blend(
+    choice: dict[str, Any],
+    model: SessionRecModule,
+    sessions: Sessions | Sequence[Sessions],
+    n_items: int,
+    checkpoint: str | None,
+) -> KNNBlend:
+    """The chosen kNN blend made from `sessions` (the model's training data), set on `model` and stored in
+    `checkpoint`."""
+    blend = KNNBlend.fit(sessions, n_items, choice["weight"], choice["knn"], choice["scale"])
+    model.set_blend(blend)
+    if checkpoint is not None:
+        _store(checkpoint, "blend", blend.to_checkpoint())
+    return blend
+
+
+def _search_blend(
+    cfg: DictConfig,
+    search: KNNBlendSearch,
+    model: SessionRecModule,
+    datamodule: SessionDataModule,
+    checkpoint: str | None,
+) -> dict[str, Any]:
+    none = {"weight": 0.0, "scale": search.scale, "knn": search.knn}
+    valid, train = datamodule.valid_sessions, datamodule.train_sessions
+    if valid is None or valid.n_targets == 0:
+        log.info("blend=auto: no validation sessions to choose the kNN blend's weight on; no blend")
+        return none
+    if train.times is None:
+        log.info("blend=auto: the training data has no click times (the kNN's recency); no kNN blend")
+        return none
+    metric = cfg.monitor if cfg.monitor.startswith(CHOOSABLE) else f"val/mrr@{max(model.ks)}"
+    network = model.net if checkpoint is None else load_network(checkpoint, model.device).network
+    weight, table = search.choose(
+        PriorScorer(network, model.prior),
+        train,
+        datamodule.n_items,
+        datamodule.full_dataloader("valid"),
+        metric,
+        model.ks,
+        model.ties,
+        model.device,
+        model.max_scores,
+    )
+    k = metric.rsplit("@", 1)[1]
+    for row in table:
+        log.info(
+            "blend=auto: weight %g: val/recall@%s %.4f, val/mrr@%s %.4f",
+            row["weight"], k, row[f"val/recall@{k}"], k, row[f"val/mrr@{k}"],
+        )  # fmt: skip
+    without, best = table[0][metric], max(row[metric] for row in table)
+    if weight == 0:
+        log.info("blend=auto: no kNN blend (no weight beat %s %.4f without one)", metric, without)
+        return none | {"without": without}
+    log.info(
+        "blend=auto: the kNN blend at weight %g: %s %.4f against %.4f without one, on %d validation predictions",
+        weight, metric, best, without, valid.n_targets,
+    )  # fmt: skip
+    return {"weight": weight, "scale": search.scale, "knn": search.knn, "without": without}
 
 
 def _search(

@@ -23,7 +23,7 @@ from lstm_rec.data.sessions import SESSION
 from lstm_rec.evaluation import evaluate
 from lstm_rec.jobs.auto import TOP_UP, resolve_refit
 from lstm_rec.jobs.init_from import model_from_checkpoint
-from lstm_rec.jobs.prior_choice import apply_prior, choose_prior
+from lstm_rec.jobs.prior_choice import apply_blend, apply_prior, choose_blend, choose_prior
 from lstm_rec.jobs.report import flatten, write_json
 from lstm_rec.jobs.runs import (
     LAST_CHECKPOINT,
@@ -40,7 +40,7 @@ from lstm_rec.module import SessionRecModule
 
 log = logging.getLogger(__name__)
 
-HPARAM_GROUPS = ("data", "model", "prior", "trainer", "seed")
+HPARAM_GROUPS = ("data", "model", "prior", "blend", "trainer", "seed")
 
 
 def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
@@ -59,6 +59,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
 
     test_ckpt = _checkpoint_to_test(trainer, cfg.test_ckpt)
     prior = choose_prior(cfg, trainer, model, datamodule, test_ckpt)  # prior=auto, before the test
+    blend = choose_blend(cfg, trainer, model, datamodule, test_ckpt)  # blend=..., with the prior chosen
     metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
     if not trainer.is_global_zero:
         return metrics
@@ -80,11 +81,13 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     }
     if prior is not None:  # prior=auto's choice: the recent-popularity prior's weight (0: none) and hours
         metrics |= {"prior_weight": prior["weight"], "prior_hours": prior["hours"]}
+    if blend is not None:  # the kNN blend's weight (0: none)
+        metrics |= {"blend_weight": blend["weight"]}
     if refit is True:
-        metrics = _refit(cfg, metrics, _epochs_of(trainer, test_ckpt), fit_seconds, prior)
+        metrics = _refit(cfg, metrics, _epochs_of(trainer, test_ckpt), fit_seconds, prior, blend)
         metrics["wall_seconds"] = time.perf_counter() - start
     elif refit == TOP_UP:
-        metrics = _top_up(cfg, metrics, datamodule, fit_seconds, prior)
+        metrics = _top_up(cfg, metrics, datamodule, fit_seconds, prior, blend)
         metrics["wall_seconds"] = time.perf_counter() - start
 
     write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
@@ -134,17 +137,24 @@ def _epochs_of(trainer: L.Trainer, checkpoint: str | None) -> int:
 
 
 def _refit(
-    cfg: DictConfig, selected: dict[str, Any], epochs: int, fit_seconds: float, prior: dict[str, Any] | None = None
+    cfg: DictConfig,
+    selected: dict[str, Any],
+    epochs: int,
+    fit_seconds: float,
+    prior: dict[str, Any] | None = None,
+    blend: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A fresh network, the same config and seed, on all of data.train (the validation sessions too) for `epochs`,
-    in <run>/refit/, tested on its last epoch; with `prior` (prior=auto's choice) the chosen prior is made from all of
-    data.train. Returns the metrics: the refit's test metrics and checkpoint; the selected network's validation
-    metrics, and its test metrics as selected/test/..."""
+    in <run>/refit/, tested on its last epoch; with `prior` (prior=auto's choice) and `blend` (the kNN blend's) the
+    chosen prior and blend are made from all of data.train. Returns the metrics: the refit's test metrics and
+    checkpoint; the selected network's validation metrics, and its test metrics as selected/test/..."""
     out = Path(cfg.paths.output_dir) / "refit"
     log.info("refit: training a fresh network on all of data.train for %d epochs in %s", epochs, out)
     trainer, model, datamodule, checkpoint = _second_fit(cfg, "refit", epochs, {})
     if prior is not None and prior["weight"] > 0:
         apply_prior(prior, model, datamodule.train_sessions, datamodule.n_items, checkpoint)
+    if blend is not None and blend["weight"] > 0:
+        apply_blend(blend, model, datamodule.train_sessions, datamodule.n_items, checkpoint)
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint)[0]
     tested |= _popularity(datamodule, "test", model.ks)
     # The train seconds are both fits': the refit needs the first one's epochs.
@@ -157,13 +167,15 @@ def _top_up(
     datamodule: SessionDataModule,
     fit_seconds: float,
     prior: dict[str, Any] | None = None,
+    blend: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The selected network trained `auto_refit.top_up_epochs` more epochs on the validation sessions alone (split off
     data.train, so far unseen in training), its optimizer's state carried (init_from with init_optimizer=carry: the
     rows it has learned take small steps, the items only those sessions hold learn at full speed), in <run>/top_up/,
     tested on its last epoch on the test sessions the selected network was tested on. Returns the metrics: the
     top-up's test metrics and checkpoint; the selected network's validation and popularity metrics, and its test
-    metrics as selected/test/... With `prior` (prior=auto's choice) the chosen prior is made from all of data.train."""
+    metrics as selected/test/... With `prior` (prior=auto's choice) and `blend` (the kNN blend's) the chosen prior and
+    blend are made from all of data.train."""
     if selected["checkpoint"] is None:
         log.warning("top up: skipped, the run saved no checkpoint to continue; the tested network is the run's model")
         return selected
@@ -192,6 +204,8 @@ def _top_up(
     if prior is not None and prior["weight"] > 0:  # the training part's items lead the grown index, numbered alike
         sessions = [datamodule.train_sessions, top_data.train_sessions]
         apply_prior(prior, model, sessions, top_data.n_items, checkpoint)
+    if blend is not None and blend["weight"] > 0:  # the training part's sessions, then the validation sessions
+        apply_blend(blend, model, [datamodule.train_sessions, top_data.train_sessions], top_data.n_items, checkpoint)
     tested = trainer.test(model, datamodule=top_data, ckpt_path=checkpoint)[0]
     return _after_selected(selected, tested | {"top_up_epochs": epochs}, model, checkpoint, fit_seconds, "top_up")
 

@@ -58,6 +58,12 @@ def export(ckpt_path: str | Path, format: str, output: str | Path, top_k: int | 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     model = load_network(ckpt_path)
+    if model.blend is not None:
+        raise ValueError(
+            f"{ckpt_path} holds a kNN blend (blend=...), which scores each session against the training sessions and "
+            "has no single-step graph to export; serve it with scripts/serve.py or the Recommender, or export a "
+            "checkpoint trained without it (~blend)"
+        )
     if top_k is not None and not 1 <= top_k <= len(model.item_index):
         raise ValueError(f"top_k must be between 1 and the catalog size {len(model.item_index)}, got {top_k}")
     step = ScoringStep(model.scorer(), top_k)

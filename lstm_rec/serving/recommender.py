@@ -72,7 +72,7 @@ class Recommender:
         that must keep training or evaluating as before should be loaded again for the Recommender."""
         self.device = torch.device(device)
         model.network.rowwise_repeat_scores = True  # a session's answer must not depend on its batch (BATCH_ROWS)
-        self.scorer = PriorScorer(model.network, model.prior).to(self.device).eval()
+        self.scorer = PriorScorer(model.blended(), model.prior).to(self.device).eval()
         self.item_index: ItemIndex = model.item_index
         self.popularity = torch.as_tensor(model.item_index.counts, dtype=torch.float32, device=self.device)
         self.recent_weight = 0.0 if model.prior is None else model.prior.weight

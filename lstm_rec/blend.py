@@ -1,0 +1,272 @@
+"""The kNN blend: V-SKNN's scores over the training sessions, added to the network's at inference.
+
+A session kNN remembers which items whole training sessions shared; the network learns it only as far as its weights
+hold it. Each item's kNN score s after a prefix becomes log(1 + scale * s / s_max), s_max the prefix's best (so that it
+means the same on any log, and an item a few neighbours vote for already counts), and is added with a weight: the
+items similar sessions went on to climb the network's ranking. Items no neighbour votes for get nothing, so the blend
+touches a few hundred scores of a prefix, not the catalog. blend=auto chooses the weight on the validation sessions, as
+prior=auto chooses the prior.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lstm_rec.baselines import VSKNN
+from lstm_rec.baselines.prefixes import Prefixes
+from lstm_rec.data.sessions import NoClickTimesError, Sessions
+
+log = logging.getLogger(__name__)
+
+# V-SKNN's settings that a blend may set (lstm_rec.baselines.VSKNN), and their defaults (conf/baselines).
+KNN_SETTINGS = {"k": 500, "sample_size": 5000, "weighting": "quadratic", "weighting_score": "div", "idf_weighting": 5.0}
+
+
+def joined(sessions: Sessions | Sequence[Sessions]) -> Sessions:
+    """Several Sessions (items numbered alike, each in time order) as one, in the order given."""
+    parts = [sessions] if isinstance(sessions, Sessions) else list(sessions)
+    if len(parts) == 1:
+        return parts[0]
+    items = np.concatenate([part.items for part in parts])
+    ends = np.cumsum([part.n_events for part in parts])[:-1]
+    later = [part.offsets[1:] + end for part, end in zip(parts[1:], ends, strict=True)]
+    offsets = np.concatenate([parts[0].offsets, *later])
+    times = None if any(p.times is None for p in parts) else np.concatenate([p.times for p in parts])
+    return Sessions(items, offsets, times)
+
+
+class KNNBlend:
+    """V-SKNN fitted on the training sessions, and the weight and scale its scores are added with.
+
+    The sessions are kept (items, offsets and each session's last click time, which orders the neighbours by
+    recency), so a checkpoint holds the blend and loading refits the kNN in well under a second.
+    """
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        n_items: int,
+        weight: float,
+        settings: Mapping[str, Any] | None = None,
+        scale: float = 100.0,
+    ) -> None:
+        if not weight > 0:
+            raise ValueError(f"the kNN blend's weight must be > 0, got {weight!r}")
+        if not scale > 0:
+            raise ValueError(f"the kNN blend's scale must be > 0, got {scale!r}")
+        unknown = sorted(set(settings or {}) - set(KNN_SETTINGS))
+        if unknown:
+            raise ValueError(f"the kNN blend's V-SKNN settings are {sorted(KNN_SETTINGS)}, got unknown {unknown}")
+        if sessions.times is None:
+            raise NoClickTimesError(
+                "the kNN blend (blend=...) needs the training sessions' click times, which order the neighbours by "
+                "recency; switch it off with ~blend for data without them"
+            )
+        self.sessions, self.n_items, self.weight, self.scale = sessions, n_items, float(weight), float(scale)
+        self.settings = KNN_SETTINGS | dict(settings or {})
+        self.knn = VSKNN(**self.settings).fit(sessions, n_items)
+
+    @classmethod
+    def fit(
+        cls,
+        sessions: Sessions | Sequence[Sessions],
+        n_items: int,
+        weight: float,
+        settings: Mapping[str, Any] | None = None,
+        scale: float = 100.0,
+    ) -> KNNBlend:
+        """The blend of `sessions` (several, numbered alike, count as one log) over `n_items` items."""
+        sessions = joined(sessions)
+        blend = cls(sessions, n_items, weight, settings, scale)
+        log.info(
+            "kNN blend: V-SKNN over %d training sessions (%d clicks), weight %g, scale %g",
+            sessions.n_sessions, sessions.n_events, blend.weight, blend.scale,
+        )  # fmt: skip
+        return blend
+
+    def terms(self, prefixes: Prefixes) -> tuple[Tensor, Tensor, Tensor]:
+        """The blend's nonzero terms before the weight, over the prefixes flattened in row-major order: (rows,
+        columns, log(1 + scale * s / s_max)), float32, on the prefixes' device."""
+        votes = self.knn.sparse_scores(prefixes.summary())
+        best = votes.max(axis=1).toarray().ravel()
+        votes = votes.tocoo()
+        ratio = votes.data / np.maximum(best[votes.row], np.finfo(np.float64).tiny)
+        values = np.log1p(self.scale * ratio).astype(np.float32)
+        device = prefixes.device
+        rows, columns = (torch.from_numpy(a.astype(np.int64)).to(device) for a in (votes.row, votes.col))
+        return rows, columns, torch.from_numpy(values).to(device)
+
+    def add_to(self, scores: Tensor, prefixes: Prefixes, weight: float | None = None) -> Tensor:
+        """`scores` (*prefixes, n_items) plus the blend's terms times `weight` (None: the blend's), as a new tensor."""
+        return add_terms(scores, self.terms(prefixes), self.weight if weight is None else weight)
+
+    def scaled(self, prefixes: Prefixes) -> Tensor:
+        """(*prefixes, n_items) the blend's terms before the weight, dense: log(1 + scale * s / s_max)."""
+        zeros = torch.zeros((*prefixes.rows.shape, self.n_items), device=prefixes.device)
+        return self.add_to(zeros, prefixes, 1.0)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        sessions = self.sessions
+        return {
+            "weight": self.weight,
+            "scale": self.scale,
+            "settings": dict(self.settings),
+            "items": torch.from_numpy(sessions.items.astype(np.int32)),
+            "offsets": torch.from_numpy(sessions.offsets.astype(np.int64)),
+            "last_times": torch.from_numpy(sessions.last_times.astype(np.float64)),
+        }
+
+    @classmethod
+    def from_checkpoint(cls, entry: Mapping[str, Any] | None, n_items: int) -> KNNBlend | None:
+        if entry is None:
+            return None
+        items = entry["items"].numpy().astype(np.int64)
+        offsets = entry["offsets"].numpy()
+        # Only each session's last click time matters to the kNN (its recency): every click gets its session's.
+        times = np.repeat(entry["last_times"].numpy(), np.diff(offsets))
+        return cls(Sessions(items, offsets, times), n_items, float(entry["weight"]), entry["settings"], entry["scale"])
+
+
+def add_terms(scores: Tensor, terms: tuple[Tensor, Tensor, Tensor], weight: float) -> Tensor:
+    """`scores` (*prefixes, n_items) with `weight` times the blend's `terms` (KNNBlend.terms) added, as a new tensor."""
+    rows, columns, values = terms
+    flat = scores.reshape(-1, scores.shape[-1]).clone()
+    flat[rows, columns] += weight * values.to(flat.device, flat.dtype)
+    return flat.view(scores.shape)
+
+
+@dataclass
+class BlendStates:
+    """The network's states and the kNN's prefixes, indexed alike."""
+
+    network: Any
+    prefixes: Prefixes
+
+    def __getitem__(self, index: Any) -> BlendStates:
+        return BlendStates(self.network[index], self.prefixes[index])
+
+    def __len__(self) -> int:
+        return len(self.prefixes)
+
+
+@dataclass
+class BlendCarry:
+    """A live session between clicks: the network's carry and the clicks so far (B, T)."""
+
+    network: Any
+    items: Tensor
+
+
+class BlendScorer(nn.Module):
+    """A scorer (the network) whose scores get the kNN blend's weighted, scaled scores added."""
+
+    def __init__(self, scorer: Any, blend: KNNBlend) -> None:
+        super().__init__()
+        if blend.n_items != scorer.n_items:
+            raise ValueError(f"the kNN blend scores {blend.n_items} items, the network {scorer.n_items}")
+        self.scorer, self.blend = scorer, blend
+
+    @property
+    def n_items(self) -> int:
+        return self.scorer.n_items
+
+    def encode(self, items: Tensor) -> BlendStates:
+        return BlendStates(self.scorer.encode(items), Prefixes.of(items))
+
+    def forward(self, items: Tensor, carry: BlendCarry | None = None) -> tuple[BlendStates, BlendCarry]:
+        states, network_carry = self.scorer(items, None if carry is None else carry.network)
+        clicks = items if carry is None else torch.cat([carry.items, items], dim=1)
+        prefixes = Prefixes.of(clicks)[:, clicks.shape[1] - items.shape[1] :]
+        return BlendStates(states, prefixes), BlendCarry(network_carry, clicks)
+
+    def score(self, states: BlendStates) -> Tensor:
+        return self.blend.add_to(self.scorer.score(states.network), states.prefixes)
+
+
+class KNNBlendSearch:
+    """blend=auto: the weight of the kNN blend that ranks the validation sessions best, or none.
+
+    Chosen after training (and after prior=auto's choice) on the tested network and the validation sessions: the
+    network's and the kNN's scores are computed once, and every weight (0 among them) ranks with their sum.
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[float] = (0.05, 0.1, 0.2),
+        scale: float = 100.0,
+        knn: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not weights or any(not w > 0 for w in weights):
+            raise ValueError(f"blend.weights must be a non-empty list of weights > 0, got {list(weights)!r}")
+        if not scale > 0:
+            raise ValueError(f"blend.scale must be > 0, got {scale!r}")
+        unknown = sorted(set(knn or {}) - set(KNN_SETTINGS))
+        if unknown:
+            raise ValueError(f"blend.knn holds V-SKNN's settings {sorted(KNN_SETTINGS)}, got unknown {unknown}")
+        self.weights, self.scale, self.knn = [float(w) for w in weights], float(scale), dict(knn or {})
+
+    @torch.no_grad()
+    def choose(
+        self,
+        scorer: Any,
+        sessions: Sessions,
+        n_items: int,
+        batches: Iterable[Tensor],
+        metric: str,
+        ks: Sequence[int],
+        ties: str = "pessimistic",
+        device: torch.device | str = "cpu",
+        max_scores: int = 2**24,
+    ) -> tuple[float, list[dict[str, float]]]:
+        """The best weight (0: no blend ranked best) and every weight's validation metrics, by `metric`. `scorer`
+        scores the `n_items` items of `sessions` (with the chosen prior, if any); `batches` are the validation
+        sessions'."""
+        from lstm_rec.evaluation import CHUNK_SCORES, RankedPredictions, metrics_of, prediction_targets
+        from lstm_rec.metrics import target_ranks
+
+        blend = KNNBlend(sessions, n_items, 1.0, self.knn, self.scale)
+        weights = [0.0, *self.weights]
+        parts: list[list[RankedPredictions]] = [[] for _ in weights]
+        was_training = isinstance(scorer, nn.Module) and scorer.training
+        if isinstance(scorer, nn.Module):
+            scorer.eval()
+        k = min(max(ks), n_items)
+        for batch in batches:
+            batch = batch.to(device)
+            inputs, is_target = batch[:, :-1], batch[:, 1:] > 0
+            targets = prediction_targets(batch)
+            row, column = is_target.nonzero(as_tuple=True)
+            lengths = (batch > 0).sum(dim=1)
+            states, prefixes = scorer.encode(inputs)[is_target], Prefixes.of(inputs)[is_target]
+            rows = max(1, min(max_scores, CHUNK_SCORES) // n_items)
+            ranks: list[list[Tensor]] = [[] for _ in weights]
+            tops: list[list[Tensor]] = [[] for _ in weights]
+            for begin in range(0, len(targets), rows):
+                part = slice(begin, begin + rows)
+                base = scorer.score(states[part])
+                terms = blend.terms(prefixes[part])
+                for i, weight in enumerate(weights):
+                    scores = base if weight == 0 else add_terms(base, terms, weight)
+                    ranks[i].append(target_ranks(scores, targets[part], ties))
+                    tops[i].append(scores.topk(k, dim=1).indices)
+            for i in range(len(weights)):
+                parts[i].append(
+                    RankedPredictions(
+                        torch.cat(ranks[i]).cpu(), torch.cat(tops[i]).cpu(), (column + 1).cpu(), lengths[row].cpu()
+                    )
+                )
+        if was_training:
+            scorer.train()
+        table = []
+        for weight, part in zip(weights, parts, strict=True):
+            values = metrics_of(RankedPredictions.concat(part), ks, "val/")
+            table.append({"weight": weight} | {name: values[name] for name in sorted(values)})
+        best = max(range(len(table)), key=lambda i: (table[i][metric], -i))  # ties: the smaller weight, none first
+        return weights[best], table

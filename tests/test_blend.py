@@ -1,0 +1,217 @@
+"""The kNN blend (lstm_rec.blend): V-SKNN's scaled scores added to the network's, on hand-computed values, its weight
+chosen on the validation sessions, and through training, the checkpoint, serving and export."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_train import file_overrides
+
+from conftest import compose_config
+from lstm_rec.baselines.prefixes import Prefixes
+from lstm_rec.blend import BlendScorer, KNNBlend, KNNBlendSearch, joined
+from lstm_rec.checkpoint import CHECKPOINT_KEY, CheckpointError, load_network, read_checkpoint
+from lstm_rec.data import FileDataModule, Sessions
+from lstm_rec.data.sessions import NoClickTimesError
+from lstm_rec.data.synthetic import generate_events
+from lstm_rec.evaluation import evaluate
+from lstm_rec.jobs.train import train
+from lstm_rec.serving.export import export
+from lstm_rec.serving.recommender import Recommender
+
+# No idf: each neighbour votes 1 (its similarity) for each of its items.
+PLAIN = {"idf_weighting": 0.0}
+
+
+class FixedScores(torch.nn.Module):
+    """Scores every item the same way after every prefix: `scores` (n_items,)."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.base = torch.tensor(scores)
+        self.n_items = len(scores)
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        return items
+
+    def score(self, states: torch.Tensor) -> torch.Tensor:
+        return self.base.expand(len(states), -1)
+
+
+def sessions_of(*sessions: list[int]) -> Sessions:
+    """Sessions one second apart, in the order given."""
+    items = np.concatenate([np.asarray(s) for s in sessions])
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sessions])])
+    return Sessions(items, offsets, np.arange(len(items), dtype=np.float64))
+
+
+def test_blend_terms_are_the_log_of_v_sknn_votes_over_the_prefix_best():
+    # Prefix [1]: both training sessions share item 1 at its last (only) click: similarity 1 each, each votes 1 for
+    # its items. Item 1 gets 2 votes, items 2 and 3 one each: over the best, 1, 0.5, 0.5, and log(1 + 100 x).
+    # [1, 4] (item 4 in no training session) has the same two neighbours, alike: the same terms.
+    train = sessions_of([1, 2], [1, 3])
+    prefixes = Prefixes.of(torch.tensor([[1, 4]]))
+    plain = KNNBlend(train, 4, 1.0, PLAIN).scaled(prefixes)
+    row = [math.log(101), math.log(51), math.log(51), 0.0]
+    torch.testing.assert_close(plain, torch.tensor([[row, row]]))
+    # With idf (5 ln(2 sessions / clicks)): item 1's factor is 1 (it is in both sessions), items 2 and 3 get
+    # 1 + 5 ln 2 each, so they lead and item 1's share is 2 / (1 + 5 ln 2).
+    idf = KNNBlend(train, 4, 1.0, scale=3.0).scaled(prefixes[:, :1])
+    share = 2 / (1 + 5 * math.log(2))
+    torch.testing.assert_close(idf, torch.tensor([[[math.log(1 + 3 * share), math.log(4), math.log(4), 0.0]]]))
+    # No training session shares item 4: no neighbour votes, and the blend adds nothing.
+    none = KNNBlend(train, 4, 1.0).scaled(Prefixes.of(torch.tensor([[4]])))
+    torch.testing.assert_close(none, torch.zeros(1, 1, 4))
+
+
+def test_the_blend_adds_the_weighted_terms_to_the_network():
+    # After [1]: votes 3, 2, 1 for items 1, 2, 3 (no idf), shares 1, 2/3, 1/3; scale 3: log 4, log 3, log 2.
+    train = sessions_of([1, 2], [1, 2], [1, 3])
+    scorer = BlendScorer(FixedScores([0.0, 0.5, 0.6]), KNNBlend(train, 3, 0.5, PLAIN, scale=3.0))
+    scores = scorer.score(scorer.encode(torch.tensor([[1]]))[:, 0])
+    expected = [0.5 * math.log(4), 0.5 + 0.5 * math.log(3), 0.6 + 0.5 * math.log(2)]
+    torch.testing.assert_close(scores, torch.tensor([expected]))
+
+
+# One validation session [1, 2]: after item 1 the next click is item 2 (score column 1).
+VALIDATION = [torch.tensor([[1, 2]])]
+
+
+def test_the_search_keeps_the_weight_that_ranks_the_validation_sessions_best():
+    # The network scores items 1-3 as 0, 0.5, 0.6: item 2 ranks 2nd. The blend's terms after [1] are log 4, log 3,
+    # log 2 (scale 3, as above). Weight 0.2: 0.277, 0.720, 0.739 (item 2 second); 0.5: 0.693, 1.049, 0.947 (first);
+    # 1: 1.386, 1.599, 1.293 (first); 2: 2.773, 2.697, 1.986 (second). 0.5 and 1 tie at MRR 1; the smaller wins.
+    train = sessions_of([1, 2], [1, 2], [1, 3])
+    search = KNNBlendSearch(weights=[0.2, 0.5, 1.0, 2.0], scale=3.0, knn=PLAIN)
+    weight, table = search.choose(FixedScores([0.0, 0.5, 0.6]), train, 3, VALIDATION, "val/mrr@2", [1, 2])
+    assert weight == 0.5
+    assert [row["weight"] for row in table] == [0.0, 0.2, 0.5, 1.0, 2.0]
+    assert [row["val/mrr@2"] for row in table] == [0.5, 0.5, 1.0, 1.0, 0.5]
+    assert [row["val/recall@1"] for row in table] == [0.0, 0.0, 1.0, 1.0, 0.0]
+
+
+def test_the_search_keeps_no_blend_when_none_ranks_better():
+    train = sessions_of([1, 2], [1, 2], [1, 3])
+    weight, table = KNNBlendSearch([0.5, 1.0], 3.0, PLAIN).choose(
+        FixedScores([0.0, 2.0, 0.6]), train, 3, VALIDATION, "val/mrr@2", [1, 2]
+    )
+    assert weight == 0.0 and [row["val/mrr@2"] for row in table] == [1.0, 1.0, 1.0]
+
+
+def test_sparse_knn_scores_equal_the_dense_ones():
+    events = generate_events(n_sessions=300, n_items=60, seed=3)
+    train = sessions_of(*[group.to_numpy() for _, group in events.groupby(events.columns[0])[events.columns[1]]])
+    knn = KNNBlend(train, 60, 1.0).knn
+    summary = Prefixes.of(torch.tensor([[1, 5, 9, 5, 0], [7, 3, 0, 0, 0]])).summary()
+    np.testing.assert_array_equal(knn.sparse_scores(summary).toarray(), knn.score_summary(summary))
+
+
+@pytest.mark.parametrize(
+    ("weights", "scale", "knn"), [([], 100, {}), ([1.0, 0.0], 100, {}), ([1.0], 0, {}), ([1.0], 100, {"neighbours": 5})]
+)
+def test_the_search_refuses_empty_or_non_positive_weights_and_unknown_settings(weights, scale, knn):
+    with pytest.raises(ValueError, match="blend"):
+        KNNBlendSearch(weights, scale, knn)
+
+
+def test_the_blend_needs_click_times():
+    with pytest.raises(NoClickTimesError, match="~blend"):
+        KNNBlend(Sessions(np.array([1, 2]), np.array([0, 2])), 2, 1.0)
+
+
+def test_joined_sessions_follow_each_other():
+    first, second = sessions_of([1, 2], [3, 1, 2]), sessions_of([2, 3])
+    both = joined([first, second])
+    assert both.items.tolist() == [1, 2, 3, 1, 2, 2, 3]
+    assert both.offsets.tolist() == [0, 2, 5, 7]
+    assert both.times.tolist() == [0, 1, 2, 3, 4, 0, 1]
+
+
+@pytest.fixture(scope="module")
+def timed_files(tmp_path_factory):
+    data = tmp_path_factory.mktemp("blend")
+    events = generate_events(n_sessions=2500, n_items=150, seed=7)
+    events.columns = ["SessionId", "ItemId", "Time"]
+    cut = int(events["SessionId"].quantile(0.9))
+    events[events["SessionId"] <= cut].to_csv(data / "train.tsv", sep="\t", index=False)
+    events[events["SessionId"] > cut].to_csv(data / "test.csv", index=False)
+    return data
+
+
+@pytest.fixture(scope="module")
+def blended_runs(timed_files, tmp_path_factory):
+    """blend=auto with a refit and with a top-up, on the synthetic log (whose sessions share items: the kNN helps)."""
+    runs = {}
+    for refit in ("true", "top_up"):
+        overrides = file_overrides(timed_files, "trainer.max_epochs=2", "~prior", "blend=auto", f"refit={refit}")
+        runs[refit] = train(compose_config("train", overrides, tmp_path_factory.mktemp(f"blend_{refit}")))
+    return runs
+
+
+@pytest.mark.parametrize("refit", ["true", "top_up"])
+def test_the_chosen_blend_is_tested_and_stored_and_made_from_all_the_training_data(timed_files, blended_runs, refit):
+    metrics = blended_runs[refit]
+    assert metrics["blend_weight"] in (0.05, 0.1, 0.2)  # a weight was chosen: the kNN helps on this log
+    train_events = pd.read_csv(timed_files / "train.tsv", sep="\t")
+    selected, final = load_network(metrics["selected_checkpoint"]), load_network(metrics["checkpoint"])
+    # The selected network's kNN holds the training part (validation split off); the final one all of data.train.
+    n_sessions = train_events["SessionId"].nunique()
+    assert 0.85 * n_sessions < selected.blend.sessions.n_sessions < n_sessions
+    assert final.blend.sessions.n_sessions == n_sessions
+    assert final.blend.sessions.n_events == len(train_events)
+    assert final.blend.weight == metrics["blend_weight"] and final.blend.settings["k"] == 500
+    # Its items, in the model's index, are data.train's clicks.
+    ids = final.item_index.ids[final.blend.sessions.items - 1]
+    assert sorted(ids.tolist()) == sorted(train_events["ItemId"].tolist())
+    datamodule = FileDataModule(test=str(timed_files / "test.csv"))
+    datamodule.item_index = final.item_index
+    datamodule.setup("test")
+    test = datamodule.full_dataloader("test")
+    blended = evaluate(final.scorer(), test, [20], "test/")["test/mrr@20"]
+    assert blended == pytest.approx(metrics["test/mrr@20"])
+    assert evaluate(final.network, test, [20], "test/")["test/mrr@20"] < blended
+
+
+def test_a_fixed_blend_weight_is_taken_as_given(timed_files, tmp_path):
+    overrides = file_overrides(timed_files, "trainer.max_epochs=1", "~prior", "blend=vsknn", "blend.weight=0.7")
+    metrics = train(compose_config("train", overrides, tmp_path))
+    blend = load_network(metrics["checkpoint"]).blend
+    assert metrics["blend_weight"] == 0.7 and (blend.weight, blend.scale) == (0.7, 100.0)
+
+
+def test_the_recommender_serves_the_blend(blended_runs):
+    model = load_network(blended_runs["true"]["checkpoint"])
+    recommender = Recommender.from_checkpoint(blended_runs["true"]["checkpoint"])
+    session = list(model.item_index.ids[[3, 7, 3, 20]])
+    answer = recommender.recommend(session, k=10)
+    indices = torch.tensor([model.item_index.lookup(np.asarray(session)).tolist()])
+    scorer = model.scorer()
+    expected = scorer.score(scorer.encode(indices)[:, -1])[0]
+    assert [item for item, _ in answer] == model.item_index.ids[expected.topk(10).indices.numpy()].tolist()
+    assert (
+        expected.topk(10).indices.tolist()
+        != model.network.score(model.network.encode(indices)[:, -1])[0].topk(10).indices.tolist()
+    )  # the blend changes the answer
+    state = recommender.start()
+    for item in session:
+        state, stepped = recommender.step(state, item, k=10)
+    assert [item for item, _ in stepped] == [item for item, _ in answer]
+    assert [s for _, s in stepped] == pytest.approx([s for _, s in answer], abs=1e-5)
+    per_position = recommender.recommend_positions(session, k=10)
+    assert [item for item, _ in per_position[-1]] == [item for item, _ in answer]
+
+
+def test_a_checkpoint_with_a_broken_blend_is_refused(blended_runs, tmp_path):
+    checkpoint = read_checkpoint(blended_runs["true"]["checkpoint"])
+    checkpoint[CHECKPOINT_KEY]["blend"]["offsets"] = checkpoint[CHECKPOINT_KEY]["blend"]["offsets"][:-1]
+    path = tmp_path / "broken.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match="kNN blend's offsets"):
+        load_network(path)
+
+
+def test_export_refuses_a_blend(blended_runs, tmp_path):
+    with pytest.raises(ValueError, match="kNN blend"):
+        export(blended_runs["true"]["checkpoint"], "torchscript", tmp_path / "step.pt")
