@@ -8,7 +8,7 @@ from lstm_rec.serving.export import export
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    path = export(cfg.ckpt_path, cfg.format, cfg.output, cfg.top_k)
+    path = export(cfg.ckpt_path, cfg.format, cfg.output, cfg.top_k, cfg.without_blend)
     print(f"exported {cfg.format} to {path} (item ids in {path}.items.json)")
 
 

@@ -61,9 +61,12 @@ def test_blend_terms_are_the_log_of_v_sknn_votes_over_the_prefix_best():
     idf = KNNBlend(train, 4, 1.0, scale=3.0).scaled(prefixes[:, :1])
     share = 2 / (1 + 5 * math.log(2))
     torch.testing.assert_close(idf, torch.tensor([[[math.log(1 + 3 * share), math.log(4), math.log(4), 0.0]]]))
-    # No training session shares item 4: no neighbour votes, and the blend adds nothing.
+    # No training session shares item 4: no neighbour votes, and the blend adds nothing; nor to padding alone (a batch
+    # of empty sessions, as the Recommender pads its blocks).
     none = KNNBlend(train, 4, 1.0).scaled(Prefixes.of(torch.tensor([[4]])))
     torch.testing.assert_close(none, torch.zeros(1, 1, 4))
+    padding = KNNBlend(train, 4, 1.0).scaled(Prefixes.of(torch.zeros(3, 2, dtype=torch.long)))
+    torch.testing.assert_close(padding, torch.zeros(3, 2, 4))
 
 
 def test_the_blend_adds_the_weighted_terms_to_the_network():
@@ -201,6 +204,10 @@ def test_the_recommender_serves_the_blend(blended_runs):
     assert [s for _, s in stepped] == pytest.approx([s for _, s in answer], abs=1e-5)
     per_position = recommender.recommend_positions(session, k=10)
     assert [item for item, _ in per_position[-1]] == [item for item, _ in answer]
+    # Scored beside other sessions (one padded batch, an empty one among them), each answer is the one scored alone.
+    others = [session, list(model.item_index.ids[[5, 9]]), [], session[:2]]
+    together = recommender.recommend_batch(others, k=10)
+    assert together == [recommender.recommend(items, k=10) for items in others]
 
 
 def test_a_checkpoint_with_a_broken_blend_is_refused(blended_runs, tmp_path):
@@ -212,6 +219,13 @@ def test_a_checkpoint_with_a_broken_blend_is_refused(blended_runs, tmp_path):
         load_network(path)
 
 
-def test_export_refuses_a_blend(blended_runs, tmp_path):
-    with pytest.raises(ValueError, match="kNN blend"):
-        export(blended_runs["true"]["checkpoint"], "torchscript", tmp_path / "step.pt")
+def test_export_refuses_a_blend_unless_told_to_leave_it_out(blended_runs, tmp_path):
+    checkpoint = blended_runs["true"]["checkpoint"]
+    with pytest.raises(ValueError, match="without_blend=true"):
+        export(checkpoint, "torchscript", tmp_path / "step.pt")
+    path = export(checkpoint, "torchscript", tmp_path / "step.pt", without_blend=True)
+    step, model = torch.jit.load(str(path)), load_network(checkpoint)
+    carry = model.network.initial_carry(1)
+    scores = step(torch.tensor([5]), carry.h, carry.c)[0]
+    expected = model.network.score(model.network.encode(torch.tensor([[5]]))[:, 0])  # the network alone: no prior
+    torch.testing.assert_close(scores, expected)

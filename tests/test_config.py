@@ -114,7 +114,7 @@ def test_experiment_options(option, tmp_path):
     instantiate(cfg.data)
 
 
-def test_the_ensemble_preset_is_the_defaults_with_four_members_and_no_prior(tmp_path):
+def test_the_ensemble_preset_is_the_defaults_with_four_members_and_no_prior_or_blend(tmp_path):
     assert set(options("experiment")) - {"ensemble"} == {
         "yoochoose_100k",
         "yoochoose_100k_fast",
@@ -126,9 +126,11 @@ def test_the_ensemble_preset_is_the_defaults_with_four_members_and_no_prior(tmp_
     assert ensemble["model"].pop("members") == [{}, {}, {"repeat_window": 10}, {"repeat_window": 5}]
     # No prior, as the preset was measured (prior=auto after it chooses one); the defaults choose it per log.
     assert "prior" not in ensemble and defaults.pop("prior")["_target_"] == "lstm_rec.prior.RecentPopularitySearch"
+    assert "blend" not in ensemble and defaults.pop("blend")["_target_"] == "lstm_rec.blend.KNNBlendSearch"
     assert ensemble == defaults  # nothing else: the data-derived defaults apply to any log
-    again = compose_config("train", ["experiment=ensemble", "prior=auto"], tmp_path)
+    again = compose_config("train", ["experiment=ensemble", "prior=auto", "blend=auto"], tmp_path)
     assert again.prior._target_ == "lstm_rec.prior.RecentPopularitySearch"
+    assert again.blend._target_ == "lstm_rec.blend.KNNBlendSearch"
 
 
 def test_eval_config(tmp_path):

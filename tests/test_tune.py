@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import optuna
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import TINY, compose_config
 from lstm_rec.checkpoint import load_network
@@ -107,7 +108,7 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     assert list(trials["state"]) == sorted(trials["state"], key=lambda state: state != "COMPLETE")
     # The final run trained on all of data.train with the best values and tested once on data.test.
     chosen = (tmp_path / "best_overrides.txt").read_text().split()
-    searched = [o for o in chosen if "prior" not in o]
+    searched = [o for o in chosen if "prior" not in o and "blend" not in o]
     assert {o.split("=")[0] for o in searched} == {"model.optimizer.lr", "model.hidden", "trainer.max_epochs"}
     again = compose_config("train", [*QUICK, *files(log_files), *chosen], tmp_path / "again")  # they compose
     assert again.model.hidden == report["best_params"]["model.hidden"]
@@ -118,8 +119,9 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     # prior=auto: each trial chose its prior on its validation sessions; the final run and the overrides use the best
     # trial's choice, made from all of data.train (none: ~prior), and its test ranks with it.
     prior = json.loads(best["user_attrs_prior"].replace("'", '"'))
+    priors = [o for o in chosen if "prior" in o]
     if prior["weight"] > 0:
-        assert chosen[-3:] == [
+        assert priors == [
             "prior=recent_popularity",
             f"prior.weight={prior['weight']}",
             f"prior.hours={prior['hours']}",
@@ -127,8 +129,18 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
         assert (again.prior.weight, again.prior.hours) == (prior["weight"], prior["hours"])
         assert load_network(final["checkpoint"]).prior.weight == prior["weight"]
     else:
-        assert chosen[-1] == "~prior" and again.get("prior") is None
+        assert priors == ["~prior"] and again.get("prior") is None
         assert load_network(final["checkpoint"]).prior is None
+    # blend=auto likewise: the best trial's kNN blend weight (none: ~blend).
+    blend = json.loads(best["user_attrs_blend"].replace("'", '"'))
+    blends = [o for o in chosen if "blend" in o]
+    if blend["weight"] > 0:
+        assert blends == ["blend=vsknn", f"blend.weight={blend['weight']}", "blend.scale=100.0"]
+        assert again.blend.weight == blend["weight"] and again.blend.get("_target_") is None
+        assert load_network(final["checkpoint"]).blend.weight == blend["weight"]
+    else:
+        assert blends == ["~blend"] and again.get("blend") is None
+        assert load_network(final["checkpoint"]).blend is None
     assert best["user_attrs_epochs"] <= final["epochs"] <= 3  # its best epoch or a later one within the tolerance
     assert metrics["test/recall@20"] > 1.5 * metrics["pop/test/recall@20"]
     assert (tmp_path / "optimization_history.png").is_file() and (tmp_path / "best.yaml").is_file()
@@ -173,3 +185,22 @@ def test_the_report_lists_completed_trials_first_even_below_a_stopped_trials_val
         ("COMPLETE", 0.32), ("COMPLETE", 0.30), ("PRUNED", 0.35)
     ]  # fmt: skip
     assert (tmp_path / "best_overrides.txt").read_text().split() == ["model.optimizer.lr=0.07", "trainer.max_epochs=1"]
+
+
+def test_the_chosen_prior_and_blend_become_override_lines_and_an_experiment_file():
+    from types import SimpleNamespace
+
+    from lstm_rec.jobs.tune import blend_overrides, prior_overrides
+
+    best = SimpleNamespace(user_attrs={"prior": {"weight": 0.1, "hours": 8.0}, "blend": {"weight": 0.05}})
+    final = OmegaConf.create({"blend": {"weight": 0.05, "scale": 100.0, "knn": {"k": 200}}})
+    prior, prior_head, prior_body = prior_overrides(best)
+    blend, blend_head, blend_body = blend_overrides(best, final)
+    assert prior == ["prior=recent_popularity", "prior.weight=0.1", "prior.hours=8.0"]
+    assert blend == ["blend=vsknn", "blend.weight=0.05", "blend.scale=100.0", "blend.knn.k=200"]
+    experiment = OmegaConf.create("defaults:\n" + prior_head + blend_head + prior_body + blend_body)
+    assert list(experiment.defaults) == [{"override /prior": "recent_popularity"}, {"override /blend": "vsknn"}]
+    assert experiment.prior == {"weight": 0.1, "hours": 8.0} and experiment.blend == final.blend
+    none = SimpleNamespace(user_attrs={"prior": {"weight": 0.0, "hours": 0.0}, "blend": {"weight": 0.0}})
+    assert prior_overrides(none)[:2] == (["~prior"], "  - override /prior: null\n")
+    assert blend_overrides(none, final)[:2] == (["~blend"], "  - override /blend: null\n")

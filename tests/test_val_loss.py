@@ -23,7 +23,7 @@ from lstm_rec.losses import BPRMax, SampledSoftmax
 from lstm_rec.module import SessionRecModule
 
 # The end-to-end runs: TINY on fewer sessions.
-SMALL = [*TINY, "data.n_sessions=1000"]
+SMALL = [*TINY, "data.n_sessions=1000", "~blend"]  # metrics.json's val/ metrics as the curves' (no blend)
 
 # Two validation batches of 4 items: targets 2, 3, 4 (3 predictions), then 1 (1 prediction).
 BATCHES = [torch.tensor([[1, 2, 3, 0], [2, 4, 0, 0]]), torch.tensor([[3, 1]])]

@@ -91,7 +91,7 @@ class ClickIndex:
         columns = items[rows, positions] - 1
         order = np.lexsort((positions, columns, rows))  # by row, then item, then position
         rows, columns, positions = rows[order], columns[order], positions[order]
-        opens = np.r_[True, (rows[1:] != rows[:-1]) | (columns[1:] != columns[:-1])]
+        opens = np.r_[True, (rows[1:] != rows[:-1]) | (columns[1:] != columns[:-1])][: len(rows)]  # none: no clicks
         group_start = np.flatnonzero(opens)
         group_of_click = np.cumsum(opens) - 1
         group_row, first = rows[group_start], positions[group_start]

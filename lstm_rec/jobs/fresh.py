@@ -44,6 +44,7 @@ RUN = [
     "data=files",
     "data.valid_sample=200",
     "~prior",  # the strategies are compared on the network alone (prior=auto would choose on the sample)
+    "~blend",  # and without the kNN blend, as the published numbers were measured
     "test_ckpt=last",
     "callbacks.early_stopping=null",
     "callbacks.progress_bar=null",

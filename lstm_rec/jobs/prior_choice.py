@@ -87,6 +87,16 @@ def _store(path: str | Path, key: str, value: Any) -> None:
     AtomicCheckpointIO().save_checkpoint(checkpoint, path)
 
 
+def is_blend_search(blend_cfg: DictConfig | None) -> bool:
+    """Whether the blend config group is blend=auto (its weight chosen after training)."""
+    return blend_cfg is not None and blend_cfg.get("_target_") == BLEND_SEARCH_TARGET
+
+
+def fixed_blend(search_cfg: DictConfig, weight: float) -> dict[str, Any]:
+    """blend=vsknn's config with `weight` and blend=auto's scale and V-SKNN settings (`search_cfg`)."""
+    return {"weight": float(weight), "scale": float(search_cfg.scale), "knn": dict(search_cfg.get("knn") or {})}
+
+
 def choose_blend(
     cfg: DictConfig,
     trainer: L.Trainer,
@@ -101,7 +111,7 @@ def choose_blend(
     blend_cfg = cfg.get("blend")
     if blend_cfg is None:
         return None
-    if blend_cfg.get("_target_") == BLEND_SEARCH_TARGET:
+    if is_blend_search(blend_cfg):
         search: KNNBlendSearch = instantiate(blend_cfg)
         choice = _search_blend(cfg, search, model, datamodule, checkpoint) if trainer.is_global_zero else None
         choice = trainer.strategy.broadcast(choice, src=0)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_rec.callbacks import check_tolerance, within_tolerance
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, split_by_start_time
-from lstm_rec.jobs.prior_choice import RECENT_TARGET, is_search
+from lstm_rec.jobs.prior_choice import RECENT_TARGET, fixed_blend, is_blend_search, is_search
 from lstm_rec.jobs.report import frame_to_markdown, write_json
 from lstm_rec.jobs.runs import checkpoint_epochs, prepare_run
 from lstm_rec.jobs.train import train
@@ -66,6 +66,8 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
         trial.set_user_attr("epochs", checkpoint_epochs(metrics["checkpoint"]))
         if "prior_weight" in metrics:  # prior=auto's choice for this trial's network (weight 0: none)
             trial.set_user_attr("prior", {"weight": metrics["prior_weight"], "hours": metrics["prior_hours"]})
+        if "blend_weight" in metrics:  # the kNN blend's weight for this trial's network (0: none)
+            trial.set_user_attr("blend", {"weight": metrics["blend_weight"]})
         return metrics[cfg.monitor]
 
     # A trial whose loss turned NaN fails; the search goes on.
@@ -179,6 +181,11 @@ def _final_config(
         prior = None if not chosen or chosen["weight"] <= 0 else {"_target_": RECENT_TARGET, **chosen}
         log.info("final run: the recent-popularity prior of trial %d: %s", best.number, prior or "none")
         OmegaConf.update(final, "prior", prior, merge=False)
+    blend = best.user_attrs.get("blend")
+    if is_blend_search(final.get("blend")):  # blend=auto: the best trial's weight, made from all the training data
+        fixed = None if not blend or blend["weight"] <= 0 else fixed_blend(final.blend, blend["weight"])
+        log.info("final run: the kNN blend of trial %d: %s", best.number, fixed or "none")
+        OmegaConf.update(final, "blend", fixed, merge=False)
     return final
 
 
@@ -208,25 +215,40 @@ def write_report(study: optuna.Study, final: DictConfig, metrics: dict[str, Any]
     overrides = [f"{key}={value}" for key, value in study.best_trial.params.items()]
     overrides.append(f"trainer.max_epochs={final.trainer.max_epochs}")
     body = OmegaConf.to_yaml(OmegaConf.from_dotlist(overrides))
-    prior, header = prior_overrides(study.best_trial)
-    (out / "best_overrides.txt").write_text(" ".join([*overrides, *prior]) + "\n")
-    (out / "best.yaml").write_text("# @package _global_\n" + header + body)
+    prior, prior_header, prior_body = prior_overrides(study.best_trial)
+    blend, blend_header, blend_body = blend_overrides(study.best_trial, final)
+    (out / "best_overrides.txt").write_text(" ".join([*overrides, *prior, *blend]) + "\n")
+    header = "defaults:\n" + prior_header + blend_header if prior_header or blend_header else ""
+    (out / "best.yaml").write_text("# @package _global_\n" + header + prior_body + blend_body + body)
     write_json({"best_value": study.best_value, "best_params": study.best_trial.params, **metrics}, out / "tune.json")
     _plots(study, out)
 
 
-def prior_overrides(best: optuna.trial.FrozenTrial) -> tuple[list[str], str]:
-    """With prior=auto, the best trial's chosen prior that the final run used, as override-line entries and the head
-    of an experiment file; nothing otherwise (the prior the command line set stays as it was)."""
+def prior_overrides(best: optuna.trial.FrozenTrial) -> tuple[list[str], str, str]:
+    """With prior=auto, the best trial's chosen prior that the final run used, as override-line entries, a defaults
+    entry and the body of an experiment file; nothing otherwise (the prior the command line set stays as it was)."""
     chosen = best.user_attrs.get("prior")
     if chosen is None:
-        return [], ""
+        return [], "", ""
     if chosen["weight"] <= 0:
-        return ["~prior"], "defaults:\n  - override /prior: null\n"
+        return ["~prior"], "  - override /prior: null\n", ""
     values = {"weight": chosen["weight"], "hours": chosen["hours"]}
     entries = ["prior=recent_popularity", *(f"prior.{key}={value}" for key, value in values.items())]
-    header = "defaults:\n  - override /prior: recent_popularity\n" + OmegaConf.to_yaml({"prior": values})
-    return entries, header
+    return entries, "  - override /prior: recent_popularity\n", OmegaConf.to_yaml({"prior": values})
+
+
+def blend_overrides(best: optuna.trial.FrozenTrial, final: DictConfig) -> tuple[list[str], str, str]:
+    """With blend=auto, the best trial's kNN blend weight that the final run used (`final`'s fixed blend), as
+    override-line entries, a defaults entry and the body of an experiment file; nothing otherwise."""
+    chosen = best.user_attrs.get("blend")
+    if chosen is None:
+        return [], "", ""
+    if chosen["weight"] <= 0:
+        return ["~blend"], "  - override /blend: null\n", ""
+    values = OmegaConf.to_container(final.blend)
+    entries = ["blend=vsknn", f"blend.weight={values['weight']}", f"blend.scale={values['scale']}"]
+    entries += [f"blend.knn.{key}={value}" for key, value in values["knn"].items()]
+    return entries, "  - override /blend: vsknn\n", OmegaConf.to_yaml({"blend": values})
 
 
 def _plots(study: optuna.Study, out: Path) -> None:

@@ -53,17 +53,27 @@ class ScoringStep(nn.Module):
         return (carry.h, carry.c) if carry.recent is None else (carry.h, carry.c, carry.recent)
 
 
-def export(ckpt_path: str | Path, format: str, output: str | Path, top_k: int | None = None) -> Path:
-    """Write the scoring step of a checkpoint to `output`, and its item table to `output`.items.json."""
+def export(
+    ckpt_path: str | Path, format: str, output: str | Path, top_k: int | None = None, without_blend: bool = False
+) -> Path:
+    """Write the scoring step of a checkpoint to `output`, and its item table to `output`.items.json. A checkpoint
+    with a kNN blend is refused unless `without_blend`: then the step scores with the network and prior alone."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     model = load_network(ckpt_path)
-    if model.blend is not None:
+    if model.blend is not None and not without_blend:
         raise ValueError(
             f"{ckpt_path} holds a kNN blend (blend=...), which scores each session against the training sessions and "
-            "has no single-step graph to export; serve it with scripts/serve.py or the Recommender, or export a "
-            "checkpoint trained without it (~blend)"
+            "has no single-step graph to export; serve it with scripts/serve.py or the Recommender, or pass "
+            "without_blend=true to export the network and its prior alone"
         )
+    if model.blend is not None:
+        log.warning(
+            "export: without_blend=true: the exported step scores with the network and its prior alone, without the "
+            "checkpoint's kNN blend (weight %g), so its rankings differ from the Recommender's",
+            model.blend.weight,
+        )
+        model.blend = None
     if top_k is not None and not 1 <= top_k <= len(model.item_index):
         raise ValueError(f"top_k must be between 1 and the catalog size {len(model.item_index)}, got {top_k}")
     step = ScoringStep(model.scorer(), top_k)
