@@ -1,5 +1,5 @@
 """GPU training and evaluation (skipped without CUDA): bf16-mixed trains well; GPU and CPU evaluation agree;
-the training step never waits for the device."""
+the training step never waits for the device; the kNN blend scores alike on both."""
 
 import lightning as L
 import numpy as np
@@ -55,6 +55,30 @@ def test_recommender_on_the_gpu_matches_the_cpu(tmp_path):
     for item in sessions[0]:
         state, live = on_gpu.step(state, item, k=10)
     assert [i for i, _ in live] == [i for i, _ in on_cpu.recommend(sessions[0], k=10)]
+
+
+def test_the_knn_blend_on_the_gpu_matches_the_cpu(tmp_path):
+    # A fixed blend, so that the GPU run has one: its terms are computed on the CPU and added on the device.
+    from lstm_rec import Recommender
+
+    overrides = [*TINY, "trainer.accelerator=gpu", "blend=vsknn", "blend.weight=0.2"]
+    metrics = train(compose_config("train", overrides, tmp_path / "run"))
+    assert metrics["blend_weight"] == 0.2
+    on_gpu, on_cpu = (Recommender.from_checkpoint(metrics["checkpoint"], device) for device in ("cuda", "cpu"))
+    assert on_gpu.scorer.scorer.blend is not None  # PriorScorer(BlendScorer(...))
+    ids = on_cpu.item_index.ids.tolist()
+    sessions = [ids[i : i + 4] for i in range(0, 40, 4)]
+    for gpu, cpu in zip(on_gpu.recommend_batch(sessions, k=10), on_cpu.recommend_batch(sessions, k=10), strict=True):
+        assert [i for i, _ in gpu] == [i for i, _ in cpu]
+    state = on_gpu.start()
+    for item in sessions[0]:
+        state, live = on_gpu.step(state, item, k=10)
+    assert [i for i, _ in live] == [i for i, _ in on_cpu.recommend(sessions[0], k=10)]
+    # The checkpoint evaluated on the CPU scores what the GPU run tested.
+    data = [o for o in TINY if o.startswith("data.n_")]
+    cpu = compare(compose_config("eval", [f"ckpt_path={metrics['checkpoint']}", *data, "device=cpu"], tmp_path / "cpu"))
+    assert cpu["lstm"]["test/recall@20"] == pytest.approx(metrics["test/recall@20"], abs=2e-3)
+    assert cpu["lstm"]["test/mrr@20"] == pytest.approx(metrics["test/mrr@20"], abs=2e-3)
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "sampled_softmax", "bpr_max"])
