@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 KNN_SETTINGS = {"k": 500, "sample_size": 5000, "weighting": "quadratic", "weighting_score": "div", "idf_weighting": 5.0}
 
 
+def checked_settings(scale: float, settings: Mapping[str, Any] | None) -> tuple[float, dict[str, Any]]:
+    """`scale` (> 0) and the V-SKNN `settings` (keys of KNN_SETTINGS) checked (a ValueError names the key)."""
+    if not scale > 0:
+        raise ValueError(f"blend.scale (the kNN blend's scale) must be > 0, got {scale!r}")
+    unknown = sorted(set(settings or {}) - set(KNN_SETTINGS))
+    if unknown:
+        raise ValueError(f"blend.knn holds V-SKNN's settings {sorted(KNN_SETTINGS)}, got unknown {unknown}")
+    return float(scale), dict(settings or {})
+
+
 def joined(sessions: Sessions | Sequence[Sessions]) -> Sessions:
     """Several Sessions (items numbered alike, each in time order) as one, in the order given."""
     parts = [sessions] if isinstance(sessions, Sessions) else list(sessions)
@@ -59,18 +69,14 @@ class KNNBlend:
     ) -> None:
         if not weight > 0:
             raise ValueError(f"the kNN blend's weight must be > 0, got {weight!r}")
-        if not scale > 0:
-            raise ValueError(f"the kNN blend's scale must be > 0, got {scale!r}")
-        unknown = sorted(set(settings or {}) - set(KNN_SETTINGS))
-        if unknown:
-            raise ValueError(f"the kNN blend's V-SKNN settings are {sorted(KNN_SETTINGS)}, got unknown {unknown}")
+        scale, settings = checked_settings(scale, settings)
         if sessions.times is None:
             raise NoClickTimesError(
                 "the kNN blend (blend=...) needs the training sessions' click times, which order the neighbours by "
                 "recency; switch it off with ~blend for data without them"
             )
-        self.sessions, self.n_items, self.weight, self.scale = sessions, n_items, float(weight), float(scale)
-        self.settings = KNN_SETTINGS | dict(settings or {})
+        self.sessions, self.n_items, self.weight, self.scale = sessions, n_items, float(weight), scale
+        self.settings = KNN_SETTINGS | settings
         self.knn = VSKNN(**self.settings).fit(sessions, n_items)
 
     @classmethod
@@ -205,12 +211,8 @@ class KNNBlendSearch:
     ) -> None:
         if not weights or any(not w > 0 for w in weights):
             raise ValueError(f"blend.weights must be a non-empty list of weights > 0, got {list(weights)!r}")
-        if not scale > 0:
-            raise ValueError(f"blend.scale must be > 0, got {scale!r}")
-        unknown = sorted(set(knn or {}) - set(KNN_SETTINGS))
-        if unknown:
-            raise ValueError(f"blend.knn holds V-SKNN's settings {sorted(KNN_SETTINGS)}, got unknown {unknown}")
-        self.weights, self.scale, self.knn = [float(w) for w in weights], float(scale), dict(knn or {})
+        self.scale, self.knn = checked_settings(scale, knn)
+        self.weights = [float(w) for w in weights]
 
     @torch.no_grad()
     def choose(
