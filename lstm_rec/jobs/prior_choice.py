@@ -92,9 +92,10 @@ def is_blend_search(blend_cfg: DictConfig | None) -> bool:
     return blend_cfg is not None and blend_cfg.get("_target_") == BLEND_SEARCH_TARGET
 
 
-def fixed_blend(search_cfg: DictConfig, weight: float) -> dict[str, Any]:
-    """blend=vsknn's config with `weight` and blend=auto's scale and V-SKNN settings (`search_cfg`)."""
-    return {"weight": float(weight), "scale": float(search_cfg.scale), "knn": dict(search_cfg.get("knn") or {})}
+def fixed_blend(blend_cfg: DictConfig, weight: float) -> dict[str, Any]:
+    """A fixed blend's choice: `weight` with the scale and V-SKNN settings of `blend_cfg` (blend=auto's or
+    blend=vsknn's)."""
+    return {"weight": float(weight), "scale": float(blend_cfg.scale), "knn": dict(blend_cfg.get("knn") or {})}
 
 
 def choose_blend(
@@ -116,8 +117,7 @@ def choose_blend(
         choice = _search_blend(cfg, search, model, datamodule, checkpoint) if trainer.is_global_zero else None
         choice = trainer.strategy.broadcast(choice, src=0)
     else:
-        knn = dict(blend_cfg.get("knn") or {})
-        choice = {"weight": float(blend_cfg.weight), "scale": float(blend_cfg.get("scale", 100.0)), "knn": knn}
+        choice = fixed_blend(blend_cfg, blend_cfg.weight)
     if choice["weight"] > 0:
         store = checkpoint if trainer.is_global_zero else None
         apply_blend(choice, model, datamodule.train_sessions, datamodule.n_items, store)
