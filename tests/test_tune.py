@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from conftest import TINY, compose_config
 from lstm_rec.checkpoint import load_network
 from lstm_rec.data.synthetic import generate_events
-from lstm_rec.jobs.tune import PruneTrial, final_epochs, make_study, tune, tuning_splits, write_report
+from lstm_rec.jobs.tune import PruneTrial, _suggest, final_epochs, make_study, tune, tuning_splits, write_report
 
 QUICK = [o for o in TINY if not o.startswith(("data.", "trainer.max_epochs"))]
 
@@ -89,18 +89,46 @@ def test_from_the_second_trial_a_trial_below_the_first_trials_curve_is_pruned(lo
     assert not waiting.should_prune()
 
 
+def test_the_configured_values_come_first_then_each_variant_of_them(log_files, tmp_path):
+    cfg = compose_config("tune", files(log_files), tmp_path)
+    study = make_study(cfg)
+    first, second = (_suggest(study.ask(), cfg.search) for _ in range(2))  # the queued values, as trials get them
+    assert first == {key: OmegaConf.select(cfg, key) for key in cfg.search}
+    assert first["model.repeat_window"] == 0
+    assert second == first | {"model.repeat_window": 10}  # conf/tune.yaml's variant
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("[{model.layers: 2}]", r"variants: model\.layers is not a searched key"),
+        ("[{model.repeat_window: 7}]", r"variants: model\.repeat_window=7 lies outside its search space \[0, 10\]"),
+        ("[{model.optimizer.lr: 0.5}]", r"model\.optimizer\.lr=0\.5 lies outside its search space \[0\.02, 0\.15\]"),
+        ("[{}]", r"variants: each entry must map searched keys to values"),
+    ],
+)
+def test_a_variant_outside_the_search_is_refused(log_files, tmp_path, variant, message):
+    with pytest.raises(ValueError, match=message):
+        make_study(compose_config("tune", [*files(log_files), f"variants={variant}"], tmp_path))
+
+
 @pytest.mark.slow
 def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_path):
     overrides = [*QUICK, *files(log_files), "trainer.max_epochs=3", "max_trials=3", "startup_trials=1"]
     overrides += [
         "~search",
-        "+search={model.optimizer.lr: {low: 0.001, high: 0.03, log: true}, model.hidden: {choices: [16, 32]}}",
+        "+search={model.optimizer.lr: {low: 0.001, high: 0.03, log: true}, model.hidden: {choices: [16, 32]},"
+        " model.repeat_window: {choices: [0, 2]}}",
+        "variants=[{model.repeat_window: 2}]",
     ]
     metrics = tune(compose_config("tune", overrides, tmp_path))
     trials = pd.read_csv(tmp_path / "trials.csv")
     assert len(trials) == 3 and trials["state"].isin(["COMPLETE", "PRUNED"]).all()
     first = trials[trials["number"] == 0].iloc[0]
     assert (first["params_model.optimizer.lr"], first["params_model.hidden"]) == (0.01, 32)  # the defaults first
+    second = trials[trials["number"] == 1].iloc[0]  # then the defaults with the variant's repeat scores
+    assert (second["params_model.optimizer.lr"], second["params_model.hidden"]) == (0.01, 32)
+    assert (first["params_model.repeat_window"], second["params_model.repeat_window"]) == (0, 2)
     report = json.loads((tmp_path / "tune.json").read_text())
     completed = trials[trials["state"] == "COMPLETE"]
     assert report["best_value"] == pytest.approx(completed["value"].max())
@@ -109,7 +137,12 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     # The final run trained on all of data.train with the best values and tested once on data.test.
     chosen = (tmp_path / "best_overrides.txt").read_text().split()
     searched = [o for o in chosen if "prior" not in o and "blend" not in o]
-    assert {o.split("=")[0] for o in searched} == {"model.optimizer.lr", "model.hidden", "trainer.max_epochs"}
+    assert {o.split("=")[0] for o in searched} == {
+        "model.optimizer.lr",
+        "model.hidden",
+        "model.repeat_window",
+        "trainer.max_epochs",
+    }
     again = compose_config("train", [*QUICK, *files(log_files), *chosen], tmp_path / "again")  # they compose
     assert again.model.hidden == report["best_params"]["model.hidden"]
     final = json.loads((tmp_path / "final" / "metrics.json").read_text())

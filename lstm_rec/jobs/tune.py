@@ -80,15 +80,18 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
 
 
 def make_study(cfg: DictConfig) -> optuna.Study:
-    """The search: TPE after `startup_trials` random ones, the configured values first; a median pruner that stops a
-    trial below the median curve of the completed ones once `prune_after_trials` have completed, from its
-    (`warmup_epochs` + 1)-th epoch on."""
+    """The search: TPE after `startup_trials` random ones, the configured values first, then each of `variants` (changes
+    to them); a median pruner that stops a trial below the median curve of the completed ones once
+    `prune_after_trials` have completed, from its (`warmup_epochs` + 1)-th epoch on."""
     study = optuna.create_study(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_after_trials, n_warmup_steps=cfg.warmup_epochs),
     )
-    study.enqueue_trial(_defaults(cfg))  # the configured values are the first trial
+    defaults = _defaults(cfg)
+    study.enqueue_trial(defaults)  # the configured values are the first trial
+    for changes in cfg.get("variants") or []:  # then the configured values with each variant's changes
+        study.enqueue_trial(defaults | _variant(cfg.search, changes))
     return study
 
 
@@ -115,12 +118,34 @@ def _defaults(cfg: DictConfig) -> dict[str, Any]:
     values = {}
     for key, spec in cfg.search.items():
         value = OmegaConf.select(cfg, key)
-        inside = value in spec.choices if "choices" in spec else value is not None and spec.low <= value <= spec.high
-        if not inside:
-            space = list(spec.choices) if "choices" in spec else f"[{spec.low}, {spec.high}]"
-            raise ValueError(f"{key}={value} lies outside its search space {space}: set {key} or search.{key}")
+        if not _inside(spec, value):
+            raise ValueError(f"{key}={value} lies outside its search space {_space(spec)}: set {key} or search.{key}")
         values[key] = value
     return values
+
+
+def _variant(search: DictConfig, changes: Any) -> dict[str, Any]:
+    """One entry of `variants`: a mapping of searched keys to values inside their search space."""
+    if not isinstance(changes, DictConfig) or not changes:
+        example = "{model.repeat_window: 10}"
+        raise ValueError(f"variants: each entry must map searched keys to values, e.g. {example}, got {changes}")
+    values = {}
+    for key, value in changes.items():
+        spec = search.get(key)
+        if spec is None:
+            raise ValueError(f"variants: {key} is not a searched key (search: {', '.join(search)})")
+        if not _inside(spec, value):
+            raise ValueError(f"variants: {key}={value} lies outside its search space {_space(spec)}")
+        values[key] = value
+    return values
+
+
+def _inside(spec: DictConfig, value: Any) -> bool:
+    return value in spec.choices if "choices" in spec else value is not None and spec.low <= value <= spec.high
+
+
+def _space(spec: DictConfig) -> Any:
+    return list(spec.choices) if "choices" in spec else f"[{spec.low}, {spec.high}]"
 
 
 def _suggest(trial: optuna.Trial, search: DictConfig) -> dict[str, Any]:
