@@ -147,7 +147,26 @@ class SessionRecModule(L.LightningModule):
         if hasattr(self.loss, "resolve_layout"):  # the sampled losses' layout follows the device (see there)
             self.loss.resolve_layout(self.device)
 
-    def training_step(self, batch: Tensor | ParallelStep, batch_idx: int) -> Tensor | None:
+    @property
+    def automatic_optimization(self) -> bool:
+        """Lightning's optimizer step, one a batch; off when the datamodule hands over batches of several
+        session-parallel steps (data.steps_per_batch), which training_step steps through one by one itself."""
+        return self._automatic_optimization and self.steps_per_batch() == 1
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, automatic: bool) -> None:
+        self._automatic_optimization = automatic
+
+    def steps_per_batch(self) -> int:
+        """The session-parallel steps of a training batch, as the trainer's datamodule decided (1 without one)."""
+        trainer = self._trainer
+        decide = getattr(getattr(trainer, "datamodule", None), "parallel_steps_per_batch", None)
+        return 1 if decide is None else decide()
+
+    def training_step(self, batch: Tensor | ParallelStep | list[ParallelStep], batch_idx: int) -> Tensor | None:
+        if isinstance(batch, list):  # several session-parallel steps, each its own optimizer step
+            self._train_steps(batch, batch_idx)
+            return None
         parallel = isinstance(batch, ParallelStep)
         if parallel:
             loss, size = self._parallel_step_loss(batch), len(batch.targets)
@@ -156,31 +175,72 @@ class SessionRecModule(L.LightningModule):
             # The sum of the members' losses, so that each member learns as if alone.
             loss, size = self.loss(self.net, self.net.encode(inputs), targets), len(batch)
         if self.nonfinite_loss == "skip" and not torch.isfinite(loss):
-            self.skipped_batches += 1
-            if parallel:  # the skipped step's lanes carry no non-finite state on
-                self._lanes.h[:, batch.slots], self._lanes.c[:, batch.slots] = 0.0, 0.0
-            log.warning("%s; skipping this batch (%d skipped so far)", self._nonfinite_message(batch_idx),
-                        self.skipped_batches)  # fmt: skip
+            self._skip(batch if parallel else None, batch_idx)
             return None  # Lightning then runs no backward pass and no optimizer step
         self._watch_loss(loss.detach(), batch_idx)
-        self._log_training_loss(loss.detach() / self.net.n_members, size, batch_idx)
+        if self._trainer is not None:  # not a step run by hand
+            trainer, step = self.trainer, self.global_step + 1  # the optimizer steps after this batch
+            last = batch_idx + 1 >= trainer.num_training_batches or 0 < trainer.max_steps <= step
+            self._log_training_loss(loss.detach() / self.net.n_members, size, step, last)
         return loss
 
-    def _log_training_loss(self, batch_loss: Tensor, size: int, batch_idx: int) -> None:
-        """train/loss_step and train/loss_epoch (the mean over the epoch's predictions), handed to Lightning only at the
-        steps its logger writes and at the epoch's or the run's last step: self.log every step cost 0.4 ms of a 9 ms
-        step. The epoch's sum is kept here on the device; each hand-over carries the rows since the last one as its
-        weight, so Lightning's weighted epoch mean is the mean over every step."""
-        if self._trainer is None:  # a step run by hand: nothing to log to
-            return
+    def _skip(self, step: ParallelStep | None, batch_idx: int) -> None:
+        self.skipped_batches += 1
+        if step is not None:  # the skipped step's lanes carry no non-finite state on
+            self._lanes.h[:, step.slots], self._lanes.c[:, step.slots] = 0.0, 0.0
+        log.warning("%s; skipping this batch (%d skipped so far)", self._nonfinite_message(batch_idx),
+                    self.skipped_batches)  # fmt: skip
+
+    def _train_steps(self, steps: list[ParallelStep], batch_idx: int) -> None:
+        """A batch of session-parallel steps under manual optimization: each step as Lightning's automatic
+        optimization takes a batch of one (the gradients zeroed, the loss's backward pass, the optimizer's step, then
+        the schedulers stepped every step), with the same random draws in the same order; only Lightning's own work
+        per batch (hooks, loops, logging) comes once per batch of steps rather than once per step."""
+        trainer, optimizer = self.trainer, self.optimizers()
+        per_step = [config for config in trainer.lr_scheduler_configs if config.interval == "step"]
+        last_batch = batch_idx + 1 >= trainer.num_training_batches
+        for done, step in enumerate(steps, start=1):
+            if 0 < trainer.max_steps <= self.global_step:
+                done -= 1
+                break
+            loss = self._parallel_step_loss(step)
+            if self.nonfinite_loss == "skip" and not torch.isfinite(loss):
+                self._skip(step, batch_idx)
+                continue
+            self._watch_loss(loss.detach(), batch_idx)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            for config in per_step:
+                if self.global_step % config.frequency == 0:
+                    config.scheduler.step()
+            last = (last_batch and done == len(steps)) or 0 < trainer.max_steps <= self.global_step
+            self._log_training_loss(loss.detach() / self.net.n_members, len(step.targets), self.global_step, last,
+                                    direct=True)  # fmt: skip
+            if self.global_step % self.nonfinite_check_every == 0:
+                self._stop_if_nonfinite()
+        # Lightning counts its logging steps by batches (one more after this one): it logs at the optimizer steps, as
+        # a batch of one step would.
+        if done > 1 and hasattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped"):
+            trainer.fit_loop.epoch_loop._batches_that_stepped += done - 1
+
+    def _log_training_loss(self, batch_loss: Tensor, size: int, step: int, last: bool, direct: bool = False) -> None:
+        """train/loss_step and train/loss_epoch (the mean over the epoch's predictions) after optimizer step `step`,
+        handed to Lightning only at the steps its logger writes and at the epoch's or the run's `last` step: self.log
+        every step cost 0.4 ms of a 9 ms step. The epoch's sum is kept here on the device; each hand-over carries the
+        rows since the last one as its weight, so Lightning's weighted epoch mean is the mean over every step.
+        `direct`: a step within a batch of several, whose train/loss_step goes to the loggers from here, at the step
+        Lightning gives a batch of one (its logger writes once a batch), and to the progress bar through Lightning."""
         if self._epoch_rows == 0:
             self._epoch_loss = torch.zeros((), device=batch_loss.device)
         self._epoch_loss.add_(batch_loss * size)
         self._epoch_rows += size
-        trainer, step = self.trainer, self.global_step + 1
-        last = batch_idx + 1 >= trainer.num_training_batches or 0 < trainer.max_steps <= step
+        trainer = self.trainer
         if last or step % max(trainer.log_every_n_steps, 1) == 0:
-            self.log("train/loss_step", batch_loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/loss_step", batch_loss, on_step=True, on_epoch=False, prog_bar=True, logger=not direct)
+            if direct and step % max(trainer.log_every_n_steps, 1) == 0:
+                for logger in self.loggers:
+                    logger.log_metrics({"train/loss_step": batch_loss.item()}, step=step - 1)
             chunk, rows = self._epoch_loss / self._epoch_rows, self._epoch_rows
             self.log("train/loss_epoch", chunk, on_step=False, on_epoch=True, prog_bar=True, batch_size=rows)
             self._epoch_rows = 0
@@ -223,8 +283,8 @@ class SessionRecModule(L.LightningModule):
             )
 
     def on_train_batch_end(self, outputs: Any, batch: Tensor, batch_idx: int) -> None:
-        if (self.global_step + 1) % self.nonfinite_check_every == 0:
-            self._stop_if_nonfinite()
+        if not isinstance(batch, list) and (self.global_step + 1) % self.nonfinite_check_every == 0:
+            self._stop_if_nonfinite()  # a batch of several steps checked within (_train_steps)
 
     def _evaluation_step(self, batch: Tensor, metrics: MetricCollection, scorer: Any = None) -> None:
         # Full-precision scores: bf16 would tie many items and push targets down under pessimistic ranks.
@@ -353,10 +413,22 @@ class SessionRecModule(L.LightningModule):
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         per_step = "total_steps" in inspect.signature(self.scheduler_factory).parameters
-        length = {"total_steps": int(self.trainer.estimated_stepping_batches)} if per_step else {}
+        length = {"total_steps": self._total_steps()} if per_step else {}
         scheduler = self.scheduler_factory(optimizer=optimizer, **length)
         interval = "step" if per_step else self.scheduler_interval
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def _total_steps(self) -> int:
+        """The run's optimizer steps as Lightning estimates them (its first epoch's batches times the epochs, at most
+        trainer.max_steps), counted in steps where a batch holds several (data.steps_per_batch)."""
+        trainer = self.trainer
+        estimated = trainer.estimated_stepping_batches  # makes the training loader when there is none yet
+        k = self.steps_per_batch()
+        if k == 1 or trainer.max_epochs == -1:
+            return int(estimated)
+        steps = min(trainer.train_dataloader.sampler.n_steps, int(trainer.num_training_batches) * k)
+        total = steps * max(trainer.max_epochs, 1)
+        return total if trainer.max_steps == -1 else min(total, trainer.max_steps)
 
     def on_train_start(self) -> None:
         # A resumed optimizer takes its settings from the checkpoint, "fused" among them: a checkpoint written with
@@ -369,6 +441,26 @@ class SessionRecModule(L.LightningModule):
             (optimizer,) = self.trainer.optimizers
             carry_optimizer_state(optimizer, self.carried_optimizer_state)
             self.carried_optimizer_state = None
+        self._check_step_counter()
+
+    def _check_step_counter(self) -> None:
+        """Lightning counts optimizer steps in one place under its automatic optimization and in another under manual
+        optimization (several steps a batch): a run resumed in the other mode would count from 0 (its logging steps,
+        trainer.max_steps). Refused, naming the setting that resumes it."""
+        loop = self.trainer.fit_loop.epoch_loop
+        try:
+            automatic = loop.automatic_optimization.optim_progress.optimizer_steps
+            manual = loop.manual_optimization.optim_step_progress.total.completed
+        except AttributeError:  # another Lightning: nothing to compare
+            return
+        counted, other = (automatic, manual) if self.automatic_optimization else (manual, automatic)
+        if counted == 0 and other > 0:
+            k = self.steps_per_batch()
+            raise ValueError(
+                f"this run resumes a checkpoint trained with {'several steps' if k == 1 else 'one step'} a batch "
+                f"({other} steps) and now takes {k}: resume it with the data.steps_per_batch it was trained with "
+                f"({'1' if k > 1 else 'more than 1'}), or start a new run from its weights with init_from=PATH"
+            )
 
     def configure_gradient_clipping(
         self,
@@ -410,6 +502,10 @@ class SessionRecModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._stop_training_clock()
+        if not self.automatic_optimization:  # Lightning steps no scheduler under manual optimization
+            for config in self.trainer.lr_scheduler_configs:
+                if config.interval == "epoch" and (self.current_epoch + 1) % config.frequency == 0:
+                    config.scheduler.step()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._stop_if_nonfinite()

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, compose_config
 from lstm_rec.checkpoint import load_network
@@ -188,3 +189,67 @@ def test_the_ensemble_preset_trains_on_session_parallel_steps_with_the_gru(tmp_p
     assert trained.network.n_members == 4 and trained.network.cell == "gru"
     assert trained.network.window_mask.sum(dim=(1, 2)).tolist() == [0, 0, 10, 5]  # each member's own window
     assert metrics["test/recall@20"] > 2 * metrics["pop/test/recall@20"]
+
+
+def scalars(run_dir, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+def test_several_steps_a_batch_train_exactly_as_one_step_a_batch(tmp_path, caplog):
+    # The defaults' recipe (BPR-max, sparse Adagrad with momentum, a per-step warm-up and cosine schedule, dropout) on
+    # session-parallel steps: 7 steps a batch under manual optimization, the last batch of each epoch shorter, give
+    # the same weights, metrics and logged curves as one step a batch under Lightning's own optimizer steps.
+    recipe = ["data.n_sessions=1500", "data.n_items=200", "model.hidden=32", "model.embedding_dim=32",
+              "data.batch_size=16", "trainer.max_epochs=2", "~prior", "~blend", "refit=false",
+              "trainer.log_every_n_steps=5"]  # fmt: skip
+    runs = {}
+    for k in (1, 7):
+        with caplog.at_level(logging.INFO, logger="lstm_rec"):
+            cfg = compose_config("train", [*recipe, f"data.steps_per_batch={k}"], tmp_path / f"k{k}")
+            runs[k] = train(cfg)
+    assert "data.steps_per_batch=7: 7 steps a batch" in caplog.text
+    one, several = (torch.load(tmp_path / f"k{k}/checkpoints/last.ckpt", weights_only=False) for k in (1, 7))
+    assert one["global_step"] == several["global_step"] > 100
+    assert one["state_dict"].keys() == several["state_dict"].keys()
+    for name, weights in one["state_dict"].items():
+        assert torch.equal(weights, several["state_dict"][name]), name
+    assert runs[1]["test/recall@20"] == runs[7]["test/recall@20"] and runs[1]["test/mrr@20"] == runs[7]["test/mrr@20"]
+    for tag in ("train/loss_step", "train/loss_epoch", "val/mrr@20", "lr-AdagradMomentum"):
+        assert scalars(tmp_path / "k1", tag) == scalars(tmp_path / "k7", tag), tag
+    steps = [step for step, _ in scalars(tmp_path / "k7", "train/loss_step")]
+    assert steps == list(range(4, steps[-1] + 1, 5))  # every 5th optimizer step, not every 5th batch of 7
+
+
+def test_several_steps_a_batch_fall_back_to_one_where_lightning_steps_the_optimizer(tmp_path, caplog):
+    overrides = [*TINY, "data.batching=parallel", "data.steps_per_batch=8", "trainer.max_epochs=1"]  # TINY clips
+    with caplog.at_level(logging.INFO, logger="lstm_rec"):
+        metrics = train(compose_config("train", overrides, tmp_path))
+    assert "data.steps_per_batch=8: 1 step a batch: trainer.gradient_clip_val=1.0 needs" in caplog.text
+    assert metrics["test/recall@20"] > 2 * metrics["pop/test/recall@20"]
+    # The sampler's batches of k steps: the epoch's steps in their order, the last batch shorter.
+    one, four = (ParallelStepSampler(LENGTHS, OFFSETS, width=2, seed=3, steps_per_batch=k) for k in (1, 4))
+    batches = list(four)
+    assert [len(batch) for batch in batches] == [4, 2] and len(four) == 2 and four.n_steps == 6 == len(one)
+    assert [step.tolist() for batch in batches for step in batch] == [step.tolist() for step in one]
+    steps = ParallelSteps(Sessions(ITEMS, OFFSETS))[batches[0]]
+    assert len(steps) == 4 and all(isinstance(step, ParallelStep) for step in steps)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=r"data.steps_per_batch must be a positive whole number"):
+            ParallelStepSampler(LENGTHS, OFFSETS, width=2, steps_per_batch=bad)
+
+
+def test_a_run_resumes_with_the_steps_a_batch_it_was_trained_with(tmp_path):
+    # Lightning counts the optimizer steps of one step a batch and of several in different places: resuming in the
+    # other mode would count from 0, so it is refused; in the same mode the run goes on from its steps.
+    recipe = ["data.n_sessions=600", "data.n_items=100", "model.hidden=16", "model.embedding_dim=16",
+              "data.batch_size=16", "~prior", "~blend", "refit=false"]  # fmt: skip
+    first = compose_config("train", [*recipe, "trainer.max_epochs=1", "data.steps_per_batch=1"], tmp_path / "one")
+    train(first)
+    last = tmp_path / "one/checkpoints/last.ckpt"
+    steps = torch.load(last, weights_only=False)["global_step"]
+    resumed = [*recipe, "trainer.max_epochs=2", f"ckpt_path={last}"]
+    with pytest.raises(ValueError, match=r"trained with one step a batch \(\d+ steps\) and now takes 4: resume it"):
+        train(compose_config("train", [*resumed, "data.steps_per_batch=4"], tmp_path / "four"))
+    train(compose_config("train", [*resumed, "data.steps_per_batch=1"], tmp_path / "again"))
+    assert torch.load(tmp_path / "again/checkpoints/last.ckpt", weights_only=False)["global_step"] > steps

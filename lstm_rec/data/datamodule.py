@@ -19,6 +19,7 @@ from lstm_rec.data.batching import (
     SessionBatches,
     check_batching,
     check_order,
+    check_steps_per_batch,
     resolve_batching,
 )
 from lstm_rec.data.io import read_events
@@ -45,7 +46,9 @@ class SessionDataModule(L.LightningDataModule):
     the per-epoch validation takes that many of the validation sessions (drawn once from `seed`). `order` is how
     training sessions are ordered ("shuffle" or "time"), `batching` how they become batches: "windows" (padded
     windows of `batch_size` sessions, LengthGroupedBatchSampler) or "parallel" (session-parallel steps over
-    `batch_size` lanes, the state carried from step to step, ParallelStepSampler).
+    `batch_size` lanes, the state carried from step to step, ParallelStepSampler). Session-parallel training takes
+    `steps_per_batch` steps per training batch, each its own optimizer step, where the trainer leaves the optimizer
+    steps to the module (`parallel_steps_per_batch`).
     """
 
     stationary = False  # whether every session comes from one unchanging process (refit=auto: nothing to gain)
@@ -62,11 +65,14 @@ class SessionDataModule(L.LightningDataModule):
         seed: int = 0,
         order: str = "shuffle",
         batching: str = "windows",
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         check_order(order)
         check_batching(batching)
-        self.order, self.batching = order, batching
+        check_steps_per_batch(steps_per_batch)
+        self.order, self.batching, self.steps_per_batch = order, batching, steps_per_batch
+        self._steps_for: tuple[Any, int] | None = None  # (the trainer, its steps a batch)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.max_len = max_len
@@ -193,7 +199,7 @@ class SessionDataModule(L.LightningDataModule):
             dataset = ParallelSteps(sessions)
             sampler = ParallelStepSampler(
                 sessions.lengths, sessions.offsets, self.batch_size, seed=self.seed, order=self.order,
-                times=dataset.times, num_replicas=processes,
+                times=dataset.times, num_replicas=processes, steps_per_batch=self.parallel_steps_per_batch(),
             )  # fmt: skip
             # This epoch's steps: Lightning reads the loader's length before it sets the sampler's epoch.
             sampler.set_epoch(0 if self.trainer is None else self.trainer.current_epoch)
@@ -210,6 +216,27 @@ class SessionDataModule(L.LightningDataModule):
             times=dataset.times,
         )
         return self._data_loader(dataset, sampler)
+
+    def parallel_steps_per_batch(self) -> int:
+        """Session-parallel steps per training batch: `steps_per_batch`, or 1 where the trainer steps the optimizer
+        itself (Lightning clips or accumulates gradients only under its automatic optimization, one step a batch), or
+        where training does not run on session-parallel steps. Said once in the log when it is not 1 or cannot be."""
+        trainer, k = self.trainer, self.steps_per_batch
+        if trainer is None or k == 1:
+            return 1
+        if self._steps_for is not None and self._steps_for[0] is trainer:  # asked at every batch: decided once
+            return self._steps_for[1]
+        parallel = resolve_batching(self.batching, trainer.world_size, quiet=True) == "parallel"
+        why = None
+        if trainer.gradient_clip_val:
+            why = f"trainer.gradient_clip_val={trainer.gradient_clip_val}"
+        elif trainer.accumulate_grad_batches != 1:
+            why = f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}"
+        if parallel:  # windows take one step a batch whatever this says
+            told = f"1 step a batch: {why} needs Lightning's own optimizer step" if why else f"{k} steps a batch"
+            log.info("data.steps_per_batch=%d: %s", k, told)
+        self._steps_for = (trainer, k if parallel and why is None else 1)
+        return self._steps_for[1]
 
     def _data_loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
         return DataLoader(

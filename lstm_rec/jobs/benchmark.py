@@ -35,6 +35,8 @@ class EpochClock(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if isinstance(batch, ParallelStep):  # session-parallel: one real (click, next click) pair per lane in use
             self._targets += len(batch.targets)
+        elif isinstance(batch, list):  # several session-parallel steps (data.steps_per_batch)
+            self._targets += sum(len(step.targets) for step in batch)
         else:  # windows: the targets are the non-padding positions after the first
             self._targets += (batch[:, 1:] > 0).sum()  # counted on the device, with no sync per step
 
