@@ -148,6 +148,9 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     final = json.loads((tmp_path / "final" / "metrics.json").read_text())
     assert metrics["test/n_predictions"] == final["test/n_predictions"]
     assert final["epochs"] == int(searched[-1].split("=")[1])  # the epochs chosen from the best trial's curve
+    # It trained on the search's validation sessions too, so it validates on none: no flattering val/ figures.
+    assert not [key for key in final if key.startswith(("val/", "pop/val/"))] and "test/mrr@20" in final
+    assert not [key for key in report if key.startswith("val/")]
     best = trials.iloc[0]
     # prior=auto: each trial chose its prior on its validation sessions; the final run and the overrides use the best
     # trial's choice, made from all of data.train (none: ~prior), and its test ranks with it.

@@ -66,8 +66,9 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     refit = cfg.get("refit")  # resolved by _fit: True, TOP_UP or False
     # A refit tests (and ranks popularity on) its own data; a top-up keeps this network's popularity figures.
     metrics |= _validation_and_popularity(model, datamodule, test=refit is not True)
-    with trainer.precision_plugin.forward_context():  # the training's precision, as in the per-epoch val/loss
-        metrics["val/loss"] = model.validation_loss(datamodule.full_dataloader("valid"))
+    if datamodule.valid_sessions is not None:  # a run with nothing held out (unvalidated) has none
+        with trainer.precision_plugin.forward_context():  # the training's precision, as in the per-epoch val/loss
+            metrics["val/loss"] = model.validation_loss(datamodule.full_dataloader("valid"))
     metrics |= {
         "epochs": trainer.current_epoch,
         "max_epochs": trainer.max_epochs,  # the number trainer.max_epochs=auto chose, or the one given
@@ -216,25 +217,33 @@ def _second_fit(
     """A second training run after the selected network's (a refit, a top-up), in <run>/<name>/: `epochs` epochs,
     nothing held out or validated, its latest epoch kept; `changes` are further config keys, `fit_args` go to _fit.
     Returns its trainer, model, data and last checkpoint."""
-    second = copy.deepcopy(cfg)
     settings = {
         "paths.output_dir": str(Path(cfg.paths.output_dir) / name),
-        "data.valid_fraction": 0.0,
         "trainer.max_epochs": epochs,
-        "callbacks.early_stopping": None,
         "ckpt_path": None,
         "refit": False,
         **changes,
     }
-    with open_dict(second):
-        for key, value in settings.items():
-            OmegaConf.update(second, key, value, merge=False)
-        second.trainer.limit_val_batches = 0  # nothing held out: no validation
-        if (second.get("callbacks") or {}).get("model_checkpoint") is not None:
-            second.callbacks.model_checkpoint.monitor = None  # keeps the latest epoch
+    second = unvalidated(cfg, settings)
     _clear_earlier_refit(second)
     trainer, model, datamodule, _ = _fit(second, (), resume=False, **fit_args)
     return trainer, model, datamodule, _checkpoint_to_test(trainer, "last")
+
+
+def unvalidated(cfg: DictConfig, changes: dict[str, Any]) -> DictConfig:
+    """`cfg` with `changes`, for a run that trains on all of its data.train for a fixed number of epochs: nothing held
+    out or validated (no data.valid, no validation split, no early stopping), the latest epoch kept."""
+    run = copy.deepcopy(cfg)
+    settings = {"data.valid_fraction": 0.0, "callbacks.early_stopping": None, **changes}
+    with open_dict(run):
+        for key, value in settings.items():
+            OmegaConf.update(run, key, value, merge=False)
+        if run.data.get("valid") is not None:
+            run.data.valid = None
+        run.trainer.limit_val_batches = 0  # nothing held out: no validation
+        if (run.get("callbacks") or {}).get("model_checkpoint") is not None:
+            run.callbacks.model_checkpoint.monitor = None  # keeps the latest epoch
+    return run
 
 
 def _after_selected(
@@ -293,12 +302,14 @@ def _validation_and_popularity(
     model: SessionRecModule, datamodule: SessionDataModule, test: bool = True
 ) -> dict[str, float]:
     """The tested checkpoint's validation metrics, and popularity's on validation (and on test with `test`), in this
-    process alone."""
-    valid = datamodule.full_dataloader("valid")
-    metrics = evaluate(model.scorer(), valid, model.ks, "val/", model.device, item_counts=datamodule.item_index.counts)
-    for split in ("valid", "test") if test else ("valid",):
-        metrics |= _popularity(datamodule, split, model.ks)
-    return metrics
+    process alone; none on validation for a run without validation sessions."""
+    metrics: dict[str, float] = {}
+    if datamodule.valid_sessions is not None:
+        valid = datamodule.full_dataloader("valid")
+        counts = datamodule.item_index.counts
+        metrics |= evaluate(model.scorer(), valid, model.ks, "val/", model.device, item_counts=counts)
+        metrics |= _popularity(datamodule, "valid", model.ks)
+    return metrics | (_popularity(datamodule, "test", model.ks) if test else {})
 
 
 def _popularity(datamodule: SessionDataModule, split: str, ks: Sequence[int]) -> dict[str, float]:

@@ -25,7 +25,7 @@ from lstm_rec.data.sessions import ITEM, SESSION, TIME, split_by_start_time
 from lstm_rec.jobs.prior_choice import RECENT_TARGET, fixed_blend, is_blend_search, is_search
 from lstm_rec.jobs.report import frame_to_markdown, write_json
 from lstm_rec.jobs.runs import checkpoint_epochs, prepare_run
-from lstm_rec.jobs.train import train
+from lstm_rec.jobs.train import train, unvalidated
 from lstm_rec.module import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -198,9 +198,10 @@ def _final_config(
         "validation value, final_epochs_tolerance=%g)", epochs, best.number, best.user_attrs.get("epochs"),
         100 * tolerance, tolerance,
     )  # fmt: skip
-    test = {"data.train": splits["full"], "data.test": cfg.data.test, "trainer.max_epochs": epochs}
-    for key, value in (test | {"callbacks.early_stopping": None, "test_ckpt": "last"}).items():
-        OmegaConf.update(final, key, value, merge=False)
+    # Its data.train holds the search's validation sessions: it validates on nothing rather than on sessions it trains
+    # on (whose val/ figures would flatter it), and its epochs come from the best trial.
+    test = {"data.train": splits["full"], "data.test": cfg.data.test, "trainer.max_epochs": epochs, "test_ckpt": "last"}
+    final = unvalidated(final, test)
     chosen = best.user_attrs.get("prior")
     if is_search(final.get("prior")):  # prior=auto: the best trial's choice, made from all the training data
         prior = None if not chosen or chosen["weight"] <= 0 else {"_target_": RECENT_TARGET, **chosen}
