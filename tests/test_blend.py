@@ -69,6 +69,29 @@ def test_blend_terms_are_the_log_of_v_sknn_votes_over_the_prefix_best():
     torch.testing.assert_close(padding, torch.zeros(3, 2, 4))
 
 
+def test_the_blends_knn_counts_every_shared_prefix_item_alike_unless_told_otherwise():
+    # Prefix [1, 2]; session A = [1, 5] shares item 1 (2 clicks back), B = [2, 6] shares item 2 (the last click).
+    # Counting shared items alike (the blend's default), each is 1 of the prefix's 2 items: similarity 1/2 each;
+    # votes decay by the steps back of the latest shared item: A 1/2 x 1/2 = 1/4, B 1/2. Over the best (B's 1/2):
+    # items 1 and 5 0.5, items 2 and 6 1. Quadratic (V-SKNN's own): A's item weighs (1/2)^2, so A's similarity is
+    # 1/8 and its vote 1/16, and items 1 and 5 get 0.125. A checkpoint keeps the settings its blend was made with.
+    train = sessions_of([1, 5], [2, 6])
+    prefixes = Prefixes.of(torch.tensor([[1, 2]]))
+    alike = KNNBlend(train, 6, 1.0, PLAIN)
+    quadratic = KNNBlend(train, 6, 1.0, PLAIN | {"weighting": "quadratic"})
+
+    def terms(ratio_a: float) -> torch.Tensor:
+        a, b = math.log(1 + 100 * ratio_a), math.log(101)
+        return torch.tensor([a, b, 0.0, 0.0, a, b])
+
+    torch.testing.assert_close(alike.scaled(prefixes)[0, 1], terms(0.5))
+    torch.testing.assert_close(quadratic.scaled(prefixes)[0, 1], terms(0.125))
+    assert alike.settings["weighting"] == "same"
+    restored = KNNBlend.from_checkpoint(quadratic.to_checkpoint(), 6)
+    assert restored.settings["weighting"] == "quadratic"
+    torch.testing.assert_close(restored.scaled(prefixes), quadratic.scaled(prefixes))
+
+
 def test_the_blend_adds_the_weighted_terms_to_the_network():
     # After [1]: votes 3, 2, 1 for items 1, 2, 3 (no idf), shares 1, 2/3, 1/3; scale 3: log 4, log 3, log 2.
     train = sessions_of([1, 2], [1, 2], [1, 3])
