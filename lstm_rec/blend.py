@@ -201,10 +201,12 @@ class BlendScorer(nn.Module):
 
 
 class KNNBlendSearch:
-    """blend=auto: the weight of the kNN blend that ranks the validation sessions best, or none.
+    """blend=auto: the kNN blend (its V-SKNN settings among `knn_variants`, and its weight) that ranks the validation
+    sessions best, or none.
 
     Chosen after training (and after prior=auto's choice) on the tested network and the validation sessions: the
-    network's and the kNN's scores are computed once, and every weight (0 among them) ranks with their sum.
+    network's scores and each variant's kNN scores are computed once, and every weight of every variant (and no blend)
+    ranks with their sum.
     """
 
     def __init__(
@@ -212,11 +214,21 @@ class KNNBlendSearch:
         weights: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
         scale: float = 100.0,
         knn: Mapping[str, Any] | None = None,
+        knn_variants: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         if not weights or any(not w > 0 for w in weights):
             raise ValueError(f"blend.weights must be a non-empty list of weights > 0, got {list(weights)!r}")
         self.scale, self.knn = checked_settings(scale, knn)
         self.weights = [float(w) for w in weights]
+        # Each variant: the settings it changes over `knn` (an empty one: `knn` itself).
+        variants = [dict(v or {}) for v in (knn_variants or [{}])]
+        for variant in variants:
+            unknown = sorted(set(variant) - set(KNN_SETTINGS))
+            if unknown:
+                raise ValueError(
+                    f"blend.knn_variants holds V-SKNN's settings {sorted(KNN_SETTINGS)}, got unknown {unknown}"
+                )
+        self.variants = [self.knn | variant for variant in variants]
 
     @torch.no_grad()
     def choose(
@@ -230,16 +242,18 @@ class KNNBlendSearch:
         ties: str = "pessimistic",
         device: torch.device | str = "cpu",
         max_scores: int = 2**24,
-    ) -> tuple[float, list[dict[str, float]]]:
-        """The best weight (0: no blend ranked best) and every weight's validation metrics, by `metric`. `scorer`
-        scores the `n_items` items of `sessions` (with the chosen prior, if any); `batches` are the validation
-        sessions'."""
+    ) -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
+        """The best weight (0: no blend ranked best), the V-SKNN settings it came with (those over the blend's
+        defaults, KNN_SETTINGS; the first variant's with no blend) and every candidate's validation metrics, by
+        `metric`. `scorer` scores the `n_items` items of `sessions` (with the chosen prior, if any); `batches` are the
+        validation sessions'. Ties go to the earlier candidate: no blend, then each variant's weights in order."""
         from lstm_rec.evaluation import CHUNK_SCORES, RankedPredictions, metrics_of, prediction_targets
         from lstm_rec.metrics import target_ranks
 
-        blend = KNNBlend(sessions, n_items, 1.0, self.knn, self.scale)
-        weights = [0.0, *self.weights]
-        parts: list[list[RankedPredictions]] = [[] for _ in weights]
+        blends = [KNNBlend(sessions, n_items, 1.0, variant, self.scale) for variant in self.variants]
+        # The candidates: (variant, weight); no blend first.
+        candidates = [(0, 0.0)] + [(v, w) for v in range(len(blends)) for w in self.weights]
+        parts: list[list[RankedPredictions]] = [[] for _ in candidates]
         was_training = isinstance(scorer, nn.Module) and scorer.training
         if isinstance(scorer, nn.Module):
             scorer.eval()
@@ -252,17 +266,17 @@ class KNNBlendSearch:
             lengths = (batch > 0).sum(dim=1)
             states, prefixes = scorer.encode(inputs)[is_target], Prefixes.of(inputs)[is_target]
             rows = max(1, min(max_scores, CHUNK_SCORES) // n_items)
-            ranks: list[list[Tensor]] = [[] for _ in weights]
-            tops: list[list[Tensor]] = [[] for _ in weights]
+            ranks: list[list[Tensor]] = [[] for _ in candidates]
+            tops: list[list[Tensor]] = [[] for _ in candidates]
             for begin in range(0, len(targets), rows):
                 part = slice(begin, begin + rows)
                 base = scorer.score(states[part])
-                terms = blend.terms(prefixes[part])
-                for i, weight in enumerate(weights):
-                    scores = base if weight == 0 else add_terms(base, terms, weight)
+                terms = [blend.terms(prefixes[part]) for blend in blends]
+                for i, (variant, weight) in enumerate(candidates):
+                    scores = base if weight == 0 else add_terms(base, terms[variant], weight)
                     ranks[i].append(target_ranks(scores, targets[part], ties))
                     tops[i].append(scores.topk(k, dim=1).indices)
-            for i in range(len(weights)):
+            for i in range(len(candidates)):
                 parts[i].append(
                     RankedPredictions(
                         torch.cat(ranks[i]).cpu(), torch.cat(tops[i]).cpu(), (column + 1).cpu(), lengths[row].cpu()
@@ -271,8 +285,10 @@ class KNNBlendSearch:
         if was_training:
             scorer.train()
         table = []
-        for weight, part in zip(weights, parts, strict=True):
+        for (variant, weight), part in zip(candidates, parts, strict=True):
             values = metrics_of(RankedPredictions.concat(part), ks, "val/")
-            table.append({"weight": weight} | {name: values[name] for name in sorted(values)})
-        best = max(range(len(table)), key=lambda i: (table[i][metric], -i))  # ties: the smaller weight, none first
-        return weights[best], table
+            knn = dict(self.variants[variant]) if weight > 0 else {}
+            table.append({"weight": weight, "knn": knn} | {name: values[name] for name in sorted(values)})
+        best = max(range(len(table)), key=lambda i: (table[i][metric], -i))  # ties: the earlier candidate
+        variant, weight = candidates[best]
+        return weight, dict(self.variants[variant]), table

@@ -11,7 +11,7 @@ from test_train import file_overrides
 
 from conftest import compose_config
 from lstm_rec.baselines.prefixes import Prefixes
-from lstm_rec.blend import BlendScorer, KNNBlend, KNNBlendSearch, joined
+from lstm_rec.blend import KNN_SETTINGS, BlendScorer, KNNBlend, KNNBlendSearch, joined
 from lstm_rec.checkpoint import CHECKPOINT_KEY, CheckpointError, load_network, read_checkpoint
 from lstm_rec.data import FileDataModule, Sessions
 from lstm_rec.data.sessions import NoClickTimesError
@@ -111,8 +111,8 @@ def test_the_search_keeps_the_weight_that_ranks_the_validation_sessions_best():
     # 1: 1.386, 1.599, 1.293 (first); 2: 2.773, 2.697, 1.986 (second). 0.5 and 1 tie at MRR 1; the smaller wins.
     train = sessions_of([1, 2], [1, 2], [1, 3])
     search = KNNBlendSearch(weights=[0.2, 0.5, 1.0, 2.0], scale=3.0, knn=PLAIN)
-    weight, table = search.choose(FixedScores([0.0, 0.5, 0.6]), train, 3, VALIDATION, "val/mrr@2", [1, 2])
-    assert weight == 0.5
+    weight, knn, table = search.choose(FixedScores([0.0, 0.5, 0.6]), train, 3, VALIDATION, "val/mrr@2", [1, 2])
+    assert weight == 0.5 and knn == PLAIN
     assert [row["weight"] for row in table] == [0.0, 0.2, 0.5, 1.0, 2.0]
     assert [row["val/mrr@2"] for row in table] == [0.5, 0.5, 1.0, 1.0, 0.5]
     assert [row["val/recall@1"] for row in table] == [0.0, 0.0, 1.0, 1.0, 0.0]
@@ -120,10 +120,31 @@ def test_the_search_keeps_the_weight_that_ranks_the_validation_sessions_best():
 
 def test_the_search_keeps_no_blend_when_none_ranks_better():
     train = sessions_of([1, 2], [1, 2], [1, 3])
-    weight, table = KNNBlendSearch([0.5, 1.0], 3.0, PLAIN).choose(
+    weight, knn, table = KNNBlendSearch([0.5, 1.0], 3.0, PLAIN).choose(
         FixedScores([0.0, 2.0, 0.6]), train, 3, VALIDATION, "val/mrr@2", [1, 2]
     )
-    assert weight == 0.0 and [row["val/mrr@2"] for row in table] == [1.0, 1.0, 1.0]
+    assert weight == 0.0 and knn == PLAIN and [row["val/mrr@2"] for row in table] == [1.0, 1.0, 1.0]
+
+
+def test_the_search_keeps_the_knn_variant_that_ranks_best_with_its_weight():
+    # Validation session [1, 2, 3]. Training sessions [1, 3] twice and [2, 4]; no idf, every shared item alike.
+    # After [1]: the next click, item 2, gets no vote (no neighbour holds it) and the network scores it -10: rank 4 of 4
+    # at every candidate, reciprocal rank 0 at cutoff 2.
+    # After [1, 2]: each neighbour shares 1 of the 2 prefix items, similarity 1/2. Item 3's two voters share item 1,
+    # two clicks back; item 4's one voter shares item 2, one click back. Votes decayed by 1/clicks back (div, the
+    # default): item 3 1/4 + 1/4 = 1/2, item 4 1/2: both at the best, log(1 + 3) each, and the network's order (item 4
+    # 0.6 over item 3 0.5) stands: rank 2. Not decayed (weighting_score same): item 3 1, item 4 1/2: log 4 against
+    # log 2.5, so item 3 leads from weight 0.1 / log(1.6) = 0.213 on: first at 0.5, second at 0.1.
+    train = sessions_of([1, 3], [1, 3], [2, 4])
+    search = KNNBlendSearch([0.1, 0.5], 3.0, PLAIN, knn_variants=[{}, {"weighting_score": "same"}])
+    weight, knn, table = search.choose(
+        FixedScores([-10.0, -10.0, 0.5, 0.6]), train, 4, [torch.tensor([[1, 2, 3]])], "val/mrr@2", [2]
+    )
+    assert weight == 0.5 and knn == PLAIN | {"weighting_score": "same"}
+    assert [(row["weight"], row["knn"].get("weighting_score")) for row in table] == [
+        (0.0, None), (0.1, None), (0.5, None), (0.1, "same"), (0.5, "same")
+    ]  # fmt: skip
+    assert [row["val/mrr@2"] for row in table] == [0.25, 0.25, 0.25, 0.25, 0.5]
 
 
 def test_sparse_knn_scores_equal_the_dense_ones():
@@ -135,11 +156,18 @@ def test_sparse_knn_scores_equal_the_dense_ones():
 
 
 @pytest.mark.parametrize(
-    ("weights", "scale", "knn"), [([], 100, {}), ([1.0, 0.0], 100, {}), ([1.0], 0, {}), ([1.0], 100, {"neighbours": 5})]
+    ("weights", "scale", "knn", "variants"),
+    [
+        ([], 100, {}, None),
+        ([1.0, 0.0], 100, {}, None),
+        ([1.0], 0, {}, None),
+        ([1.0], 100, {"neighbours": 5}, None),
+        ([1.0], 100, {}, [{}, {"decay": "same"}]),
+    ],
 )
-def test_the_search_refuses_empty_or_non_positive_weights_and_unknown_settings(weights, scale, knn):
+def test_the_search_refuses_empty_or_non_positive_weights_and_unknown_settings(weights, scale, knn, variants):
     with pytest.raises(ValueError, match="blend"):
-        KNNBlendSearch(weights, scale, knn)
+        KNNBlendSearch(weights, scale, knn, variants)
 
 
 def test_the_blend_needs_click_times():
@@ -188,6 +216,9 @@ def test_the_chosen_blend_is_tested_and_stored_and_made_from_all_the_training_da
     assert final.blend.sessions.n_sessions == n_sessions
     assert final.blend.sessions.n_events == len(train_events)
     assert final.blend.weight == metrics["blend_weight"] and final.blend.settings["k"] == 500
+    # The kNN variant chosen (blend=auto's knn_variants) is the one stored, in the selected and the final network.
+    assert metrics["blend_knn"] in ({}, {"weighting_score": "same"})
+    assert final.blend.settings == selected.blend.settings == KNN_SETTINGS | metrics["blend_knn"]
     # Its items, in the model's index, are data.train's clicks.
     ids = final.item_index.ids[final.blend.sessions.items - 1]
     assert sorted(ids.tolist()) == sorted(train_events["ItemId"].tolist())

@@ -11,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import TINY, compose_config
+from lstm_rec.blend import KNN_SETTINGS
 from lstm_rec.checkpoint import load_network
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.jobs.tune import PruneTrial, _suggest, final_epochs, make_study, tune, tuning_splits, write_report
@@ -167,13 +168,16 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     else:
         assert priors == ["~prior"] and again.get("prior") is None
         assert load_network(final["checkpoint"]).prior is None
-    # blend=auto likewise: the best trial's kNN blend weight (none: ~blend).
+    # blend=auto likewise: the best trial's kNN blend weight and kNN variant (none: ~blend).
     blend = json.loads(best["user_attrs_blend"].replace("'", '"'))
     blends = [o for o in chosen if "blend" in o]
     if blend["weight"] > 0:
-        assert blends == ["blend=vsknn", f"blend.weight={blend['weight']}", "blend.scale=100.0"]
+        knn = [f"blend.knn.{key}={value}" for key, value in blend["knn"].items()]
+        assert blends == ["blend=vsknn", f"blend.weight={blend['weight']}", "blend.scale=100.0", *knn]
         assert again.blend.weight == blend["weight"] and again.blend.get("_target_") is None
-        assert load_network(final["checkpoint"]).blend.weight == blend["weight"]
+        assert again.blend.knn == blend["knn"]
+        stored = load_network(final["checkpoint"]).blend
+        assert stored.weight == blend["weight"] and stored.settings == KNN_SETTINGS | blend["knn"]
     else:
         assert blends == ["~blend"] and again.get("blend") is None
         assert load_network(final["checkpoint"]).blend is None

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lstm_rec.blend import KNNBlend, KNNBlendSearch
+from lstm_rec.blend import KNN_SETTINGS, KNNBlend, KNNBlendSearch
 from lstm_rec.checkpoint import CHECKPOINT_KEY, load_network, read_checkpoint
 from lstm_rec.prior import ItemPrior, PriorScorer, RecentPopularity, RecentPopularitySearch
 
@@ -92,10 +92,11 @@ def is_blend_search(blend_cfg: DictConfig | None) -> bool:
     return blend_cfg is not None and blend_cfg.get("_target_") == BLEND_SEARCH_TARGET
 
 
-def fixed_blend(blend_cfg: DictConfig, weight: float) -> dict[str, Any]:
-    """A fixed blend's choice: `weight` with the scale and V-SKNN settings of `blend_cfg` (blend=auto's or
-    blend=vsknn's)."""
-    return {"weight": float(weight), "scale": float(blend_cfg.scale), "knn": dict(blend_cfg.get("knn") or {})}
+def fixed_blend(blend_cfg: DictConfig, weight: float, knn: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A fixed blend's choice: `weight` with the scale of `blend_cfg` (blend=auto's or blend=vsknn's) and its V-SKNN
+    settings, or `knn` (those blend=auto chose) in their place."""
+    settings = dict(blend_cfg.get("knn") or {}) if knn is None else dict(knn)
+    return {"weight": float(weight), "scale": float(blend_cfg.scale), "knn": settings}
 
 
 def choose_blend(
@@ -147,7 +148,7 @@ def _search_blend(
     datamodule: SessionDataModule,
     checkpoint: str | None,
 ) -> dict[str, Any]:
-    none = {"weight": 0.0, "scale": search.scale, "knn": search.knn}
+    none = {"weight": 0.0, "scale": search.scale, "knn": search.variants[0]}
     valid, train = datamodule.valid_sessions, datamodule.train_sessions
     if valid is None or valid.n_targets == 0:
         log.info("blend=auto: no validation sessions to choose the kNN blend's weight on; no blend")
@@ -157,7 +158,7 @@ def _search_blend(
         return none
     metric = cfg.monitor if cfg.monitor.startswith(CHOOSABLE) else f"val/mrr@{max(model.ks)}"
     network = model.net if checkpoint is None else load_network(checkpoint, model.device).network
-    weight, table = search.choose(
+    weight, knn, table = search.choose(
         PriorScorer(network, model.prior),
         train,
         datamodule.n_items,
@@ -171,18 +172,26 @@ def _search_blend(
     k = metric.rsplit("@", 1)[1]
     for row in table:
         log.info(
-            "blend=auto: weight %g: val/recall@%s %.4f, val/mrr@%s %.4f",
-            row["weight"], k, row[f"val/recall@{k}"], k, row[f"val/mrr@{k}"],
+            "blend=auto: weight %g%s: val/recall@%s %.4f, val/mrr@%s %.4f",
+            row["weight"], f", kNN {_changed(row['knn'])}" if row["weight"] > 0 else "", k, row[f"val/recall@{k}"], k,
+            row[f"val/mrr@{k}"],
         )  # fmt: skip
     without, best = table[0][metric], max(row[metric] for row in table)
     if weight == 0:
         log.info("blend=auto: no kNN blend (no weight beat %s %.4f without one)", metric, without)
         return none | {"without": without}
     log.info(
-        "blend=auto: the kNN blend at weight %g: %s %.4f against %.4f without one, on %d validation predictions",
-        weight, metric, best, without, valid.n_targets,
+        "blend=auto: the kNN blend at weight %g, kNN %s: %s %.4f against %.4f without one, on %d validation "
+        "predictions",
+        weight, _changed(knn), metric, best, without, valid.n_targets,
     )  # fmt: skip
-    return {"weight": weight, "scale": search.scale, "knn": search.knn, "without": without}
+    return {"weight": weight, "scale": search.scale, "knn": knn, "without": without}
+
+
+def _changed(knn: dict[str, Any]) -> str:
+    """V-SKNN settings for the log: those that differ from the blend's defaults, or "the blend's defaults"."""
+    changed = {key: value for key, value in knn.items() if KNN_SETTINGS.get(key) != value}
+    return ", ".join(f"{key}={value}" for key, value in changed.items()) or "the blend's defaults"
 
 
 def _search(

@@ -82,8 +82,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     }
     if prior is not None:  # prior=auto's choice: the recent-popularity prior's weight (0: none) and hours
         metrics |= {"prior_weight": prior["weight"], "prior_hours": prior["hours"]}
-    if blend is not None:  # the kNN blend's weight (0: none)
-        metrics |= {"blend_weight": blend["weight"]}
+    if blend is not None:  # the kNN blend's weight (0: none) and its V-SKNN settings (over the blend's defaults)
+        metrics |= {"blend_weight": blend["weight"], "blend_knn": dict(blend["knn"])}
     if refit is True:
         metrics = _refit(cfg, metrics, _epochs_of(trainer, test_ckpt), fit_seconds, prior, blend)
         metrics["wall_seconds"] = time.perf_counter() - start

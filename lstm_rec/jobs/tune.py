@@ -67,7 +67,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
         if "prior_weight" in metrics:  # prior=auto's choice for this trial's network (weight 0: none)
             trial.set_user_attr("prior", {"weight": metrics["prior_weight"], "hours": metrics["prior_hours"]})
         if "blend_weight" in metrics:  # the kNN blend's weight for this trial's network (0: none)
-            trial.set_user_attr("blend", {"weight": metrics["blend_weight"]})
+            trial.set_user_attr("blend", {"weight": metrics["blend_weight"], "knn": metrics.get("blend_knn")})
         return metrics[cfg.monitor]
 
     # A trial whose loss turned NaN fails; the search goes on.
@@ -208,8 +208,9 @@ def _final_config(
         log.info("final run: the recent-popularity prior of trial %d: %s", best.number, prior or "none")
         OmegaConf.update(final, "prior", prior, merge=False)
     blend = best.user_attrs.get("blend")
-    if is_blend_search(final.get("blend")):  # blend=auto: the best trial's weight, made from all the training data
-        fixed = None if not blend or blend["weight"] <= 0 else fixed_blend(final.blend, blend["weight"])
+    if is_blend_search(final.get("blend")):  # blend=auto: the best trial's choice, made from all the training data
+        chosen_blend = blend and blend["weight"] > 0
+        fixed = fixed_blend(final.blend, blend["weight"], blend.get("knn")) if chosen_blend else None
         log.info("final run: the kNN blend of trial %d: %s", best.number, fixed or "none")
         OmegaConf.update(final, "blend", fixed, merge=False)
     return final
