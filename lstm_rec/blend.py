@@ -4,8 +4,8 @@ A session kNN remembers which items whole training sessions shared; the network 
 hold it. Each item's kNN score s after a prefix becomes log(1 + scale * s / s_max), s_max the prefix's best (so that it
 means the same on any log, and an item a few neighbours vote for already counts), and is added with a weight: the
 items similar sessions went on to climb the network's ranking. Items no neighbour votes for get nothing, so the blend
-touches a few hundred scores of a prefix, not the catalog. blend=auto chooses the weight on the validation sessions, as
-prior=auto chooses the prior.
+touches a few hundred scores of a prefix, not the catalog. blend=auto chooses the weight (and the kNN's
+vote among a few variants) on the validation sessions, as prior=auto chooses the prior.
 """
 
 from __future__ import annotations
