@@ -33,14 +33,20 @@ log = logging.getLogger(__name__)
 KNN_SETTINGS = {"k": 500, "sample_size": 5000, "weighting": "same", "weighting_score": "div", "idf_weighting": 5.0}
 
 
+def known_settings(settings: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    """The V-SKNN `settings` as a dict, checked to hold keys of KNN_SETTINGS only (a ValueError names `name` and the
+    unknown keys)."""
+    unknown = sorted(set(settings or {}) - set(KNN_SETTINGS))
+    if unknown:
+        raise ValueError(f"{name} holds V-SKNN's settings {sorted(KNN_SETTINGS)}, got unknown {unknown}")
+    return dict(settings or {})
+
+
 def checked_settings(scale: float, settings: Mapping[str, Any] | None) -> tuple[float, dict[str, Any]]:
     """`scale` (> 0) and the V-SKNN `settings` (keys of KNN_SETTINGS) checked (a ValueError names the key)."""
     if not scale > 0:
         raise ValueError(f"blend.scale (the kNN blend's scale) must be > 0, got {scale!r}")
-    unknown = sorted(set(settings or {}) - set(KNN_SETTINGS))
-    if unknown:
-        raise ValueError(f"blend.knn holds V-SKNN's settings {sorted(KNN_SETTINGS)}, got unknown {unknown}")
-    return float(scale), dict(settings or {})
+    return float(scale), known_settings(settings, "blend.knn")
 
 
 def joined(sessions: Sessions | Sequence[Sessions]) -> Sessions:
@@ -221,13 +227,7 @@ class KNNBlendSearch:
         self.scale, self.knn = checked_settings(scale, knn)
         self.weights = [float(w) for w in weights]
         # Each variant: the settings it changes over `knn` (an empty one: `knn` itself).
-        variants = [dict(v or {}) for v in (knn_variants or [{}])]
-        for variant in variants:
-            unknown = sorted(set(variant) - set(KNN_SETTINGS))
-            if unknown:
-                raise ValueError(
-                    f"blend.knn_variants holds V-SKNN's settings {sorted(KNN_SETTINGS)}, got unknown {unknown}"
-                )
+        variants = [known_settings(variant, "blend.knn_variants") for variant in (knn_variants or [{}])]
         self.variants = [self.knn | variant for variant in variants]
 
     @torch.no_grad()
