@@ -172,7 +172,7 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     blend = json.loads(best["user_attrs_blend"].replace("'", '"'))
     blends = [o for o in chosen if "blend" in o]
     if blend["weight"] > 0:
-        knn = [f"blend.knn.{key}={value}" for key, value in blend["knn"].items()]
+        knn = [f"++blend.knn.{key}={value}" for key, value in blend["knn"].items()]
         assert blends == ["blend=vsknn", f"blend.weight={blend['weight']}", "blend.scale=100.0", *knn]
         assert again.blend.weight == blend["weight"] and again.blend.get("_target_") is None
         assert again.blend.knn == blend["knn"]
@@ -227,17 +227,23 @@ def test_the_report_lists_completed_trials_first_even_below_a_stopped_trials_val
     assert (tmp_path / "best_overrides.txt").read_text().split() == ["model.optimizer.lr=0.07", "trainer.max_epochs=1"]
 
 
-def test_the_chosen_prior_and_blend_become_override_lines_and_an_experiment_file():
-    from types import SimpleNamespace
-
+def test_the_chosen_prior_and_blend_become_override_lines_and_an_experiment_file(tmp_path):
     from lstm_rec.jobs.tune import blend_overrides, prior_overrides
 
     best = SimpleNamespace(user_attrs={"prior": {"weight": 0.1, "hours": 8.0}, "blend": {"weight": 0.05}})
-    final = OmegaConf.create({"blend": {"weight": 0.05, "scale": 100.0, "knn": {"k": 200}}})
+    knn = {"k": 200, "weighting_score": "same"}
+    final = OmegaConf.create({"blend": {"weight": 0.05, "scale": 100.0, "knn": knn}})
     prior, prior_head, prior_body = prior_overrides(best)
     blend, blend_head, blend_body = blend_overrides(best, final)
     assert prior == ["prior=recent_popularity", "prior.weight=0.1", "prior.hours=8.0"]
-    assert blend == ["blend=vsknn", "blend.weight=0.05", "blend.scale=100.0", "blend.knn.k=200"]
+    assert blend == [
+        "blend=vsknn", "blend.weight=0.05", "blend.scale=100.0", "++blend.knn.k=200", "++blend.knn.weighting_score=same"
+    ]  # fmt: skip
+    # The line composes with scripts/train.py's config: blend=vsknn's knn is {}, which a plain blend.knn.k=200 cannot
+    # extend.
+    again = compose_config("train", [*prior, *blend], tmp_path)
+    assert (again.prior.weight, again.prior.hours) == (0.1, 8.0)
+    assert (again.blend.weight, again.blend.scale, again.blend.knn) == (0.05, 100.0, knn)
     experiment = OmegaConf.create("defaults:\n" + prior_head + blend_head + prior_body + blend_body)
     assert list(experiment.defaults) == [{"override /prior": "recent_popularity"}, {"override /blend": "vsknn"}]
     assert experiment.prior == {"weight": 0.1, "hours": 8.0} and experiment.blend == final.blend

@@ -274,7 +274,8 @@ def blend_overrides(best: optuna.trial.FrozenTrial, final: DictConfig) -> tuple[
         return ["~blend"], "  - override /blend: null\n", ""
     values = OmegaConf.to_container(final.blend)
     entries = ["blend=vsknn", f"blend.weight={values['weight']}", f"blend.scale={values['scale']}"]
-    entries += [f"blend.knn.{key}={value}" for key, value in values["knn"].items()]
+    # blend=vsknn's knn is {}: a plain `blend.knn.KEY=V` is refused there (not in struct); `++` adds or overrides it.
+    entries += [f"++blend.knn.{key}={value}" for key, value in values["knn"].items()]
     return entries, "  - override /blend: vsknn\n", OmegaConf.to_yaml({"blend": values})
 
 
