@@ -29,8 +29,21 @@ log = logging.getLogger(__name__)
 # (conf/baselines) but for the similarity, which counts every shared prefix item alike (weighting "same") where the
 # baseline weighs later clicks more (quadratic). The network already follows the latest clicks; the kNN adds most by
 # matching the whole prefix. On both logs' tuning splits, for the same networks, that ranked better at every weight
-# (docs/tuning-log.md#the-knns-similarity-in-the-blend).
-KNN_SETTINGS = {"k": 500, "sample_size": 5000, "weighting": "same", "weighting_score": "div", "idf_weighting": 5.0}
+# (docs/tuning-log.md#the-knns-similarity-in-the-blend). And a neighbour's items count the more the nearer they lie
+# to the item it shares with the prefix (distance_decay DISTANCE_DECAY clicks), which ranked better on both logs' tuning
+# splits (docs/tuning-log.md#the-neighbours-items-near-the-shared-one).
+DISTANCE_DECAY = 2.0
+KNN_SETTINGS = {
+    "k": 500,
+    "sample_size": 5000,
+    "weighting": "same",
+    "weighting_score": "div",
+    "idf_weighting": 5.0,
+    "distance_decay": DISTANCE_DECAY,
+}
+# What a checkpoint's blend settings leave out means what it meant when it was written: blends saved before
+# distance_decay existed counted every item of a neighbour alike.
+SAVED_DEFAULTS = {"distance_decay": None}
 
 
 def known_settings(settings: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
@@ -147,7 +160,8 @@ class KNNBlend:
         offsets = entry["offsets"].numpy()
         # Only each session's last click time matters to the kNN (its recency): every click gets its session's.
         times = np.repeat(entry["last_times"].numpy(), np.diff(offsets))
-        return cls(Sessions(items, offsets, times), n_items, float(entry["weight"]), entry["settings"], entry["scale"])
+        settings = SAVED_DEFAULTS | dict(entry["settings"])
+        return cls(Sessions(items, offsets, times), n_items, float(entry["weight"]), settings, entry["scale"])
 
 
 def add_terms(scores: Tensor, terms: tuple[Tensor, Tensor, Tensor], weight: float) -> Tensor:

@@ -89,6 +89,51 @@ def test_vsknn_repeated_item_keeps_its_last_position():
     np.testing.assert_allclose(scores(VSKNN(k=10, idf_weighting=0.0), [2, 4, 2]), [expected])
 
 
+def test_vsknn_distance_decay_weighs_a_neighbours_items_by_their_distance_from_the_shared_one():
+    # prefix [1, 5] as above; with distance_decay 1 a neighbour's item d positions from the shared one gets e^-d of
+    # its vote: s0 [1, 2, 3] and s2 [1, 4] share item 1 at position 1 (vote 0.0625), s3 [5, 2] item 5 (vote 0.5).
+    decayed = VSKNN(k=10, idf_weighting=0.0, distance_decay=1.0)
+    e = math.exp(-1)
+    expected = [0.0625 + 0.0625, (0.0625 + 0.5) * e, 0.0625 * e**2, 0.0625 * e, 0.5]
+    np.testing.assert_allclose(scores(decayed, [1, 5]), [expected], rtol=1e-12)
+    # prefix [2, 4, 2] (votes of the test below): the shared item is the most recent one each neighbour holds, where
+    # that neighbour holds it: 2 at position 1 of s1 [2, 3, 4], 2 of s0 [1, 2, 3] and s3 [5, 2]; s2 [1, 4] holds 4
+    # only, at position 2. Distance decay 2: e^-(d / 2).
+    s1, s0, s3, s2 = (1 + 4 / 9) / 2, 0.5, 0.5, (4 / 9) / 2 / 2
+    h = math.exp(-0.5)
+    expected = [(s0 + s2) * h, s1 + s0 + s3, (s1 + s0) * h, s1 * h**2 + s2, s3 * h]
+    got = scores(VSKNN(k=10, idf_weighting=0.0, distance_decay=2.0), [2, 4, 2])
+    np.testing.assert_allclose(got, [expected], rtol=1e-12)
+
+
+def test_vsknn_distance_decay_measures_from_an_items_last_click_in_the_neighbour():
+    # one training session [1, 2, 1, 3]: item 1's last click is at 3, one before the shared item 3 at 4
+    sessions = Sessions(items=np.array([1, 2, 1, 3]), offsets=np.array([0, 4]), times=np.arange(4.0))
+    knn = VSKNN(k=10, idf_weighting=0.0, distance_decay=1.0).fit(sessions, 3)
+    vote = 1.0  # the only item of the prefix [3], its last click: similarity 1 / 1, 1 click back
+    np.testing.assert_allclose(knn.score_prefixes(np.array([[3]])), [[vote * math.exp(-1), vote * math.exp(-2), vote]])
+
+
+@pytest.mark.parametrize("decay", [0.0, -1.0, float("nan")])
+def test_vsknn_rejects_a_distance_decay_not_above_zero(decay):
+    with pytest.raises(ValueError, match="distance_decay must be > 0"):
+        VSKNN(distance_decay=decay)
+
+
+def test_vsknn_with_a_very_long_distance_decay_votes_as_vsknn():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 12, size=300)
+    items = rng.integers(1, 41, size=lengths.sum())
+    sessions = Sessions(items=items, offsets=np.r_[0, np.cumsum(lengths)], times=np.arange(float(len(items))))
+    prefixes = np.zeros((50, 9), dtype=np.int64)
+    for row, length in zip(prefixes, rng.integers(1, 10, size=50), strict=True):
+        row[:length] = rng.integers(1, 41, size=length)
+    for score in ("div", "same"):
+        plain = VSKNN(k=20, sample_size=100, weighting_score=score).fit(sessions, 40).score_prefixes(prefixes)
+        flat = VSKNN(k=20, sample_size=100, weighting_score=score, distance_decay=1e12).fit(sessions, 40)
+        np.testing.assert_allclose(flat.score_prefixes(prefixes), plain, rtol=1e-9)
+
+
 def test_baselines_see_every_prefix_of_a_batch():
     # the evaluation path hands a baseline each prefix: [1] -> 2, then [1, 2] -> 3
     markov = Markov().fit(TRAIN, N_ITEMS)

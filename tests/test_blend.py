@@ -21,8 +21,8 @@ from lstm_rec.jobs.train import train
 from lstm_rec.serving.export import export
 from lstm_rec.serving.recommender import Recommender
 
-# No idf: each neighbour votes 1 (its similarity) for each of its items.
-PLAIN = {"idf_weighting": 0.0}
+# No idf and no distance decay: each neighbour votes 1 (its similarity) for each of its items.
+PLAIN = {"idf_weighting": 0.0, "distance_decay": None}
 
 
 class FixedScores(torch.nn.Module):
@@ -58,7 +58,7 @@ def test_blend_terms_are_the_log_of_v_sknn_votes_over_the_prefix_best():
     torch.testing.assert_close(plain, torch.tensor([[row, row]]))
     # With idf (5 ln(2 sessions / clicks)): item 1's factor is 1 (it is in both sessions), items 2 and 3 get
     # 1 + 5 ln 2 each, so they lead and item 1's share is 2 / (1 + 5 ln 2).
-    idf = KNNBlend(train, 4, 1.0, scale=3.0).scaled(prefixes[:, :1])
+    idf = KNNBlend(train, 4, 1.0, {"distance_decay": None}, scale=3.0).scaled(prefixes[:, :1])
     share = 2 / (1 + 5 * math.log(2))
     torch.testing.assert_close(idf, torch.tensor([[[math.log(1 + 3 * share), math.log(4), math.log(4), 0.0]]]))
     # No training session shares item 4: no neighbour votes, and the blend adds nothing; nor to padding alone (a batch
@@ -90,6 +90,29 @@ def test_the_blends_knn_counts_every_shared_prefix_item_alike_unless_told_otherw
     restored = KNNBlend.from_checkpoint(quadratic.to_checkpoint(), 6)
     assert restored.settings["weighting"] == "quadratic"
     torch.testing.assert_close(restored.scaled(prefixes), quadratic.scaled(prefixes))
+
+
+def test_the_blends_knn_weighs_a_neighbours_items_by_their_distance_from_the_shared_one():
+    # Prefix [1]. A = [1, 2, 3] holds item 1 at position 1, B = [4, 1] at 2; similarity 1 each, the shared item is
+    # the last click. With the blend's distance decay of 2 clicks an item d positions from item 1 in its session
+    # gets e^(-d / 2) of the vote: item 1 1 + 1, item 2 e^-0.5, item 3 e^-1, item 4 e^-0.5; over the best (2).
+    train = sessions_of([1, 2, 3], [4, 1])
+    prefixes = Prefixes.of(torch.tensor([[1]]))
+    no_idf = {"idf_weighting": 0.0}
+    assert KNN_SETTINGS["distance_decay"] == 2.0
+    decayed = KNNBlend(train, 4, 1.0, no_idf)
+    ratios = [1.0, math.exp(-0.5) / 2, math.exp(-1) / 2, math.exp(-0.5) / 2]
+    expected = torch.tensor([[[math.log(1 + 100 * r) for r in ratios]]])
+    torch.testing.assert_close(decayed.scaled(prefixes), expected)
+    # A blend saved before distance_decay existed has no such setting, and counted every item of a neighbour alike:
+    # so it is restored (ratios 1, 1/2, 1/2, 1/2).
+    entry = decayed.to_checkpoint()
+    assert entry["settings"]["distance_decay"] == 2.0
+    del entry["settings"]["distance_decay"]
+    restored = KNNBlend.from_checkpoint(entry, 4)
+    assert restored.settings["distance_decay"] is None
+    old = torch.tensor([[[math.log(101), math.log(51), math.log(51), math.log(51)]]])
+    torch.testing.assert_close(restored.scaled(prefixes), old)
 
 
 def test_the_blend_adds_the_weighted_terms_to_the_network():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -95,7 +97,11 @@ class VSKNN(SessionKNN):
     - weighting_score "div": a neighbour's vote is divided by how many clicks back (1 = the last click)
       the most recent prefix item it shares lies; "same" leaves votes as they are;
     - idf_weighting: each item's score is multiplied by 1 + idf_weighting * ln(n_sessions / clicks(item))
-      (0 turns it off).
+      (0 turns it off);
+    - distance_decay d (None: off): a neighbour's vote for one of its items is multiplied by exp(-|p - m| / d),
+      p the item's last position in the neighbour and m that of the prefix's most recent item the neighbour
+      shares, so the items clicked near the shared one count most (the neighbour-position weight of Garg et al.'s
+      STAN); None gives every item of a neighbour its whole vote.
     """
 
     def __init__(
@@ -105,13 +111,17 @@ class VSKNN(SessionKNN):
         weighting: str = "quadratic",
         weighting_score: str = "div",
         idf_weighting: float = 5.0,
+        distance_decay: float | None = None,
     ) -> None:
         super().__init__(k, sample_size)
         if weighting not in _POSITION_WEIGHTS:
             raise ValueError(f"weighting must be one of {sorted(_POSITION_WEIGHTS)}, got {weighting!r}")
         if weighting_score not in ("div", "same"):
             raise ValueError(f"weighting_score must be 'div' or 'same', got {weighting_score!r}")
+        if distance_decay is not None and not distance_decay > 0:
+            raise ValueError(f"distance_decay must be > 0 (clicks) or None, got {distance_decay!r}")
         self.weighting, self.weighting_score, self.idf_weighting = weighting, weighting_score, idf_weighting
+        self.distance_decay = distance_decay
 
     def fit(self, sessions: Sessions, n_items: int) -> VSKNN:
         super().fit(sessions, n_items)
@@ -119,6 +129,8 @@ class VSKNN(SessionKNN):
         with np.errstate(divide="ignore"):
             idf = np.log(sessions.n_sessions / clicks)
         self.item_factor = 1.0 + self.idf_weighting * np.where(clicks > 0, idf, 0.0)
+        if self.distance_decay is not None:
+            self.positions = SessionPositions.of(sessions, n_items)
         return self
 
     def _votes(self, prefixes: PrefixSummary) -> sp.csr_matrix:
@@ -130,11 +142,46 @@ class VSKNN(SessionKNN):
         similarity = weighted_shared.multiply(self._candidates(query) > 0).tocoo()
         similarity.data = similarity.data / np.asarray(query.sum(axis=1)).ravel()[similarity.row]
         neighbours = self._neighbours(similarity)
+        neighbours.sort_indices()
+        if self.weighting_score == "div" or self.distance_decay is not None:
+            back = self._steps_back(last, lengths, neighbours)
+            same = np.array_equal(back.indptr, neighbours.indptr) and np.array_equal(back.indices, neighbours.indices)
+            if not same:
+                raise AssertionError("V-SKNN: the shared items' distances do not line up with the neighbours")
         if self.weighting_score == "div":
-            decay = self._steps_back(last, lengths, neighbours)
-            decay.data = 1.0 / decay.data
-            neighbours = neighbours.multiply(decay).tocsr()
-        return sp.csr_matrix((neighbours @ self.session_items).multiply(self.item_factor[None, :]))
+            neighbours.data = neighbours.data / back.data
+        if self.distance_decay is None:
+            votes = neighbours @ self.session_items
+        else:
+            votes = self._votes_by_distance(prefixes, neighbours, back)
+        return sp.csr_matrix(sp.csr_matrix(votes).multiply(self.item_factor[None, :]))
+
+    def _votes_by_distance(
+        self, prefixes: PrefixSummary, neighbours: sp.csr_matrix, back: sp.csr_matrix
+    ) -> sp.csr_matrix:
+        """(N, n_items) the neighbours' votes, each for an item weighted by its distance in the neighbour from the
+        most recent shared item (`back`: how many clicks back that item lies in the prefix, entry for entry)."""
+        pairs = neighbours.tocoo()
+        # the shared item: the prefix's click `back` clicks before its end, its last click in the prefix
+        ends = prefixes.lengths[pairs.row] - back.data.astype(np.int64)
+        shared = prefixes.clicks.items[prefixes.rows[pairs.row], ends] - 1
+        table = self.positions
+        shared_at = table.positions[table.find(pairs.col, shared)]
+        per_pair = table.indptr[pairs.col + 1] - table.indptr[pairs.col]
+        rows, columns, values = [], [], []
+        for run in runs_within(per_pair, 1 << 22):  # at most about 4M (pair, item) entries at a time
+            counts = per_pair[run]
+            pair = np.repeat(np.arange(run.start, run.stop), counts)
+            starts = table.indptr[pairs.col[run]] - (np.cumsum(counts) - counts)
+            entry = np.repeat(starts, counts) + np.arange(len(pair))
+            distance = np.abs(table.positions[entry] - shared_at[pair])
+            rows.append(pairs.row[pair])
+            columns.append(table.columns[entry])
+            values.append(pairs.data[pair] * np.exp(-distance / self.distance_decay))
+        shape = (prefixes.n_prefixes, self.n_items)
+        if not rows:
+            return sp.csr_matrix(shape)
+        return sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=shape)
 
     def _steps_back(self, last: sp.csr_matrix, lengths: np.ndarray, neighbours: sp.csr_matrix) -> sp.csr_matrix:
         """For each (prefix, neighbour) pair, how many clicks back the most recent shared item lies.
@@ -145,5 +192,34 @@ class VSKNN(SessionKNN):
         distance = last.tocoo()
         distance.data = np.exp2(-(lengths[distance.row] - distance.data + 1.0))
         sums = sp.csr_matrix(distance.tocsr() @ self.item_sessions).multiply(neighbours > 0).tocsr()
+        sums.sort_indices()
         sums.data = np.ceil(-np.log2(sums.data))
         return sums
+
+
+@dataclass
+class SessionPositions:
+    """Each training session's distinct items with the 1-based position of each one's last click, session by
+    session, items ascending within a session."""
+
+    indptr: np.ndarray  # (S + 1,) each session's first entry
+    columns: np.ndarray  # the items' score columns
+    positions: np.ndarray  # their last positions, float64
+    keys: np.ndarray  # session * n_items + column, ascending
+    n_items: int
+
+    @classmethod
+    def of(cls, sessions: Sessions, n_items: int) -> SessionPositions:
+        rows = np.repeat(np.arange(sessions.n_sessions, dtype=np.int64), sessions.lengths)
+        positions = np.arange(sessions.n_events) - np.repeat(sessions.offsets[:-1], sessions.lengths) + 1
+        keys = rows * n_items + (sessions.items - 1)
+        order = np.lexsort((positions, keys))  # by key, then position: a key's last entry holds its last click
+        keys, positions = keys[order], positions[order]
+        last = np.r_[keys[1:] != keys[:-1], True][: len(keys)]
+        keys = keys[last]
+        indptr = np.searchsorted(keys // n_items, np.arange(sessions.n_sessions + 1))
+        return cls(indptr, keys % n_items, positions[last].astype(np.float64), keys, n_items)
+
+    def find(self, sessions: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """The entries of (session, column) pairs, each of which the sessions hold."""
+        return np.searchsorted(self.keys, sessions.astype(np.int64) * self.n_items + columns)
