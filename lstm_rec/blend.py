@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 # baseline weighs later clicks more (quadratic). The network already follows the latest clicks; the kNN adds most by
 # matching the whole prefix. On both logs' tuning splits, for the same networks, that ranked better at every weight
 # (docs/tuning-log.md#the-knns-similarity-in-the-blend). And a neighbour's items count the more the nearer they lie
-# to the item it shares with the prefix (distance_decay DISTANCE_DECAY clicks), which ranked better on both logs' tuning
-# splits (docs/tuning-log.md#the-neighbours-items-near-the-shared-one).
+# to the item it shares with the prefix (distance_decay, in clicks), which ranked better on both logs' tuning splits
+# (docs/tuning-log.md#the-neighbours-items-near-the-shared-one).
 DISTANCE_DECAY = 2.0
 KNN_SETTINGS = {
     "k": 500,

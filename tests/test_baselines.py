@@ -114,7 +114,7 @@ def test_vsknn_distance_decay_measures_from_an_items_last_click_in_the_neighbour
     np.testing.assert_allclose(knn.score_prefixes(np.array([[3]])), [[vote * math.exp(-1), vote * math.exp(-2), vote]])
 
 
-@pytest.mark.parametrize("decay", [0.0, -1.0, float("nan")])
+@pytest.mark.parametrize("decay", [0.0, -1.0, float("nan"), "2", True])
 def test_vsknn_rejects_a_distance_decay_not_above_zero(decay):
     with pytest.raises(ValueError, match="distance_decay must be > 0"):
         VSKNN(distance_decay=decay)
