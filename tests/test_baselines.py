@@ -114,6 +114,15 @@ def test_vsknn_distance_decay_measures_from_an_items_last_click_in_the_neighbour
     np.testing.assert_allclose(knn.score_prefixes(np.array([[3]])), [[vote * math.exp(-1), vote * math.exp(-2), vote]])
 
 
+def test_vsknn_takes_a_numpy_distance_decay():
+    # the session of the test above: NumPy's numbers (e.g. from a sweep's grid) score as Python's
+    sessions = Sessions(items=np.array([1, 2, 1, 3]), offsets=np.array([0, 4]), times=np.arange(4.0))
+    expected = [[math.exp(-1), math.exp(-2), 1.0]]
+    for decay in (1.0, np.int64(1), np.float32(1.0)):
+        knn = VSKNN(k=10, idf_weighting=0.0, distance_decay=decay).fit(sessions, 3)
+        np.testing.assert_allclose(knn.score_prefixes(np.array([[3]])), expected, rtol=1e-12)
+
+
 @pytest.mark.parametrize("decay", [0.0, -1.0, float("nan"), "2", True])
 def test_vsknn_rejects_a_distance_decay_not_above_zero(decay):
     with pytest.raises(ValueError, match="distance_decay must be > 0"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,7 +119,7 @@ class VSKNN(SessionKNN):
             raise ValueError(f"weighting must be one of {sorted(_POSITION_WEIGHTS)}, got {weighting!r}")
         if weighting_score not in ("div", "same"):
             raise ValueError(f"weighting_score must be 'div' or 'same', got {weighting_score!r}")
-        number = isinstance(distance_decay, (int, float)) and not isinstance(distance_decay, bool)
+        number = isinstance(distance_decay, numbers.Real) and not isinstance(distance_decay, bool)  # NumPy's too
         if distance_decay is not None and not (number and distance_decay > 0):
             raise ValueError(f"distance_decay must be > 0 (clicks) or None, got {distance_decay!r}")
         self.weighting, self.weighting_score, self.idf_weighting = weighting, weighting_score, idf_weighting
