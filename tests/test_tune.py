@@ -3,6 +3,7 @@ the training data and tested once, and the report."""
 
 import json
 import time
+import warnings
 from types import SimpleNamespace
 
 import optuna
@@ -97,6 +98,25 @@ def test_the_configured_values_come_first_then_each_variant_of_them(log_files, t
     assert first == {key: OmegaConf.select(cfg, key) for key in cfg.search}
     assert first["model.repeat_window"] == 0
     assert second == first | {"model.repeat_window": 10}  # conf/tune.yaml's variant
+
+
+def test_queuing_the_trials_and_plotting_the_search_give_no_experimental_warnings(log_files, tmp_path):
+    # Optuna 2.10 marks enqueue_trial and its matplotlib plots experimental; a search would warn at every use.
+    cfg = compose_config("tune", files(log_files), tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study = make_study(cfg)
+        for value in (0.3, 0.4):  # two completed trials, so that every plot is drawn
+            trial = study.ask()
+            _suggest(trial, cfg.search)
+            trial.report(value, 0)
+            study.tell(trial, value)
+        write_report(study, SimpleNamespace(trainer=SimpleNamespace(max_epochs=1)), {}, tmp_path)
+    assert (tmp_path / "slice.png").is_file() and (tmp_path / "intermediate_values.png").is_file()
+    experimental = [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
+    assert not experimental, [str(w.message) for w in experimental]
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):  # the same calls outside the job do warn
+        study.enqueue_trial({"model.hidden": 100})
 
 
 @pytest.mark.parametrize(

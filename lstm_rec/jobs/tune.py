@@ -8,10 +8,13 @@ later releases keep.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +92,20 @@ def make_study(cfg: DictConfig) -> optuna.Study:
         pruner=optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_after_trials, n_warmup_steps=cfg.warmup_epochs),
     )
     defaults = _defaults(cfg)
-    study.enqueue_trial(defaults)  # the configured values are the first trial
-    for changes in cfg.get("variants") or []:  # then the configured values with each variant's changes
-        study.enqueue_trial(defaults | _variant(cfg.search, changes))
+    with quiet_optuna():
+        study.enqueue_trial(defaults)  # the configured values are the first trial
+        for changes in cfg.get("variants") or []:  # then the configured values with each variant's changes
+            study.enqueue_trial(defaults | _variant(cfg.search, changes))
     return study
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna 2.10's ExperimentalWarning silenced: the queued trials and the plots use calls that version marks
+    experimental (enqueue_trial, the matplotlib plots), and each would warn on every search."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def tuning_splits(cfg: DictConfig, folder: Path) -> dict[str, str]:
@@ -288,6 +301,7 @@ def _plots(study: optuna.Study, out: Path) -> None:
     if len(completed) > 1:
         figures["slice"] = plots.plot_slice
     for name, plot in figures.items():
-        axes = plot(study)
+        with quiet_optuna():
+            axes = plot(study)
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
         figure.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
