@@ -11,7 +11,9 @@ vote among a few variants) on the validation sessions, as prior=auto chooses the
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import math
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,56 @@ KNN_SETTINGS = {
 # What a checkpoint's blend settings leave out means what it meant when it was written: blends saved before
 # distance_decay existed counted every item of a neighbour alike.
 SAVED_DEFAULTS = {"distance_decay": None}
+
+
+# The repeat bonus's shapes: what an item the session clicked before gets, as a function of d, the clicks between its
+# latest click and the end of the prefix (0: the latest click is on it). yoochoose-100k's tuning split ranked best
+# with the latest click or the recent ones lifted, retailrocket-sessions' with every clicked item lifted
+# (docs/tuning-log.md#a-repeat-bonus-at-inference).
+REPEAT_SHAPES = {
+    "all": lambda d: torch.ones_like(d),
+    "recent": lambda d: torch.exp(-d / 2),
+    "last": lambda d: (d == 0).to(d.dtype),
+}
+
+
+@dataclass(frozen=True)
+class RepeatBonus:
+    """A bonus added at inference to the scores of the items the session has clicked: `weight` times the shape's
+    value (REPEAT_SHAPES) of how many clicks back the item's latest click lies. The network learns repeats only as
+    far as its weights hold them; the bonus is chosen per log on the validation sessions (blend=auto's
+    repeat_weights), as the kNN blend's weight is."""
+
+    shape: str
+    weight: float
+
+    def __post_init__(self) -> None:
+        if self.shape not in REPEAT_SHAPES:
+            raise ValueError(f"the repeat bonus's shape must be one of {sorted(REPEAT_SHAPES)}, got {self.shape!r}")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real) or not self.weight > 0:
+            raise ValueError(f"the repeat bonus's weight must be a number > 0, got {self.weight!r}")
+        if not math.isfinite(self.weight):
+            raise ValueError(f"the repeat bonus's weight must be finite, got {self.weight!r}")
+        object.__setattr__(self, "weight", float(self.weight))
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"shape": self.shape, "weight": self.weight}
+
+    @classmethod
+    def from_checkpoint(cls, entry: Mapping[str, Any] | None) -> RepeatBonus | None:
+        return None if entry is None else cls(str(entry["shape"]), float(entry["weight"]))
+
+
+def repeat_terms(prefixes: Prefixes, shape: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The repeat bonus's terms before its weight, over the prefixes flattened in row-major order: (rows, columns,
+    the shape's value) for every distinct item of every prefix, float32, on the prefixes' device."""
+    summary = prefixes.summary()
+    entries = summary.entries
+    back = summary.lengths[entries.prefix] - entries.last  # clicks after the item's latest one
+    device = prefixes.device
+    rows, columns = (torch.from_numpy(a.astype(np.int64)).to(device) for a in (entries.prefix, entries.column))
+    values = REPEAT_SHAPES[shape](torch.from_numpy(back.astype(np.float32))).to(device)
+    return rows, columns, values
 
 
 def known_settings(settings: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
@@ -89,9 +141,10 @@ class KNNBlend:
         weight: float,
         settings: Mapping[str, Any] | None = None,
         scale: float = 100.0,
+        repeat: RepeatBonus | None = None,
     ) -> None:
-        if not weight > 0:
-            raise ValueError(f"the kNN blend's weight must be > 0, got {weight!r}")
+        if not (weight > 0 or (weight == 0 and repeat is not None)):
+            raise ValueError(f"the kNN blend's weight must be > 0 (or 0 with a repeat bonus), got {weight!r}")
         scale, settings = checked_settings(scale, settings)
         if sessions.times is None:
             raise NoClickTimesError(
@@ -101,6 +154,7 @@ class KNNBlend:
         self.sessions, self.n_items, self.weight, self.scale = sessions, n_items, float(weight), scale
         self.settings = KNN_SETTINGS | settings
         self.knn = VSKNN(**self.settings).fit(sessions, n_items)
+        self.repeat = repeat
 
     @classmethod
     def fit(
@@ -110,13 +164,15 @@ class KNNBlend:
         weight: float,
         settings: Mapping[str, Any] | None = None,
         scale: float = 100.0,
+        repeat: RepeatBonus | None = None,
     ) -> KNNBlend:
         """The blend of `sessions` (several, numbered alike, count as one log) over `n_items` items."""
         sessions = joined(sessions)
-        blend = cls(sessions, n_items, weight, settings, scale)
+        blend = cls(sessions, n_items, weight, settings, scale, repeat)
         log.info(
-            "kNN blend: V-SKNN over %d training sessions (%d clicks), weight %g, scale %g",
+            "kNN blend: V-SKNN over %d training sessions (%d clicks), weight %g, scale %g%s",
             sessions.n_sessions, sessions.n_events, blend.weight, blend.scale,
+            "" if repeat is None else f"; repeat bonus {repeat.shape} at {repeat.weight:g}",
         )  # fmt: skip
         return blend
 
@@ -132,14 +188,19 @@ class KNNBlend:
         rows, columns = (torch.from_numpy(a.astype(np.int64)).to(device) for a in (votes.row, votes.col))
         return rows, columns, torch.from_numpy(values).to(device)
 
-    def add_to(self, scores: Tensor, prefixes: Prefixes, weight: float | None = None) -> Tensor:
-        """`scores` (*prefixes, n_items) plus the blend's terms times `weight` (None: the blend's), as a new tensor."""
-        return add_terms(scores, self.terms(prefixes), self.weight if weight is None else weight)
+    def add_to(self, scores: Tensor, prefixes: Prefixes) -> Tensor:
+        """`scores` (*prefixes, n_items) plus the blend's kNN terms times its weight and its repeat bonus, as a new
+        tensor."""
+        if self.weight > 0:
+            scores = add_terms(scores, self.terms(prefixes), self.weight)
+        if self.repeat is not None:
+            scores = add_terms(scores, repeat_terms(prefixes, self.repeat.shape), self.repeat.weight)
+        return scores
 
     def scaled(self, prefixes: Prefixes) -> Tensor:
-        """(*prefixes, n_items) the blend's terms before the weight, dense: log(1 + scale * s / s_max)."""
+        """(*prefixes, n_items) the blend's kNN terms before the weight, dense: log(1 + scale * s / s_max)."""
         zeros = torch.zeros((*prefixes.rows.shape, self.n_items), device=prefixes.device)
-        return self.add_to(zeros, prefixes, 1.0)
+        return add_terms(zeros, self.terms(prefixes), 1.0)
 
     def to_checkpoint(self) -> dict[str, Any]:
         sessions = self.sessions
@@ -150,6 +211,7 @@ class KNNBlend:
             "items": torch.from_numpy(sessions.items.astype(np.int32)),
             "offsets": torch.from_numpy(sessions.offsets.astype(np.int64)),
             "last_times": torch.from_numpy(sessions.last_times.astype(np.float64)),
+            "repeat": None if self.repeat is None else self.repeat.to_checkpoint(),
         }
 
     @classmethod
@@ -161,7 +223,8 @@ class KNNBlend:
         # Only each session's last click time matters to the kNN (its recency): every click gets its session's.
         times = np.repeat(entry["last_times"].numpy(), np.diff(offsets))
         settings = SAVED_DEFAULTS | dict(entry["settings"])
-        return cls(Sessions(items, offsets, times), n_items, float(entry["weight"]), settings, entry["scale"])
+        repeat = RepeatBonus.from_checkpoint(entry.get("repeat"))  # blends saved before the bonus have none
+        return cls(Sessions(items, offsets, times), n_items, float(entry["weight"]), settings, entry["scale"], repeat)
 
 
 def add_terms(scores: Tensor, terms: tuple[Tensor, Tensor, Tensor], weight: float) -> Tensor:
@@ -222,7 +285,8 @@ class BlendScorer(nn.Module):
 
 class KNNBlendSearch:
     """blend=auto: the kNN blend (its V-SKNN settings among `knn_variants`, and its weight) that ranks the validation
-    sessions best, or none.
+    sessions best, or none; then, with `repeat_weights`, the repeat bonus (each of `repeat_shapes` at each weight, or
+    none) that ranks them best on top of it.
 
     Chosen after training (and after prior=auto's choice) on the tested network and the validation sessions: the
     network's scores and each variant's kNN scores are computed once, and every weight of every variant (and no blend)
@@ -235,14 +299,27 @@ class KNNBlendSearch:
         scale: float = 100.0,
         knn: Mapping[str, Any] | None = None,
         knn_variants: Sequence[Mapping[str, Any]] | None = None,
+        repeat_weights: Sequence[float] = (),
+        repeat_shapes: Sequence[str] = tuple(REPEAT_SHAPES),
     ) -> None:
         if not weights or any(not w > 0 for w in weights):
             raise ValueError(f"blend.weights must be a non-empty list of weights > 0, got {list(weights)!r}")
+        if any(not w > 0 for w in repeat_weights):
+            raise ValueError(
+                f"blend.repeat_weights must be weights > 0 (empty: no repeat bonus), got {list(repeat_weights)!r}"
+            )
+        unknown = sorted(set(repeat_shapes) - set(REPEAT_SHAPES))
+        if unknown or (repeat_weights and not repeat_shapes):
+            raise ValueError(
+                f"blend.repeat_shapes must be some of {sorted(REPEAT_SHAPES)}, got {list(repeat_shapes)!r}"
+            )
         self.scale, self.knn = checked_settings(scale, knn)
         self.weights = [float(w) for w in weights]
         # Each variant: the settings it changes over `knn` (an empty one: `knn` itself).
         variants = [known_settings(variant, "blend.knn_variants") for variant in (knn_variants or [{}])]
         self.variants = [self.knn | variant for variant in variants]
+        self.repeat_weights = [float(w) for w in repeat_weights]
+        self.repeat_shapes = list(repeat_shapes)
 
     @torch.no_grad()
     def choose(
@@ -261,48 +338,104 @@ class KNNBlendSearch:
         defaults, KNN_SETTINGS; the first variant's with no blend) and every candidate's validation metrics, by
         `metric`. `scorer` scores the `n_items` items of `sessions` (with the chosen prior, if any); `batches` are the
         validation sessions'. Ties go to the earlier candidate: no blend, then each variant's weights in order."""
-        from lstm_rec.evaluation import CHUNK_SCORES, RankedPredictions, metrics_of, prediction_targets
-        from lstm_rec.metrics import target_ranks
-
         blends = [KNNBlend(sessions, n_items, 1.0, variant, self.scale) for variant in self.variants]
         # The candidates: (variant, weight); no blend first.
         candidates = [(0, 0.0)] + [(v, w) for v in range(len(blends)) for w in self.weights]
-        parts: list[list[RankedPredictions]] = [[] for _ in candidates]
-        was_training = isinstance(scorer, nn.Module) and scorer.training
-        if isinstance(scorer, nn.Module):
-            scorer.eval()
-        k = min(max(ks), n_items)
-        for batch in batches:
-            batch = batch.to(device)
-            inputs, is_target = batch[:, :-1], batch[:, 1:] > 0
-            targets = prediction_targets(batch)
-            row, column = is_target.nonzero(as_tuple=True)
-            lengths = (batch > 0).sum(dim=1)
-            states, prefixes = scorer.encode(inputs)[is_target], Prefixes.of(inputs)[is_target]
-            rows = max(1, min(max_scores, CHUNK_SCORES) // n_items)
-            ranks: list[list[Tensor]] = [[] for _ in candidates]
-            tops: list[list[Tensor]] = [[] for _ in candidates]
-            for begin in range(0, len(targets), rows):
-                part = slice(begin, begin + rows)
-                base = scorer.score(states[part])
-                terms = [blend.terms(prefixes[part]) for blend in blends]
-                for i, (variant, weight) in enumerate(candidates):
-                    scores = base if weight == 0 else add_terms(base, terms[variant], weight)
-                    ranks[i].append(target_ranks(scores, targets[part], ties))
-                    tops[i].append(scores.topk(k, dim=1).indices)
-            for i in range(len(candidates)):
-                parts[i].append(
-                    RankedPredictions(
-                        torch.cat(ranks[i]).cpu(), torch.cat(tops[i]).cpu(), (column + 1).cpu(), lengths[row].cpu()
-                    )
-                )
-        if was_training:
-            scorer.train()
+
+        def scores_of(base: Tensor, prefixes: Prefixes) -> Iterator[Tensor]:
+            terms = [blend.terms(prefixes) for blend in blends]
+            for variant, weight in candidates:
+                yield base if weight == 0 else add_terms(base, terms[variant], weight)
+
+        metrics = _rank_candidates(scorer, n_items, batches, scores_of, len(candidates), ks, ties, device, max_scores)
         table = []
-        for (variant, weight), part in zip(candidates, parts, strict=True):
-            values = metrics_of(RankedPredictions.concat(part), ks, "val/")
+        for (variant, weight), values in zip(candidates, metrics, strict=True):
             knn = dict(self.variants[variant]) if weight > 0 else {}
-            table.append({"weight": weight, "knn": knn} | {name: values[name] for name in sorted(values)})
+            table.append({"weight": weight, "knn": knn} | values)
         best = max(range(len(table)), key=lambda i: (table[i][metric], -i))  # ties: the earlier candidate
         variant, weight = candidates[best]
         return weight, dict(self.variants[variant]), table
+
+    @torch.no_grad()
+    def choose_repeat(
+        self,
+        scorer: Any,
+        blend: KNNBlend | None,
+        n_items: int,
+        batches: Iterable[Tensor],
+        metric: str,
+        ks: Sequence[int],
+        ties: str = "pessimistic",
+        device: torch.device | str = "cpu",
+        max_scores: int = 2**24,
+    ) -> tuple[RepeatBonus | None, list[dict[str, Any]]]:
+        """The repeat bonus (None: none ranked best; always None without repeat_weights) that ranks the validation
+        `batches` best by `metric` on top of `scorer` (the network with its prior) and the chosen kNN `blend` (None:
+        none), and every candidate's validation metrics. Ties go to the earlier candidate: none, then each shape's
+        weights in order."""
+        if not self.repeat_weights:
+            return None, []
+        candidates = [None] + [RepeatBonus(shape, w) for shape in self.repeat_shapes for w in self.repeat_weights]
+
+        def scores_of(base: Tensor, prefixes: Prefixes) -> Iterator[Tensor]:
+            if blend is not None:
+                base = add_terms(base, blend.terms(prefixes), blend.weight)
+            terms = {shape: repeat_terms(prefixes, shape) for shape in self.repeat_shapes}
+            for bonus in candidates:
+                yield base if bonus is None else add_terms(base, terms[bonus.shape], bonus.weight)
+
+        metrics = _rank_candidates(scorer, n_items, batches, scores_of, len(candidates), ks, ties, device, max_scores)
+        table = [
+            {"repeat": None if bonus is None else bonus.to_checkpoint()} | values
+            for bonus, values in zip(candidates, metrics, strict=True)
+        ]
+        best = max(range(len(table)), key=lambda i: (table[i][metric], -i))  # ties: the earlier candidate
+        return candidates[best], table
+
+
+def _rank_candidates(
+    scorer: Any,
+    n_items: int,
+    batches: Iterable[Tensor],
+    scores_of: Callable[[Tensor, Prefixes], Iterator[Tensor]],
+    n_candidates: int,
+    ks: Sequence[int],
+    ties: str,
+    device: torch.device | str,
+    max_scores: int,
+) -> list[dict[str, float]]:
+    """The validation metrics of each candidate whose scores `scores_of` yields (in order) from the scorer's scores
+    and the prefixes of a chunk of predictions: the network's states are computed once per batch."""
+    from lstm_rec.evaluation import CHUNK_SCORES, RankedPredictions, metrics_of, prediction_targets
+    from lstm_rec.metrics import target_ranks
+
+    parts: list[list[RankedPredictions]] = [[] for _ in range(n_candidates)]
+    was_training = isinstance(scorer, nn.Module) and scorer.training
+    if isinstance(scorer, nn.Module):
+        scorer.eval()
+    k = min(max(ks), n_items)
+    for batch in batches:
+        batch = batch.to(device)
+        inputs, is_target = batch[:, :-1], batch[:, 1:] > 0
+        targets = prediction_targets(batch)
+        row, column = is_target.nonzero(as_tuple=True)
+        lengths = (batch > 0).sum(dim=1)
+        states, prefixes = scorer.encode(inputs)[is_target], Prefixes.of(inputs)[is_target]
+        rows = max(1, min(max_scores, CHUNK_SCORES) // n_items)
+        ranks: list[list[Tensor]] = [[] for _ in range(n_candidates)]
+        tops: list[list[Tensor]] = [[] for _ in range(n_candidates)]
+        for begin in range(0, len(targets), rows):
+            part = slice(begin, begin + rows)
+            for i, scores in enumerate(scores_of(scorer.score(states[part]), prefixes[part])):
+                ranks[i].append(target_ranks(scores, targets[part], ties))
+                tops[i].append(scores.topk(k, dim=1).indices)
+        for i in range(n_candidates):
+            parts[i].append(
+                RankedPredictions(
+                    torch.cat(ranks[i]).cpu(), torch.cat(tops[i]).cpu(), (column + 1).cpu(), lengths[row].cpu()
+                )
+            )
+    if was_training:
+        scorer.train()
+    metrics = [metrics_of(RankedPredictions.concat(part), ks, "val/") for part in parts]
+    return [{name: values[name] for name in sorted(values)} for values in metrics]

@@ -89,13 +89,22 @@ def _check_blend(blend: Any, n_items: int, source: str) -> None:
     """A kNN blend (lstm_rec.blend.KNNBlend.to_checkpoint): its weight, V-SKNN settings and training sessions."""
     if blend is None:
         return
-    from lstm_rec.blend import KNN_SETTINGS
+    from lstm_rec.blend import KNN_SETTINGS, REPEAT_SHAPES
 
     if not isinstance(blend, Mapping):
         raise CheckpointError(f"{source}: its 'blend' must be null or a mapping (weight, settings, sessions)")
-    settings = blend.get("settings")
+    settings, repeat = blend.get("settings"), blend.get("repeat")
+    if repeat is not None:  # the repeat bonus (lstm_rec.blend.RepeatBonus); blends saved before it have none
+        shape, weight = (repeat.get(key) for key in ("shape", "weight")) if isinstance(repeat, Mapping) else (0, 0)
+        if not (shape in REPEAT_SHAPES and _is_number(weight) and 0 < weight < math.inf):
+            raise CheckpointError(
+                f"{source}: its blend's repeat bonus must be null or a shape among {sorted(REPEAT_SHAPES)} and a "
+                f"weight > 0, got {repeat!r}"
+            )
     for name in ("weight", "scale"):
         value = blend.get(name)
+        if name == "weight" and repeat is not None and _is_number(value) and value == 0:
+            continue  # a repeat bonus alone
         if not (_is_number(value) and value > 0):
             raise CheckpointError(f"{source}: its kNN blend's {name} must be a number > 0, got {value!r}")
     if not (isinstance(settings, Mapping) and set(settings) <= set(KNN_SETTINGS)):

@@ -11,7 +11,7 @@ from test_train import file_overrides
 
 from conftest import compose_config
 from lstm_rec.baselines.prefixes import Prefixes
-from lstm_rec.blend import KNN_SETTINGS, BlendScorer, KNNBlend, KNNBlendSearch, joined
+from lstm_rec.blend import KNN_SETTINGS, BlendScorer, KNNBlend, KNNBlendSearch, RepeatBonus, joined
 from lstm_rec.checkpoint import CHECKPOINT_KEY, CheckpointError, load_network, read_checkpoint
 from lstm_rec.data import FileDataModule, Sessions
 from lstm_rec.data.sessions import NoClickTimesError
@@ -170,6 +170,69 @@ def test_the_search_keeps_the_knn_variant_that_ranks_best_with_its_weight():
     assert [row["val/mrr@2"] for row in table] == [0.25, 0.25, 0.25, 0.25, 0.5]
 
 
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [("all", [1.0, 1.0, 1.0, 0.0]), ("recent", [math.exp(-1), 1.0, math.exp(-0.5), 0.0]), ("last", [0, 1, 0, 0])],
+)
+def test_the_repeat_bonus_lifts_the_sessions_items_by_how_far_back_their_latest_click_lies(shape, expected):
+    # After [3, 1, 3, 2]: item 2 clicked last (0 clicks after it), item 3 one click before the end, item 1 two; item 4
+    # never. The bonus alone (kNN weight 0) on a network that scores every item 0.25, at weight 2.
+    train = sessions_of([1, 2], [3, 4])
+    blend = KNNBlend(train, 4, 0.0, PLAIN, repeat=RepeatBonus(shape, 2.0))
+    scorer = BlendScorer(FixedScores([0.25] * 4), blend)
+    scores = scorer.score(scorer.encode(torch.tensor([[3, 1, 3, 2]]))[:, -1])
+    torch.testing.assert_close(scores, 0.25 + 2.0 * torch.tensor([expected]))
+    # With the kNN at a weight, both are added: the kNN's terms as before, the bonus on top.
+    with_knn = KNNBlend(train, 4, 0.5, PLAIN, repeat=RepeatBonus(shape, 2.0))
+    knn_only = KNNBlend(train, 4, 0.5, PLAIN)
+    prefixes = Prefixes.of(torch.tensor([[3, 1, 3, 2]]))[:, -1:]
+    torch.testing.assert_close(
+        with_knn.add_to(torch.zeros(1, 1, 4), prefixes),
+        knn_only.add_to(torch.zeros(1, 1, 4), prefixes) + 2.0 * torch.tensor([[expected]]),
+    )
+
+
+def test_a_repeat_bonus_needs_a_known_shape_and_a_positive_weight_and_a_knn_weight_needs_it_or_more_than_0():
+    with pytest.raises(ValueError, match="shape must be one of"):
+        RepeatBonus("first", 1.0)
+    for weight in (0.0, -1.0, math.inf, True):
+        with pytest.raises(ValueError, match="weight must be"):
+            RepeatBonus("all", weight)
+    with pytest.raises(ValueError, match=r"weight must be > 0 \(or 0 with a repeat bonus\)"):
+        KNNBlend(sessions_of([1, 2]), 2, 0.0, PLAIN)
+    with pytest.raises(ValueError, match="repeat_shapes"):
+        KNNBlendSearch(repeat_weights=[1.0], repeat_shapes=["first"])
+    with pytest.raises(ValueError, match="repeat_weights"):
+        KNNBlendSearch(repeat_weights=[0.0])
+
+
+def test_the_search_keeps_the_repeat_bonus_that_ranks_the_validation_sessions_best():
+    # The network scores items 1-3 as 0, 0, 1. Validation session [1, 2, 1]: after [1] the next click is item 2, after
+    # [1, 2] item 1 again. Cutoff 3, pessimistic ties. No bonus: both targets rank 3rd (a tie at 0, and item 3): MRR
+    # 1/3.
+    # all at 2: after [1] item 1 scores 2, item 2 still 3rd; after [1, 2] items 1 and 2 score 2 (a tie) over item 3's
+    # 1: 2nd. MRR (1/3 + 1/2) / 2. recent at 2: after [1, 2] item 1 scores 2 exp(-1/2) = 1.21, item 2 2: 2nd again.
+    # last at 2 lifts item 2 after [1, 2]: no gain. At 0.5 no shape lifts item 1 above item 3: 1/3. all at 2 comes
+    # first among the best.
+    search = KNNBlendSearch([0.5], 3.0, PLAIN, repeat_weights=[0.5, 2.0])
+    bonus, table = search.choose_repeat(
+        FixedScores([0.0, 0.0, 1.0]), None, 3, [torch.tensor([[1, 2, 1]])], "val/mrr@3", [3]
+    )
+    assert bonus == RepeatBonus("all", 2.0)
+    assert [row["repeat"] for row in table] == [None] + [
+        {"shape": shape, "weight": w} for shape in ("all", "recent", "last") for w in (0.5, 2.0)
+    ]
+    assert [row["val/mrr@3"] for row in table] == pytest.approx([1 / 3, 1 / 3, 5 / 12, 1 / 3, 5 / 12, 1 / 3, 1 / 3])
+    # Where the session's next click is never an earlier one, a bonus only pulls its items up: none is kept.
+    bonus, table = search.choose_repeat(FixedScores([0.0, 1.0, 0.5]), None, 3, VALIDATION, "val/mrr@3", [3])
+    assert bonus is None and table[0]["val/mrr@3"] == 1.0
+    # Without repeat weights there is nothing to choose.
+    assert KNNBlendSearch([0.5]).choose_repeat(FixedScores([0.0, 1.0, 0.5]), None, 3, VALIDATION, "val/mrr@3", [3]) == (
+        None,
+        [],
+    )
+
+
 def test_sparse_knn_scores_equal_the_dense_ones():
     events = generate_events(n_sessions=300, n_items=60, seed=3)
     train = sessions_of(*[group.to_numpy() for _, group in events.groupby(events.columns[0])[events.columns[1]]])
@@ -306,3 +369,68 @@ def test_export_refuses_a_blend_unless_told_to_leave_it_out(blended_runs, tmp_pa
     scores = step(torch.tensor([5]), carry.h, carry.c)[0]
     expected = model.network.score(model.network.encode(torch.tensor([[5]]))[:, 0])  # the network alone: no prior
     torch.testing.assert_close(scores, expected)
+
+
+@pytest.fixture(scope="module")
+def repeat_runs(timed_files, tmp_path_factory):
+    """blend=auto with the repeat bonus's candidates, and a fixed kNN blend with a fixed bonus, both refitted."""
+    runs = {}
+    for name, blend in (
+        ("auto", ["blend.repeat_weights=[0.5,2.0]"]),
+        ("fixed", ["blend=vsknn", "blend.weight=0.3", "blend.repeat={shape:recent,weight:0.5}"]),
+    ):
+        overrides = file_overrides(timed_files, "trainer.max_epochs=2", "~prior", "refit=true", *blend)
+        runs[name] = train(compose_config("train", overrides, tmp_path_factory.mktemp(f"blend_repeat_{name}")))
+    return runs
+
+
+def test_blend_auto_stores_the_repeat_bonus_it_chose(repeat_runs):
+    # On the synthetic log the trained network ranks its sessions' repeats well; whatever the validation sessions chose
+    # (the candidates' ranking is tested on hand-computed values above) is what the selected and the final network keep.
+    metrics = repeat_runs["auto"]
+    chosen = None if metrics["blend_repeat"] is None else RepeatBonus(**metrics["blend_repeat"])
+    assert load_network(metrics["checkpoint"]).blend.repeat == chosen
+    assert load_network(metrics["selected_checkpoint"]).blend.repeat == chosen
+
+
+def test_a_repeat_bonus_is_tested_stored_and_served(timed_files, repeat_runs):
+    metrics = repeat_runs["fixed"]
+    assert metrics["blend_repeat"] == {"shape": "recent", "weight": 0.5}
+    final = load_network(metrics["checkpoint"])
+    assert final.blend.repeat == RepeatBonus("recent", 0.5) and final.blend.weight == 0.3
+    datamodule = FileDataModule(test=str(timed_files / "test.csv"))
+    datamodule.item_index = final.item_index
+    datamodule.setup("test")
+    test = datamodule.full_dataloader("test")
+    assert evaluate(final.scorer(), test, [20], "test/")["test/mrr@20"] == pytest.approx(metrics["test/mrr@20"])
+    # The recommender scores with it: the session's items get their bonus, so the answer differs from the kNN blend's.
+    recommender = Recommender.from_checkpoint(metrics["checkpoint"])
+    session = list(final.item_index.ids[[3, 7, 3, 20]])
+    indices = torch.tensor([final.item_index.lookup(np.asarray(session)).tolist()])
+    scorer = final.scorer()
+    scores = scorer.score(scorer.encode(indices)[:, -1])[0]
+    answer = recommender.recommend(session, k=10)
+    assert [item for item, _ in answer] == final.item_index.ids[scores.topk(10).indices.numpy()].tolist()
+    final.blend.repeat = None
+    without = scorer.score(scorer.encode(indices)[:, -1])[0]
+    lifted = (scores - without)[indices[0] - 1]  # items 3, 7, 3, 20: 1, 2 and 0 clicks after their latest click
+    torch.testing.assert_close(lifted, 0.5 * torch.exp(-torch.tensor([1.0, 2.0, 1.0, 0.0]) / 2))
+
+
+def test_a_checkpoint_with_a_broken_repeat_bonus_is_refused(repeat_runs, tmp_path):
+    for broken in ({"shape": "first", "weight": 1.0}, {"shape": "all", "weight": -1.0}, "all"):
+        checkpoint = read_checkpoint(repeat_runs["fixed"]["checkpoint"])
+        checkpoint[CHECKPOINT_KEY]["blend"]["repeat"] = broken
+        path = tmp_path / "broken.ckpt"
+        torch.save(checkpoint, path)
+        with pytest.raises(CheckpointError, match="repeat bonus must be null or a shape"):
+            load_network(path)
+
+
+def test_a_fixed_repeat_bonus_alone_is_taken_as_given(timed_files, tmp_path):
+    bonus = "blend.repeat={shape:last,weight:1.5}"
+    overrides = file_overrides(timed_files, "trainer.max_epochs=1", "~prior", "blend=vsknn", "blend.weight=0", bonus)
+    metrics = train(compose_config("train", overrides, tmp_path))
+    blend = load_network(metrics["checkpoint"]).blend
+    assert metrics["blend_repeat"] == {"shape": "last", "weight": 1.5}
+    assert (blend.weight, blend.repeat) == (0.0, RepeatBonus("last", 1.5))

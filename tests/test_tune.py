@@ -1,6 +1,7 @@
 """The tuning job: a time-cut validation split, trials pruned on their validation curve, the best retrained on all
 the training data and tested once, and the report."""
 
+import ast
 import json
 import time
 import warnings
@@ -189,7 +190,7 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
         assert priors == ["~prior"] and again.get("prior") is None
         assert load_network(final["checkpoint"]).prior is None
     # blend=auto likewise: the best trial's kNN blend weight and kNN variant (none: ~blend).
-    blend = json.loads(best["user_attrs_blend"].replace("'", '"'))
+    blend = ast.literal_eval(best["user_attrs_blend"])  # a dict's repr: its repeat bonus may be None
     blends = [o for o in chosen if "blend" in o]
     if blend["weight"] > 0:
         knn = [f"++blend.knn.{key}={value}" for key, value in blend["knn"].items()]
@@ -270,3 +271,18 @@ def test_the_chosen_prior_and_blend_become_override_lines_and_an_experiment_file
     none = SimpleNamespace(user_attrs={"prior": {"weight": 0.0, "hours": 0.0}, "blend": {"weight": 0.0}})
     assert prior_overrides(none)[:2] == (["~prior"], "  - override /prior: null\n")
     assert blend_overrides(none, final)[:2] == (["~blend"], "  - override /blend: null\n")
+    # A repeat bonus chosen with the kNN, or alone (kNN weight 0), is carried too, and composes.
+    for weight in (0.05, 0.0):
+        repeat = {"shape": "recent", "weight": 2.0}
+        chosen = SimpleNamespace(user_attrs={"blend": {"weight": weight, "repeat": repeat}})
+        fixed = OmegaConf.create({"blend": {"weight": weight, "scale": 100.0, "knn": {}, "repeat": repeat}})
+        line, _, body = blend_overrides(chosen, fixed)
+        assert line == [
+            "blend=vsknn",
+            f"blend.weight={weight}",
+            "blend.scale=100.0",
+            "blend.repeat={shape:recent,weight:2.0}",
+        ]
+        again = compose_config("train", line, tmp_path / f"repeat_{weight}")
+        assert again.blend.weight == weight and again.blend.repeat == repeat
+        assert OmegaConf.create(body).blend.repeat == repeat

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lstm_rec.blend import KNN_SETTINGS, KNNBlend, KNNBlendSearch
+from lstm_rec.blend import KNN_SETTINGS, KNNBlend, KNNBlendSearch, RepeatBonus
 from lstm_rec.checkpoint import CHECKPOINT_KEY, load_network, read_checkpoint
 from lstm_rec.prior import ItemPrior, PriorScorer, RecentPopularity, RecentPopularitySearch
 
@@ -92,11 +92,23 @@ def is_blend_search(blend_cfg: DictConfig | None) -> bool:
     return blend_cfg is not None and blend_cfg.get("_target_") == BLEND_SEARCH_TARGET
 
 
-def fixed_blend(blend_cfg: DictConfig, weight: float, knn: dict[str, Any] | None = None) -> dict[str, Any]:
+def fixed_blend(
+    blend_cfg: DictConfig, weight: float, knn: dict[str, Any] | None = None, repeat: Any = "config"
+) -> dict[str, Any]:
     """A fixed blend's choice: `weight` with the scale of `blend_cfg` (blend=auto's or blend=vsknn's) and its V-SKNN
-    settings, or `knn` (those blend=auto chose) in their place."""
+    settings, or `knn` (those blend=auto chose) in their place; its repeat bonus ({shape, weight} or None) is
+    `blend_cfg`'s (blend=vsknn's `repeat`) or `repeat` (the one blend=auto chose)."""
     settings = dict(blend_cfg.get("knn") or {}) if knn is None else dict(knn)
-    return {"weight": float(weight), "scale": float(blend_cfg.scale), "knn": settings}
+    if isinstance(repeat, str) and repeat == "config":
+        repeat = blend_cfg.get("repeat")
+    if repeat is not None:
+        repeat = RepeatBonus(**dict(repeat)).to_checkpoint()  # checked: a known shape, a weight > 0
+    return {"weight": float(weight), "scale": float(blend_cfg.scale), "knn": settings, "repeat": repeat}
+
+
+def has_blend(choice: dict[str, Any] | None) -> bool:
+    """Whether a blend choice adds anything: a kNN weight > 0 or a repeat bonus."""
+    return choice is not None and (choice["weight"] > 0 or choice.get("repeat") is not None)
 
 
 def choose_blend(
@@ -119,7 +131,7 @@ def choose_blend(
         choice = trainer.strategy.broadcast(choice, src=0)
     else:
         choice = fixed_blend(blend_cfg, blend_cfg.weight)
-    if choice["weight"] > 0:
+    if has_blend(choice):
         store = checkpoint if trainer.is_global_zero else None
         apply_blend(choice, model, datamodule.train_sessions, datamodule.n_items, store)
     return choice
@@ -134,7 +146,8 @@ def apply_blend(
 ) -> KNNBlend:
     """The chosen kNN blend made from `sessions` (the model's training data), set on `model` and stored in
     `checkpoint`."""
-    blend = KNNBlend.fit(sessions, n_items, choice["weight"], choice["knn"], choice["scale"])
+    repeat = RepeatBonus.from_checkpoint(choice.get("repeat"))
+    blend = KNNBlend.fit(sessions, n_items, choice["weight"], choice["knn"], choice["scale"], repeat)
     model.set_blend(blend)
     if checkpoint is not None:
         _store(checkpoint, "blend", blend.to_checkpoint())
@@ -148,7 +161,7 @@ def _search_blend(
     datamodule: SessionDataModule,
     checkpoint: str | None,
 ) -> dict[str, Any]:
-    none = {"weight": 0.0, "scale": search.scale, "knn": search.variants[0]}
+    none = {"weight": 0.0, "scale": search.scale, "knn": search.variants[0], "repeat": None}
     valid, train = datamodule.valid_sessions, datamodule.train_sessions
     if valid is None or valid.n_targets == 0:
         log.info("blend=auto: no validation sessions to choose the kNN blend's weight on; no blend")
@@ -158,17 +171,10 @@ def _search_blend(
         return none
     metric = cfg.monitor if cfg.monitor.startswith(CHOOSABLE) else f"val/mrr@{max(model.ks)}"
     network = model.net if checkpoint is None else load_network(checkpoint, model.device).network
-    weight, knn, table = search.choose(
-        PriorScorer(network, model.prior),
-        train,
-        datamodule.n_items,
-        datamodule.full_dataloader("valid"),
-        metric,
-        model.ks,
-        model.ties,
-        model.device,
-        model.max_scores,
-    )
+    scorer = PriorScorer(network, model.prior)
+    ranking = (model.ks, model.ties, model.device, model.max_scores)
+    valid_batches = datamodule.full_dataloader
+    weight, knn, table = search.choose(scorer, train, datamodule.n_items, valid_batches("valid"), metric, *ranking)
     k = metric.rsplit("@", 1)[1]
     for row in table:
         log.info(
@@ -179,13 +185,32 @@ def _search_blend(
     without, best = table[0][metric], max(row[metric] for row in table)
     if weight == 0:
         log.info("blend=auto: no kNN blend (no weight beat %s %.4f without one)", metric, without)
-        return none | {"without": without}
-    log.info(
-        "blend=auto: the kNN blend at weight %g, kNN %s: %s %.4f against %.4f without one, on %d validation "
-        "predictions",
-        weight, _changed(knn), metric, best, without, valid.n_targets,
-    )  # fmt: skip
-    return {"weight": weight, "scale": search.scale, "knn": knn, "without": without}
+        choice = none | {"without": without}
+    else:
+        log.info(
+            "blend=auto: the kNN blend at weight %g, kNN %s: %s %.4f against %.4f without one, on %d validation "
+            "predictions",
+            weight, _changed(knn), metric, best, without, valid.n_targets,
+        )  # fmt: skip
+        choice = {"weight": weight, "scale": search.scale, "knn": knn, "without": without, "repeat": None}
+    if search.repeat_weights:
+        chosen = KNNBlend(train, datamodule.n_items, weight, knn, search.scale) if weight > 0 else None
+        bonus, rows = search.choose_repeat(scorer, chosen, datamodule.n_items, valid_batches("valid"), metric, *ranking)
+        for row in rows:
+            name = "none" if row["repeat"] is None else f"{row['repeat']['shape']} at {row['repeat']['weight']:g}"
+            log.info(
+                "blend=auto: repeat bonus %s: val/recall@%s %.4f, val/mrr@%s %.4f",
+                name, k, row[f"val/recall@{k}"], k, row[f"val/mrr@{k}"],
+            )  # fmt: skip
+        if bonus is None:
+            log.info("blend=auto: no repeat bonus (none beat %s %.4f without one)", metric, rows[0][metric])
+        else:
+            log.info(
+                "blend=auto: the repeat bonus %s at %g: %s %.4f against %.4f without one",
+                bonus.shape, bonus.weight, metric, max(row[metric] for row in rows), rows[0][metric],
+            )  # fmt: skip
+            choice["repeat"] = bonus.to_checkpoint()
+    return choice
 
 
 def _changed(knn: dict[str, Any]) -> str:

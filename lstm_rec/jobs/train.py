@@ -23,7 +23,7 @@ from lstm_rec.data.sessions import SESSION
 from lstm_rec.evaluation import evaluate
 from lstm_rec.jobs.auto import TOP_UP, resolve_refit
 from lstm_rec.jobs.init_from import model_from_checkpoint
-from lstm_rec.jobs.prior_choice import apply_blend, apply_prior, choose_blend, choose_prior
+from lstm_rec.jobs.prior_choice import apply_blend, apply_prior, choose_blend, choose_prior, has_blend
 from lstm_rec.jobs.report import flatten, write_json
 from lstm_rec.jobs.runs import (
     LAST_CHECKPOINT,
@@ -84,6 +84,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         metrics |= {"prior_weight": prior["weight"], "prior_hours": prior["hours"]}
     if blend is not None:  # the kNN blend's weight (0: none) and its V-SKNN settings (over the blend's defaults)
         metrics |= {"blend_weight": blend["weight"], "blend_knn": dict(blend["knn"])}
+        metrics["blend_repeat"] = blend.get("repeat")  # the repeat bonus ({shape, weight}; None: none)
     if refit is True:
         metrics = _refit(cfg, metrics, _epochs_of(trainer, test_ckpt), fit_seconds, prior, blend)
         metrics["wall_seconds"] = time.perf_counter() - start
@@ -154,7 +155,7 @@ def _refit(
     trainer, model, datamodule, checkpoint = _second_fit(cfg, "refit", epochs, {})
     if prior is not None and prior["weight"] > 0:
         apply_prior(prior, model, datamodule.train_sessions, datamodule.n_items, checkpoint)
-    if blend is not None and blend["weight"] > 0:
+    if has_blend(blend):
         apply_blend(blend, model, datamodule.train_sessions, datamodule.n_items, checkpoint)
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint)[0]
     tested |= _popularity(datamodule, "test", model.ks)
@@ -205,7 +206,7 @@ def _top_up(
     if prior is not None and prior["weight"] > 0:  # the training part's items lead the grown index, numbered alike
         sessions = [datamodule.train_sessions, top_data.train_sessions]
         apply_prior(prior, model, sessions, top_data.n_items, checkpoint)
-    if blend is not None and blend["weight"] > 0:  # the training part's sessions, then the validation sessions
+    if has_blend(blend):  # the training part's sessions, then the validation sessions
         apply_blend(blend, model, [datamodule.train_sessions, top_data.train_sessions], top_data.n_items, checkpoint)
     tested = trainer.test(model, datamodule=top_data, ckpt_path=checkpoint)[0]
     return _after_selected(selected, tested | {"top_up_epochs": epochs}, model, checkpoint, fit_seconds, "top_up")

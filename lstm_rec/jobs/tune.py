@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_rec.callbacks import check_tolerance, within_tolerance
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, split_by_start_time
-from lstm_rec.jobs.prior_choice import RECENT_TARGET, fixed_blend, is_blend_search, is_search
+from lstm_rec.jobs.prior_choice import RECENT_TARGET, fixed_blend, has_blend, is_blend_search, is_search
 from lstm_rec.jobs.report import frame_to_markdown, write_json
 from lstm_rec.jobs.runs import checkpoint_epochs, prepare_run
 from lstm_rec.jobs.train import train, unvalidated
@@ -70,7 +70,8 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
         if "prior_weight" in metrics:  # prior=auto's choice for this trial's network (weight 0: none)
             trial.set_user_attr("prior", {"weight": metrics["prior_weight"], "hours": metrics["prior_hours"]})
         if "blend_weight" in metrics:  # the kNN blend's weight for this trial's network (0: none)
-            trial.set_user_attr("blend", {"weight": metrics["blend_weight"], "knn": metrics.get("blend_knn")})
+            blend = {"weight": metrics["blend_weight"], "knn": metrics.get("blend_knn")}
+            trial.set_user_attr("blend", blend | {"repeat": metrics.get("blend_repeat")})
         return metrics[cfg.monitor]
 
     # A trial whose loss turned NaN fails; the search goes on.
@@ -222,8 +223,9 @@ def _final_config(
         OmegaConf.update(final, "prior", prior, merge=False)
     blend = best.user_attrs.get("blend")
     if is_blend_search(final.get("blend")):  # blend=auto: the best trial's choice, made from all the training data
-        chosen_blend = blend and blend["weight"] > 0
-        fixed = fixed_blend(final.blend, blend["weight"], blend.get("knn")) if chosen_blend else None
+        fixed = None
+        if has_blend(blend):
+            fixed = fixed_blend(final.blend, blend["weight"], blend.get("knn"), blend.get("repeat"))
         log.info("final run: the kNN blend of trial %d: %s", best.number, fixed or "none")
         OmegaConf.update(final, "blend", fixed, merge=False)
     return final
@@ -283,12 +285,14 @@ def blend_overrides(best: optuna.trial.FrozenTrial, final: DictConfig) -> tuple[
     chosen = best.user_attrs.get("blend")
     if chosen is None:
         return [], "", ""
-    if chosen["weight"] <= 0:
+    if not has_blend(chosen):
         return ["~blend"], "  - override /blend: null\n", ""
     values = OmegaConf.to_container(final.blend)
     entries = ["blend=vsknn", f"blend.weight={values['weight']}", f"blend.scale={values['scale']}"]
     # blend=vsknn's knn is {}: a plain `blend.knn.KEY=V` is refused there (not in struct); `++` adds or overrides it.
     entries += [f"++blend.knn.{key}={value}" for key, value in values["knn"].items()]
+    if values.get("repeat") is not None:  # blend=auto's repeat bonus
+        entries.append(f"blend.repeat={{shape:{values['repeat']['shape']},weight:{values['repeat']['weight']}}}")
     return entries, "  - override /blend: vsknn\n", OmegaConf.to_yaml({"blend": values})
 
 
