@@ -89,18 +89,19 @@ def _check_blend(blend: Any, n_items: int, source: str) -> None:
     """A kNN blend (lstm_rec.blend.KNNBlend.to_checkpoint): its weight, V-SKNN settings and training sessions."""
     if blend is None:
         return
-    from lstm_rec.blend import KNN_SETTINGS, REPEAT_SHAPES
+    from lstm_rec.blend import KNN_SETTINGS, REPEAT_SHAPES, RepeatBonus
 
     if not isinstance(blend, Mapping):
         raise CheckpointError(f"{source}: its 'blend' must be null or a mapping (weight, settings, sessions)")
     settings, repeat = blend.get("settings"), blend.get("repeat")
-    if repeat is not None:  # the repeat bonus (lstm_rec.blend.RepeatBonus); blends saved before it have none
-        shape, weight = (repeat.get(key) for key in ("shape", "weight")) if isinstance(repeat, Mapping) else (0, 0)
-        if not (shape in REPEAT_SHAPES and _is_number(weight) and 0 < weight < math.inf):
+    if repeat is not None:  # the repeat bonus; blends saved before it have none. RepeatBonus checks its own values.
+        try:
+            RepeatBonus(repeat.get("shape"), repeat.get("weight"))
+        except (AttributeError, TypeError, ValueError) as error:
             raise CheckpointError(
                 f"{source}: its blend's repeat bonus must be null or a shape among {sorted(REPEAT_SHAPES)} and a "
                 f"weight > 0, got {repeat!r}"
-            )
+            ) from error
     for name in ("weight", "scale"):
         value = blend.get(name)
         if name == "weight" and repeat is not None and _is_number(value) and value == 0:

@@ -418,7 +418,7 @@ def test_a_repeat_bonus_is_tested_stored_and_served(timed_files, repeat_runs):
 
 
 def test_a_checkpoint_with_a_broken_repeat_bonus_is_refused(repeat_runs, tmp_path):
-    for broken in ({"shape": "first", "weight": 1.0}, {"shape": "all", "weight": -1.0}, "all"):
+    for broken in ({"shape": "first", "weight": 1.0}, {"shape": "all", "weight": -1.0}, "all", {"shape": ["all"]}):
         checkpoint = read_checkpoint(repeat_runs["fixed"]["checkpoint"])
         checkpoint[CHECKPOINT_KEY]["blend"]["repeat"] = broken
         path = tmp_path / "broken.ckpt"
