@@ -93,14 +93,12 @@ def is_blend_search(blend_cfg: DictConfig | None) -> bool:
 
 
 def fixed_blend(
-    blend_cfg: DictConfig, weight: float, knn: dict[str, Any] | None = None, repeat: Any = "config"
+    blend_cfg: DictConfig, weight: float, knn: dict[str, Any] | None = None, repeat: Any = None
 ) -> dict[str, Any]:
     """A fixed blend's choice: `weight` with the scale of `blend_cfg` (blend=auto's or blend=vsknn's) and its V-SKNN
-    settings, or `knn` (those blend=auto chose) in their place; its repeat bonus ({shape, weight} or None) is
-    `blend_cfg`'s (blend=vsknn's `repeat`) or `repeat` (the one blend=auto chose)."""
+    settings, or `knn` (those blend=auto chose) in their place, and the repeat bonus `repeat` ({shape, weight}; None:
+    none)."""
     settings = dict(blend_cfg.get("knn") or {}) if knn is None else dict(knn)
-    if isinstance(repeat, str) and repeat == "config":
-        repeat = blend_cfg.get("repeat")
     if repeat is not None:
         repeat = RepeatBonus(**dict(repeat)).to_checkpoint()  # checked: a known shape, a weight > 0
     return {"weight": float(weight), "scale": float(blend_cfg.scale), "knn": settings, "repeat": repeat}
@@ -130,7 +128,7 @@ def choose_blend(
         choice = _search_blend(cfg, search, model, datamodule, checkpoint) if trainer.is_global_zero else None
         choice = trainer.strategy.broadcast(choice, src=0)
     else:
-        choice = fixed_blend(blend_cfg, blend_cfg.weight)
+        choice = fixed_blend(blend_cfg, blend_cfg.weight, repeat=blend_cfg.get("repeat"))
     if has_blend(choice):
         store = checkpoint if trainer.is_global_zero else None
         apply_blend(choice, model, datamodule.train_sessions, datamodule.n_items, store)
