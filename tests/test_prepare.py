@@ -239,6 +239,51 @@ def test_retailrocket_by_hand(tmp_path):
     assert pd.read_parquet(out / "test.parquet")["Time"].iloc[0] == 1433505600.0
 
 
+# MovieLens ratings (user, item, stars, Unix seconds), not in time order; D = 2000-01-01 00:00 UTC. User 1's third
+# rating lies exactly an hour after the second (one session), the fourth 80 minutes later (a session of one rating);
+# user 4 rated items 40 and 10 in one second (the file's order stays).
+D = 946_684_800
+RATINGS = [
+    (1, 10, 4, D),
+    (1, 20, 3, D + 600),
+    (1, 30, 5, D + 4200),
+    (1, 40, 1, D + 9000),
+    (2, 20, 2, D + 2 * 86400),
+    (2, 10, 4, D + 2 * 86400 + 60),
+    (3, 30, 5, D + 5 * 86400 + 120),
+    (3, 10, 3, D + 5 * 86400),
+    (4, 40, 4, D + 3 * 86400),
+    (4, 10, 2, D + 3 * 86400),
+    (1, 20, 4, D + 5 * 86400 + 30),
+    (1, 30, 3, D + 5 * 86400 + 90),
+]
+MOVIELENS_LAYOUTS = {
+    "u.data": "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in RATINGS),
+    "ratings.dat": "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in RATINGS),
+    "ratings.csv": "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.5,{t}\n" for u, i, r, t in RATINGS),
+}
+
+
+@pytest.mark.parametrize("name", list(MOVIELENS_LAYOUTS))
+def test_movielens_by_hand_in_each_layout(tmp_path, name):
+    raw = write(tmp_path / name, MOVIELENS_LAYOUTS[name])
+    days = ["dataset.protocol.min_item_support=1", "dataset.protocol.test_days=1", "dataset.protocol.valid_days=1"]
+    out, _ = run(tmp_path, "movielens", raw, *days)
+    # Sessions by user, then time: 1 (u1, day 0), 2 (u1's lone item 40, too short), 3 (u1, day 5), 4 (u2), 5 (u3),
+    # 6 (u4). Last rating day 5 00:02: test = sessions ending after day 4 00:02; train_full ends day 3 (session 6),
+    # so validation holds the sessions ending after day 2 00:00, less item 40, unseen in train_tr (6 is then too short).
+    assert_splits(
+        out,
+        {
+            "train_full": {1: [10, 20, 30], 4: [20, 10], 6: [40, 10]},
+            "test": {3: [20, 30], 5: [10, 30]},
+            "train_tr": {1: [10, 20, 30]},
+            "train_valid": {4: [20, 10]},
+        },
+    )
+    assert pd.read_parquet(out / "test.parquet")["Time"].tolist() == [D + 5 * 86400 + s for s in (30, 90, 0, 120)]
+
+
 GENERIC = """\
 user,item,ts
 u1,a,2020-01-01T10:00:00
@@ -387,6 +432,14 @@ BAD_INPUT = [
         r"line 6: column 'eventdate' is '02/01/2016'; expected a date like 2016-05-09",
     ),
     ("retailrocket", "events.csv", RETAILROCKET, ["dataset.reader.keep_events=[click]"], r"no event of type \['click"),
+    ("movielens", "ratings.csv", "user,item,rating,ts\n1,2,3,4\n", [], r"line 1 is 'user,item,rating,ts'; expected a"),
+    (
+        "movielens",
+        "u.data",
+        MOVIELENS_LAYOUTS["u.data"].replace(f"{D + 600}", "2000-01-01"),
+        [],
+        r"u.data, line 2: field 4 \(timestamp\) is '2000-01-01'; expected Unix seconds, an integer",
+    ),
     (
         "generic",
         "clicks.csv",
