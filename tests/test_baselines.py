@@ -114,6 +114,25 @@ def test_vsknn_distance_decay_measures_from_an_items_last_click_in_the_neighbour
     np.testing.assert_allclose(knn.score_prefixes(np.array([[3]])), [[vote * math.exp(-1), vote * math.exp(-2), vote]])
 
 
+@pytest.mark.parametrize("decay", [None, 2.0])
+def test_vsknn_divides_by_the_exact_distance_in_a_prefix_of_many_distinct_items(decay):
+    # Training sessions A = [1..60] and B = [61..114]; the prefix clicks 1..114 in order. B's nearest shared item is
+    # the last click (1 back), A's is item 60, 55 clicks back: weighting_score "div" divides A's votes by 55 and B's
+    # by 1. One sum of 2^-distance over 114 distinct items rounds to 1 in float64 (distance 0: infinite votes).
+    items = np.arange(1, 115)
+    sessions = Sessions(items=items, offsets=np.array([0, 60, 114]), times=np.arange(114.0))
+    prefix = items[None, :]
+    div, same = (
+        VSKNN(k=10, idf_weighting=0.0, weighting_score=score, distance_decay=decay)
+        .fit(sessions, 114)
+        .score_prefixes(prefix)
+        for score in ("div", "same")
+    )
+    assert np.isfinite(div).all() and (same > 0).all()
+    np.testing.assert_allclose(div[0, :60], same[0, :60] / 55, rtol=1e-12)
+    np.testing.assert_allclose(div[0, 60:], same[0, 60:], rtol=1e-12)
+
+
 def test_vsknn_takes_a_numpy_distance_decay():
     # the session of the test above: NumPy's numbers (e.g. from a sweep's grid) score as Python's
     sessions = Sessions(items=np.array([1, 2, 1, 3]), offsets=np.array([0, 4]), times=np.arange(4.0))

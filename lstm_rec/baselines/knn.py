@@ -89,6 +89,10 @@ class SessionKNN(Baseline):
         return sp.csr_matrix(self._neighbours(cosine) @ self.session_items)
 
 
+# Distances a pass of VSKNN._steps_back sums exactly (float64 holds 53 binary places).
+STEPS_BLOCK = 48
+
+
 class VSKNN(SessionKNN):
     """V-SKNN (Ludewig & Jannach): SKNN whose prefix items weigh more the later they were clicked.
 
@@ -188,15 +192,33 @@ class VSKNN(SessionKNN):
     def _steps_back(self, last: sp.csr_matrix, lengths: np.ndarray, neighbours: sp.csr_matrix) -> sp.csr_matrix:
         """For each (prefix, neighbour) pair, how many clicks back the most recent shared item lies.
 
-        Every prefix item adds 2^-r for its smallest distance r from the end (1 = last click) to the
-        sessions holding it; the sum lies in [2^-r_min, 2^(1 - r_min)), so r_min = ceil(-log2(sum)).
+        Distances are taken in blocks of STEPS_BLOCK: within a block starting after distance b, every prefix item
+        at distance r adds 2^-(r - b) to the sessions holding it; the sum lies in [2^-m, 2^(1 - m)) for the nearest
+        shared item at b + m, so m = ceil(-log2(sum)). A block's powers span at most 48 binary places, so their sums
+        are exact in float64 (one sum over a prefix of more than 53 distinct items would round up to the next power
+        of two, one click too near, or to 1: distance 0). The pairs still without a shared item go on to the next
+        block; prefixes of at most STEPS_BLOCK distinct items take one.
         """
         distance = last.tocoo()
-        distance.data = np.exp2(-(lengths[distance.row] - distance.data + 1.0))
-        sums = sp.csr_matrix(distance.tocsr() @ self.item_sessions).multiply(neighbours > 0).tocsr()
-        sums.sort_indices()
-        sums.data = np.ceil(-np.log2(sums.data))
-        return sums
+        steps = lengths[distance.row] - distance.data + 1.0  # 1 = the last click
+        pending = (neighbours > 0).astype(np.float64).tocsr()
+        found = []
+        start, farthest = 0, steps.max(initial=0.0)
+        while pending.nnz and start < farthest:
+            block = (steps > start) & (steps <= start + STEPS_BLOCK)
+            weights = sp.csr_matrix(
+                (np.exp2(start - steps[block]), (distance.row[block], distance.col[block])), shape=last.shape
+            )
+            sums = sp.csr_matrix(weights @ self.item_sessions).multiply(pending).tocsr()
+            sums.eliminate_zeros()
+            sums.data = np.ceil(-np.log2(sums.data)) + start
+            found.append(sums)
+            pending = (pending - pending.multiply(sums > 0)).tocsr()
+            pending.eliminate_zeros()
+            start += STEPS_BLOCK
+        back = sum(found[1:], found[0]).tocsr() if found else sp.csr_matrix(neighbours.shape)
+        back.sort_indices()
+        return back
 
 
 @dataclass
