@@ -133,6 +133,18 @@ def test_vsknn_divides_by_the_exact_distance_in_a_prefix_of_many_distinct_items(
     np.testing.assert_allclose(div[0, 60:], same[0, 60:], rtol=1e-12)
 
 
+@pytest.mark.parametrize(("score", "decay"), [("div", None), ("div", 2.0), ("same", 2.0)])
+def test_vsknn_counts_an_unknown_click_as_a_position(score, decay):
+    # A test catalog wider than the network's turns a click on an item the network does not know into a 0 within the
+    # prefix: [0, 1, 5] is the prefix [1, 5] after one unknown click. Every shared item stands as many clicks back as in
+    # [1, 5] (item 5 one back, item 1 two), so with equal position weights the votes are [1, 5]'s; counting only the
+    # nonzero clicks put item 5 zero clicks back (infinite votes).
+    knn = VSKNN(k=10, idf_weighting=0.0, weighting="same", weighting_score=score, distance_decay=decay).fit(TRAIN, 5)
+    hole = knn.encode(torch.tensor([[0, 1, 5]]))[torch.tensor([0]), torch.tensor([2])].summary()
+    assert hole.lengths.tolist() == [3]
+    np.testing.assert_allclose(knn.score_summary(hole), knn.score_prefixes(np.array([[1, 5]])), rtol=1e-12)
+
+
 def test_vsknn_takes_a_numpy_distance_decay():
     # the session of the test above: NumPy's numbers (e.g. from a sweep's grid) score as Python's
     sessions = Sessions(items=np.array([1, 2, 1, 3]), offsets=np.array([0, 4]), times=np.arange(4.0))

@@ -73,8 +73,8 @@ class ClickIndex:
     `end`, and a group's clicks up to `end` give the item's count and last position in that prefix.
     """
 
-    items: np.ndarray  # (B, T) item indices, 0 for padding
-    lengths: np.ndarray  # (B,) clicks per row
+    items: np.ndarray  # (B, T) item indices, 0 for padding (and for a click on an item the scorer does not know)
+    lengths: np.ndarray  # (B,) each row's clicks through its last nonzero one: positions, holes counted
     click_keys: np.ndarray  # (C,) group * stride + position of every click, sorted
     group_start: np.ndarray  # (G,) each group's first click in click_keys
     group_column: np.ndarray  # (G,) each group's score column
@@ -98,7 +98,7 @@ class ClickIndex:
         by_first = np.lexsort((first, group_row))
         return cls(
             items=items,
-            lengths=(items > 0).sum(axis=1),
+            lengths=_through_last_click(items),
             click_keys=group_of_click * stride + positions,
             group_start=group_start,
             group_column=columns[group_start],
@@ -118,6 +118,14 @@ class ClickIndex:
         after = np.searchsorted(self.click_keys, group_keys + ends[prefix], side="right")  # past the last click
         last = self.click_keys[after - 1] - group_keys + 1
         return PrefixEntries(prefix, self.group_column[groups], after - self.group_start[groups], last)
+
+
+def _through_last_click(items: np.ndarray) -> np.ndarray:
+    """(B,) 1 + the position of each row's last nonzero item (0 for an empty row). A row is right-padded, but a click
+    on an item its scorer does not know is a 0 within it (a test catalog wider than the network's): lengths and
+    positions then count that click too, so that a prefix's last position never exceeds its length."""
+    nonzero = items > 0
+    return np.where(nonzero.any(axis=1), items.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0)
 
 
 @dataclass
