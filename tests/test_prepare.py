@@ -433,6 +433,7 @@ BAD_INPUT = [
     ),
     ("retailrocket", "events.csv", RETAILROCKET, ["dataset.reader.keep_events=[click]"], r"no event of type \['click"),
     ("movielens", "ratings.csv", "user,item,rating,ts\n1,2,3,4\n", [], r"line 1 is 'user,item,rating,ts'; expected a"),
+    ("movielens", "ratings.csv", "userId,movieId,rating,timestamp\n", [], r"ratings.csv: no clicks, only a header"),
     (
         "movielens",
         "u.data",

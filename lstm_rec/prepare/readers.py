@@ -228,6 +228,8 @@ class MovieLensRatings:
 
     def read(self, paths: list[Path]) -> Events:
         table = _read_all(paths, self._read_one)
+        if table.num_rows == 0:  # a header alone: no events, which the job reports
+            return encode(np.zeros(0, dtype=np.int64), table["item"], np.zeros(0))
         time = table["timestamp"].to_numpy().astype(np.float64)
         order, session = sessions_from_gaps(table["user"].to_numpy(), time, self.session_gap)
         log.info("movielens: %d sessions from a gap of %g s", session[-1], self.session_gap)
