@@ -64,7 +64,9 @@ class RepeatBonus:
     """A bonus added at inference to the scores of the items the session has clicked: `weight` times the shape's
     value (REPEAT_SHAPES) of how many clicks back the item's latest click lies. The network learns repeats only as
     far as its weights hold them; the bonus is chosen per log on the validation sessions (blend=auto's
-    repeat_weights), as the kNN blend's weight is."""
+    repeat_weights), as the kNN blend's weight is. A weight below 0 lowers the clicked items instead: on a log whose
+    sessions seldom return to an item (ratings, where each item is rated once) the session's own items are the
+    likeliest wrong answers."""
 
     shape: str
     weight: float
@@ -72,8 +74,8 @@ class RepeatBonus:
     def __post_init__(self) -> None:
         if self.shape not in REPEAT_SHAPES:
             raise ValueError(f"the repeat bonus's shape must be one of {sorted(REPEAT_SHAPES)}, got {self.shape!r}")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real) or not self.weight > 0:
-            raise ValueError(f"the repeat bonus's weight must be a number > 0, got {self.weight!r}")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real) or self.weight == 0:
+            raise ValueError(f"the repeat bonus's weight must be a nonzero number, got {self.weight!r}")
         if not math.isfinite(self.weight):
             raise ValueError(f"the repeat bonus's weight must be finite, got {self.weight!r}")
         object.__setattr__(self, "weight", float(self.weight))
@@ -304,9 +306,10 @@ class KNNBlendSearch:
     ) -> None:
         if not weights or any(not w > 0 for w in weights):
             raise ValueError(f"blend.weights must be a non-empty list of weights > 0, got {list(weights)!r}")
-        if any(not w > 0 for w in repeat_weights):
+        if any(not (math.isfinite(w) and w != 0) for w in repeat_weights):
             raise ValueError(
-                f"blend.repeat_weights must be weights > 0 (empty: no repeat bonus), got {list(repeat_weights)!r}"
+                "blend.repeat_weights must be finite nonzero weights (below 0: the clicked items are lowered; empty: "
+                f"no repeat bonus), got {list(repeat_weights)!r}"
             )
         unknown = sorted(set(repeat_shapes) - set(REPEAT_SHAPES))
         if unknown or (repeat_weights and not repeat_shapes):
@@ -333,16 +336,20 @@ class KNNBlendSearch:
         ties: str = "pessimistic",
         device: torch.device | str = "cpu",
         max_scores: int = 2**24,
+        repeat: RepeatBonus | None = None,
     ) -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
         """The best weight (0: no blend ranked best), the V-SKNN settings it came with (those over the blend's
         defaults, KNN_SETTINGS; the first variant's with no blend) and every candidate's validation metrics, by
         `metric`. `scorer` scores the `n_items` items of `sessions` (with the chosen prior, if any); `batches` are the
-        validation sessions'. Ties go to the earlier candidate: no blend, then each variant's weights in order."""
+        validation sessions'; `repeat`, a repeat bonus every candidate gets (None: none). Ties go to the earlier
+        candidate: no blend, then each variant's weights in order."""
         blends = [KNNBlend(sessions, n_items, 1.0, variant, self.scale) for variant in self.variants]
         # The candidates: (variant, weight); no blend first.
         candidates = [(0, 0.0)] + [(v, w) for v in range(len(blends)) for w in self.weights]
 
         def scores_of(base: Tensor, prefixes: Prefixes) -> Iterator[Tensor]:
+            if repeat is not None:
+                base = add_terms(base, repeat_terms(prefixes, repeat.shape), repeat.weight)
             terms = [blend.terms(prefixes) for blend in blends]
             for variant, weight in candidates:
                 yield base if weight == 0 else add_terms(base, terms[variant], weight)
@@ -355,6 +362,34 @@ class KNNBlendSearch:
         best = max(range(len(table)), key=lambda i: (table[i][metric], -i))  # ties: the earlier candidate
         variant, weight = candidates[best]
         return weight, dict(self.variants[variant]), table
+
+    def choose_all(
+        self,
+        scorer: Any,
+        sessions: Sessions,
+        n_items: int,
+        batches: Iterable[Tensor],
+        metric: str,
+        ks: Sequence[int],
+        ties: str = "pessimistic",
+        device: torch.device | str = "cpu",
+        max_scores: int = 2**24,
+    ) -> BlendChoice:
+        """The kNN (choose), then the repeat bonus on top of it (choose_repeat), then, when a bonus was chosen, the kNN
+        again on top of the bonus: the kNN was chosen without it, and where the bonus lowers the clicked items the
+        neighbours' votes for those items no longer cost, so more of the kNN can pay. `batches` (the validation
+        sessions') are read once per step, so they must be re-iterable (a list, a DataLoader)."""
+        ranking = (ks, ties, device, max_scores)
+        weight, knn, knn_table = self.choose(scorer, sessions, n_items, batches, metric, *ranking)
+        first = (weight, knn)
+        if not self.repeat_weights:
+            return BlendChoice(weight, knn, None, knn_table, [], [], first)
+        chosen = KNNBlend(sessions, n_items, weight, knn, self.scale) if weight > 0 else None
+        bonus, repeat_table = self.choose_repeat(scorer, chosen, n_items, batches, metric, *ranking)
+        if bonus is None:
+            return BlendChoice(weight, knn, None, knn_table, repeat_table, [], first)
+        weight, knn, again = self.choose(scorer, sessions, n_items, batches, metric, *ranking, repeat=bonus)
+        return BlendChoice(weight, knn, bonus, knn_table, repeat_table, again, first)
 
     @torch.no_grad()
     def choose_repeat(
@@ -391,6 +426,23 @@ class KNNBlendSearch:
         ]
         best = max(range(len(table)), key=lambda i: (table[i][metric], -i))  # ties: the earlier candidate
         return candidates[best], table
+
+
+@dataclass
+class BlendChoice:
+    """blend=auto's choice (KNNBlendSearch.choose_all): the kNN's weight (0: none) and V-SKNN settings, the repeat
+    bonus (None: none), and the validation metrics of every candidate of each step: the kNN alone (`knn_table`), the
+    bonus on top of it (`repeat_table`, empty without repeat weights) and, when a bonus was chosen, the kNN again on
+    top of the bonus (`knn_table_with_repeat`, else empty); `first`, the kNN's weight and settings the first step
+    chose."""
+
+    weight: float
+    knn: dict[str, Any]
+    repeat: RepeatBonus | None
+    knn_table: list[dict[str, Any]]
+    repeat_table: list[dict[str, Any]]
+    knn_table_with_repeat: list[dict[str, Any]]
+    first: tuple[float, dict[str, Any]]
 
 
 def _rank_candidates(

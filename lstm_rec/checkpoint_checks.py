@@ -100,7 +100,7 @@ def _check_blend(blend: Any, n_items: int, source: str) -> None:
         except (AttributeError, TypeError, ValueError) as error:
             raise CheckpointError(
                 f"{source}: its blend's repeat bonus must be null or a shape among {sorted(REPEAT_SHAPES)} and a "
-                f"weight > 0, got {repeat!r}"
+                f"finite nonzero weight, got {repeat!r}"
             ) from error
     for name in ("weight", "scale"):
         value = blend.get(name)

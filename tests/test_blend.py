@@ -192,18 +192,20 @@ def test_the_repeat_bonus_lifts_the_sessions_items_by_how_far_back_their_latest_
     )
 
 
-def test_a_repeat_bonus_needs_a_known_shape_and_a_positive_weight_and_a_knn_weight_needs_it_or_more_than_0():
+def test_a_repeat_bonus_needs_a_known_shape_and_a_nonzero_weight_and_a_knn_weight_needs_it_or_more_than_0():
     with pytest.raises(ValueError, match="shape must be one of"):
         RepeatBonus("first", 1.0)
-    for weight in (0.0, -1.0, math.inf, True):
+    for weight in (0.0, math.inf, -math.inf, math.nan, True):
         with pytest.raises(ValueError, match="weight must be"):
             RepeatBonus("all", weight)
+    assert RepeatBonus("all", -1).weight == -1.0  # below 0 lowers the clicked items
     with pytest.raises(ValueError, match=r"weight must be > 0 \(or 0 with a repeat bonus\)"):
         KNNBlend(sessions_of([1, 2]), 2, 0.0, PLAIN)
     with pytest.raises(ValueError, match="repeat_shapes"):
         KNNBlendSearch(repeat_weights=[1.0], repeat_shapes=["first"])
-    with pytest.raises(ValueError, match="repeat_weights"):
-        KNNBlendSearch(repeat_weights=[0.0])
+    for weights in ([0.0], [1.0, math.nan], [-math.inf]):
+        with pytest.raises(ValueError, match="repeat_weights must be finite nonzero weights"):
+            KNNBlendSearch(repeat_weights=weights)
 
 
 def test_the_search_keeps_the_repeat_bonus_that_ranks_the_validation_sessions_best():
@@ -231,6 +233,59 @@ def test_the_search_keeps_the_repeat_bonus_that_ranks_the_validation_sessions_be
         None,
         [],
     )
+
+
+def test_a_negative_repeat_bonus_lowers_the_sessions_items_and_is_kept_where_sessions_never_return():
+    # The network scores items 1-4 as 1, 0.9, 0.5, 0 and favours what the session already clicked. Validation
+    # sessions [1, 3] and [2, 3]: each next click is a new item, item 3. Cutoff 4, pessimistic ties.
+    # No bonus: after [1], item 3 ranks 3rd behind items 1 (1) and 2 (0.9); after [2] likewise: MRR 1/3.
+    # all at -1: after [1] item 1 drops to 0, below item 3 (0.5): item 3 ranks 2nd; after [2] item 2 drops to -0.1: 2nd
+    # again. MRR 1/2. The same for recent and last (the only clicked item is the latest). At 1 the clicked items only
+    # rise: 1/3. The first of the best, all at -1, is kept.
+    search = KNNBlendSearch([0.5], 3.0, PLAIN, repeat_weights=[-1.0, 1.0])
+    validation = [torch.tensor([[1, 3], [2, 3]])]
+    bonus, table = search.choose_repeat(FixedScores([1.0, 0.9, 0.5, 0.0]), None, 4, validation, "val/mrr@4", [4])
+    assert bonus == RepeatBonus("all", -1.0)
+    assert [row["val/mrr@4"] for row in table] == pytest.approx([1 / 3, 1 / 2, 1 / 3, 1 / 2, 1 / 3, 1 / 2, 1 / 3])
+    # The lowered scores, item by item, after [3, 1, 3, 2] at -2 with every clicked item lowered: items 1-3 by 2.
+    blend = KNNBlend(sessions_of([1, 2], [3, 4]), 4, 0.0, PLAIN, repeat=RepeatBonus("all", -2.0))
+    scorer = BlendScorer(FixedScores([0.25] * 4), blend)
+    scores = scorer.score(scorer.encode(torch.tensor([[3, 1, 3, 2]]))[:, -1])
+    torch.testing.assert_close(scores, torch.tensor([[-1.75, -1.75, -1.75, 0.25]]))
+
+
+def test_blend_auto_chooses_the_knn_again_on_top_of_the_repeat_bonus_it_chose():
+    # The network scores items 1-5 as 1, 0.45, 0.4, 0.5, 2. Training sessions [3, 4], [3, 4], [3, 5]; no idf, no
+    # distance decay. Validation sessions A = [1, 2] and B = [3, 4]; MRR over all 5 ranks.
+    # A: after [1] (no training session holds item 1: no neighbour) the target, item 2, ranks 4th behind items 5, 1
+    # and 4 at every kNN weight; 3rd when a bonus of -5 sinks item 1.
+    # B: after [3] every training session is a neighbour (similarity 1, the shared item the last click): votes item 3
+    # 3, item 4 2, item 5 1; over the best, log(1 + 3 x): item 3 1.386, item 4 1.099, item 5 0.693, times the weight.
+    # Without the bonus the target, item 4, ranks 3rd at every weight: at 0 behind items 5 (2) and 1 (1); at 0.5
+    # behind 5 (2.347) and 3 (1.093) with 1.049; at 2 behind 5 (3.386) and 3 (3.172) with 2.697.
+    # Step 1, the kNN alone: (1/4 + 1/3) / 2 at every weight: none kept.
+    # Step 2, the bonus on top of no kNN: at -5 (every shape alike after a one-click prefix) A ranks 3rd and B 3rd
+    # (behind 5 and 1): 1/3 against 7/24: every clicked item at -5 kept.
+    # Step 3, the kNN again with the bonus: item 3 sinks, so at 0.5 item 4 (1.049) passes item 1 (1): B ranks 2nd;
+    # at 2 too (2.697 against 5's 3.386). (1/3 + 1/2) / 2 at both: 0.5 kept.
+    train = sessions_of([3, 4], [3, 4], [3, 5])
+    search = KNNBlendSearch([0.5, 2.0], 3.0, PLAIN, repeat_weights=[-5.0])
+    validation = [torch.tensor([[1, 2], [3, 4]])]
+    scores = FixedScores([1.0, 0.45, 0.4, 0.5, 2.0])
+    chosen = search.choose_all(scores, train, 5, validation, "val/mrr@5", [5])
+    assert chosen.first == (0.0, PLAIN)
+    assert [row["val/mrr@5"] for row in chosen.knn_table] == pytest.approx([7 / 24] * 3)
+    assert [row["val/mrr@5"] for row in chosen.repeat_table] == pytest.approx([7 / 24, 1 / 3, 1 / 3, 1 / 3])
+    assert chosen.repeat == RepeatBonus("all", -5.0)
+    assert [row["val/mrr@5"] for row in chosen.knn_table_with_repeat] == pytest.approx([1 / 3, 5 / 12, 5 / 12])
+    assert (chosen.weight, chosen.knn) == (0.5, PLAIN)
+    # Without a bonus chosen there is no third step; without repeat weights, no second.
+    no_bonus = KNNBlendSearch([0.5, 2.0], 3.0, PLAIN, repeat_weights=[5.0]).choose_all(
+        scores, train, 5, validation, "val/mrr@5", [5]
+    )
+    assert no_bonus.repeat is None and no_bonus.knn_table_with_repeat == [] and no_bonus.weight == 0.0
+    plain = KNNBlendSearch([0.5], 3.0, PLAIN).choose_all(scores, train, 5, validation, "val/mrr@5", [5])
+    assert plain.repeat_table == [] and plain.knn_table_with_repeat == []
 
 
 def test_sparse_knn_scores_equal_the_dense_ones():
@@ -418,7 +473,7 @@ def test_a_repeat_bonus_is_tested_stored_and_served(timed_files, repeat_runs):
 
 
 def test_a_checkpoint_with_a_broken_repeat_bonus_is_refused(repeat_runs, tmp_path):
-    for broken in ({"shape": "first", "weight": 1.0}, {"shape": "all", "weight": -1.0}, "all", {"shape": ["all"]}):
+    for broken in ({"shape": "first", "weight": 1.0}, {"shape": "all", "weight": 0.0}, "all", {"shape": ["all"]}):
         checkpoint = read_checkpoint(repeat_runs["fixed"]["checkpoint"])
         checkpoint[CHECKPOINT_KEY]["blend"]["repeat"] = broken
         path = tmp_path / "broken.ckpt"

@@ -172,43 +172,62 @@ def _search_blend(
     scorer = PriorScorer(network, model.prior)
     ranking = (model.ks, model.ties, model.device, model.max_scores)
     valid_batches = datamodule.full_dataloader
-    weight, knn, table = search.choose(scorer, train, datamodule.n_items, valid_batches("valid"), metric, *ranking)
+    chosen = search.choose_all(scorer, train, datamodule.n_items, valid_batches("valid"), metric, *ranking)
+    without = chosen.knn_table[0][metric]
+    choice = _knn_choice(search, metric, *chosen.first, chosen.knn_table, valid.n_targets, "") | {"without": without}
+    if not chosen.repeat_table:
+        return choice
+    k = metric.rsplit("@", 1)[1]
+    for row in chosen.repeat_table:
+        name = "none" if row["repeat"] is None else f"{row['repeat']['shape']} at {row['repeat']['weight']:g}"
+        log.info(
+            "blend=auto: repeat bonus %s: val/recall@%s %.4f, val/mrr@%s %.4f",
+            name, k, row[f"val/recall@{k}"], k, row[f"val/mrr@{k}"],
+        )  # fmt: skip
+    rows, bonus = chosen.repeat_table, chosen.repeat
+    if bonus is None:
+        log.info("blend=auto: no repeat bonus (none beat %s %.4f without one)", metric, rows[0][metric])
+        return choice
+    log.info(
+        "blend=auto: the repeat bonus %s at %g: %s %.4f against %.4f without one; the kNN chosen again on top of it",
+        bonus.shape, bonus.weight, metric, max(row[metric] for row in rows), rows[0][metric],
+    )  # fmt: skip
+    suffix = f" with the repeat bonus {bonus.shape} at {bonus.weight:g}"
+    again = (chosen.weight, chosen.knn, chosen.knn_table_with_repeat)
+    return _knn_choice(search, metric, *again, valid.n_targets, suffix) | {
+        "without": without,
+        "repeat": bonus.to_checkpoint(),
+    }
+
+
+def _knn_choice(
+    search: KNNBlendSearch,
+    metric: str,
+    weight: float,
+    knn: dict[str, Any],
+    table: list[dict[str, Any]],
+    n_targets: int,
+    suffix: str,
+) -> dict[str, Any]:
+    """The kNN's part of blend=auto's choice ({"weight", "scale", "knn", "repeat": None}; weight 0: none), logged
+    with every candidate's validation metrics in `table` (KNNBlendSearch.choose's)."""
     k = metric.rsplit("@", 1)[1]
     for row in table:
         log.info(
-            "blend=auto: weight %g%s: val/recall@%s %.4f, val/mrr@%s %.4f",
-            row["weight"], f", kNN {_changed(row['knn'])}" if row["weight"] > 0 else "", k, row[f"val/recall@{k}"], k,
-            row[f"val/mrr@{k}"],
+            "blend=auto%s: weight %g%s: val/recall@%s %.4f, val/mrr@%s %.4f",
+            suffix, row["weight"], f", kNN {_changed(row['knn'])}" if row["weight"] > 0 else "", k,
+            row[f"val/recall@{k}"], k, row[f"val/mrr@{k}"],
         )  # fmt: skip
     without, best = table[0][metric], max(row[metric] for row in table)
     if weight == 0:
-        log.info("blend=auto: no kNN blend (no weight beat %s %.4f without one)", metric, without)
-        choice = none | {"without": without}
-    else:
-        log.info(
-            "blend=auto: the kNN blend at weight %g, kNN %s: %s %.4f against %.4f without one, on %d validation "
-            "predictions",
-            weight, _changed(knn), metric, best, without, valid.n_targets,
-        )  # fmt: skip
-        choice = {"weight": weight, "scale": search.scale, "knn": knn, "without": without, "repeat": None}
-    if search.repeat_weights:
-        chosen = KNNBlend(train, datamodule.n_items, weight, knn, search.scale) if weight > 0 else None
-        bonus, rows = search.choose_repeat(scorer, chosen, datamodule.n_items, valid_batches("valid"), metric, *ranking)
-        for row in rows:
-            name = "none" if row["repeat"] is None else f"{row['repeat']['shape']} at {row['repeat']['weight']:g}"
-            log.info(
-                "blend=auto: repeat bonus %s: val/recall@%s %.4f, val/mrr@%s %.4f",
-                name, k, row[f"val/recall@{k}"], k, row[f"val/mrr@{k}"],
-            )  # fmt: skip
-        if bonus is None:
-            log.info("blend=auto: no repeat bonus (none beat %s %.4f without one)", metric, rows[0][metric])
-        else:
-            log.info(
-                "blend=auto: the repeat bonus %s at %g: %s %.4f against %.4f without one",
-                bonus.shape, bonus.weight, metric, max(row[metric] for row in rows), rows[0][metric],
-            )  # fmt: skip
-            choice["repeat"] = bonus.to_checkpoint()
-    return choice
+        log.info("blend=auto%s: no kNN blend (no weight beat %s %.4f without one)", suffix, metric, without)
+        return {"weight": 0.0, "scale": search.scale, "knn": search.variants[0], "repeat": None}
+    log.info(
+        "blend=auto%s: the kNN blend at weight %g, kNN %s: %s %.4f against %.4f without one, on %d validation "
+        "predictions",
+        suffix, weight, _changed(knn), metric, best, without, n_targets,
+    )  # fmt: skip
+    return {"weight": weight, "scale": search.scale, "knn": knn, "repeat": None}
 
 
 def _changed(knn: dict[str, Any]) -> str:
