@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lstm_rec.baselines import VSKNN, ItemKNN, Markov, Popularity, SequentialRules, SessionKNN, SessionPopularity
+from lstm_rec.baselines import knn as knn_module
 from lstm_rec.data.sessions import Sessions
 from lstm_rec.evaluation import rank_batch
 
@@ -89,7 +90,10 @@ def test_vsknn_repeated_item_keeps_its_last_position():
     np.testing.assert_allclose(scores(VSKNN(k=10, idf_weighting=0.0), [2, 4, 2]), [expected])
 
 
-def test_vsknn_distance_decay_weighs_a_neighbours_items_by_their_distance_from_the_shared_one():
+@pytest.mark.parametrize("dense", [True, False])
+def test_vsknn_distance_decay_weighs_a_neighbours_items_by_their_distance_from_the_shared_one(dense, monkeypatch):
+    # The votes summed in a dense block (many votes per score) or kept sparse (few): the same scores.
+    monkeypatch.setattr(knn_module, "DENSE_VOTES", 10**9 if dense else 0)
     # prefix [1, 5] as above; with distance_decay 1 a neighbour's item d positions from the shared one gets e^-d of
     # its vote: s0 [1, 2, 3] and s2 [1, 4] share item 1 at position 1 (vote 0.0625), s3 [5, 2] item 5 (vote 0.5).
     decayed = VSKNN(k=10, idf_weighting=0.0, distance_decay=1.0)
