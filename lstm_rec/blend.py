@@ -375,9 +375,11 @@ class KNNBlendSearch:
         device: torch.device | str = "cpu",
         max_scores: int = 2**24,
     ) -> BlendChoice:
-        """The kNN (choose), then the repeat bonus on top of it (choose_repeat), then, when a bonus was chosen, the kNN
-        again on top of the bonus: the kNN was chosen without it, and where the bonus lowers the clicked items the
-        neighbours' votes for those items no longer cost, so more of the kNN can pay. `batches` (the validation
+        """The kNN (choose), then the repeat bonus on top of it (choose_repeat), then, when the bonus chosen lowers the
+        clicked items (a weight below 0), the kNN again on top of it: the neighbours' votes for the session's own
+        items, which cost the kNN its first choice on a log whose sessions do not return to an item, no longer count
+        against it. After a bonus that lifts them the first choice stands: on both tuning splits choosing again
+        traded Recall@20 for MRR@20 (docs/tuning-log.md#a-negative-repeat-bonus). `batches` (the validation
         sessions') are read once per step, so they must be re-iterable (a list, a DataLoader)."""
         ranking = (ks, ties, device, max_scores)
         weight, knn, knn_table = self.choose(scorer, sessions, n_items, batches, metric, *ranking)
@@ -386,8 +388,8 @@ class KNNBlendSearch:
             return BlendChoice(weight, knn, None, knn_table, [], [], first)
         chosen = KNNBlend(sessions, n_items, weight, knn, self.scale) if weight > 0 else None
         bonus, repeat_table = self.choose_repeat(scorer, chosen, n_items, batches, metric, *ranking)
-        if bonus is None:
-            return BlendChoice(weight, knn, None, knn_table, repeat_table, [], first)
+        if bonus is None or bonus.weight > 0:
+            return BlendChoice(weight, knn, bonus, knn_table, repeat_table, [], first)
         weight, knn, again = self.choose(scorer, sessions, n_items, batches, metric, *ranking, repeat=bonus)
         return BlendChoice(weight, knn, bonus, knn_table, repeat_table, again, first)
 
@@ -433,7 +435,7 @@ class BlendChoice:
     """blend=auto's choice (KNNBlendSearch.choose_all): the kNN's weight (0: none) and V-SKNN settings, the repeat
     bonus (None: none), and the validation metrics of every candidate of each step: the kNN alone (`knn_table`), the
     bonus on top of it (`repeat_table`, empty without repeat weights) and, when a bonus was chosen, the kNN again on
-    top of the bonus (`knn_table_with_repeat`, else empty); `first`, the kNN's weight and settings the first step
+    top of a bonus below 0 (`knn_table_with_repeat`, else empty); `first`, the kNN's weight and settings the first step
     chose."""
 
     weight: float

@@ -279,6 +279,13 @@ def test_blend_auto_chooses_the_knn_again_on_top_of_the_repeat_bonus_it_chose():
     assert chosen.repeat == RepeatBonus("all", -5.0)
     assert [row["val/mrr@5"] for row in chosen.knn_table_with_repeat] == pytest.approx([1 / 3, 5 / 12, 5 / 12])
     assert (chosen.weight, chosen.knn) == (0.5, PLAIN)
+    # After a bonus that lifts the clicked items the first choice stands: [1, 2, 1] (above) chooses every clicked item
+    # at 2, and there is no third step.
+    lifting = KNNBlendSearch([0.5], 3.0, PLAIN, repeat_weights=[0.5, 2.0]).choose_all(
+        FixedScores([0.0, 0.0, 1.0]), sessions_of([1, 3], [2, 3]), 3, [torch.tensor([[1, 2, 1]])], "val/mrr@3", [3]
+    )
+    assert lifting.repeat == RepeatBonus("all", 2.0) and lifting.knn_table_with_repeat == []
+    assert (lifting.weight, lifting.knn) == lifting.first
     # Without a bonus chosen there is no third step; without repeat weights, no second.
     no_bonus = KNNBlendSearch([0.5, 2.0], 3.0, PLAIN, repeat_weights=[5.0]).choose_all(
         scores, train, 5, validation, "val/mrr@5", [5]

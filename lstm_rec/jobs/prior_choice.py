@@ -189,9 +189,12 @@ def _search_blend(
         log.info("blend=auto: no repeat bonus (none beat %s %.4f without one)", metric, rows[0][metric])
         return choice
     log.info(
-        "blend=auto: the repeat bonus %s at %g: %s %.4f against %.4f without one; the kNN chosen again on top of it",
+        "blend=auto: the repeat bonus %s at %g: %s %.4f against %.4f without one%s",
         bonus.shape, bonus.weight, metric, max(row[metric] for row in rows), rows[0][metric],
+        "; it lowers the clicked items, so the kNN is chosen again on top of it" if bonus.weight < 0 else "",
     )  # fmt: skip
+    if not chosen.knn_table_with_repeat:
+        return choice | {"repeat": bonus.to_checkpoint()}
     suffix = f" with the repeat bonus {bonus.shape} at {bonus.weight:g}"
     again = (chosen.weight, chosen.knn, chosen.knn_table_with_repeat)
     return _knn_choice(search, metric, *again, valid.n_targets, suffix) | {
