@@ -437,9 +437,30 @@ BAD_INPUT = [
     (
         "movielens",
         "u.data",
+        MOVIELENS_LAYOUTS["u.data"],
+        ["dataset.reader.session_gap=0"],
+        r"session_gap must be a positive number of seconds, got 0",
+    ),
+    (
+        "retailrocket",
+        "events.csv",
+        RETAILROCKET,
+        ["dataset.reader.session_gap=-60"],
+        r"session_gap must be a positive number of seconds, got -60",
+    ),
+    (
+        "movielens",
+        "u.data",
         MOVIELENS_LAYOUTS["u.data"].replace(f"{D + 600}", "2000-01-01"),
         [],
         r"u.data, line 2: field 4 \(timestamp\) is '2000-01-01'; expected Unix seconds, an integer",
+    ),
+    (  # ratings.dat is read at every ":", with empty fields between: its errors count the fields of "::" alone
+        "movielens",
+        "ratings.dat",
+        MOVIELENS_LAYOUTS["ratings.dat"].replace(f"{D + 600}", "2000-01-01"),
+        [],
+        r"ratings.dat, line 2: field 4 \(timestamp\) is '2000-01-01'; expected Unix seconds, an integer",
     ),
     (
         "generic",

@@ -32,6 +32,13 @@ def _source(paths: list[Path]) -> str:
     return "input " + ", ".join(f"'{path}'" for path in paths)
 
 
+def _checked_gap(session_gap: float) -> float:
+    """A reader's session_gap: a positive number of seconds."""
+    if not session_gap > 0:
+        raise PrepareError(f"dataset.reader.session_gap must be a positive number of seconds, got {session_gap}")
+    return float(session_gap)
+
+
 def _seconds(timestamps: pa.ChunkedArray) -> np.ndarray:
     """Float Unix seconds of a timestamp column, whatever its unit."""
     per_second = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[timestamps.type.unit]
@@ -164,9 +171,7 @@ class RetailRocketEvents:
     WANTED = ("timestamp", "visitorid", "event", "itemid")
 
     def __init__(self, session_gap: float = 1800.0, keep_events: list[str] | None = None) -> None:
-        if session_gap <= 0:
-            raise PrepareError(f"dataset.reader.session_gap must be a positive number of seconds, got {session_gap}")
-        self.session_gap = float(session_gap)
+        self.session_gap = _checked_gap(session_gap)
         self.keep_events = list(keep_events) if keep_events is not None else ["view"]
 
     def read(self, paths: list[Path]) -> Events:
@@ -222,9 +227,7 @@ class MovieLensRatings:
     SECONDS = "Unix seconds, an integer"
 
     def __init__(self, session_gap: float = 3600.0) -> None:
-        if session_gap <= 0:
-            raise PrepareError(f"dataset.reader.session_gap must be a positive number of seconds, got {session_gap}")
-        self.session_gap = float(session_gap)
+        self.session_gap = _checked_gap(session_gap)
 
     def read(self, paths: list[Path]) -> Events:
         table = _read_all(paths, self._read_one)

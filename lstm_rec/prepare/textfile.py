@@ -37,7 +37,9 @@ class TextLog:
     path: Path
     sep: str
     layout: str
-    names: list[str] | None = None  # names given to the fields; None takes them from the header line
+    # names given to the fields; None takes them from the header line. Blank names stand for the empty fields of a
+    # separator read as two (ml-1m's "::" read at ":"), which errors do not count.
+    names: list[str] | None = None
     header: bool = True  # whether line 1 is a header (skipped when `names` are given)
 
     @property
@@ -49,8 +51,10 @@ class TextLog:
         return csv.ReadOptions(column_names=self.names, skip_rows=skip, use_threads=use_threads, block_size=_BLOCK_SIZE)
 
     def label(self, name: str) -> str:
-        """How errors name a column: by position in a headerless file, by name otherwise."""
-        return f"column '{name}'" if self.header else f"field {self.names.index(name) + 1} ({name})"
+        """How errors name a column: by position in a headerless file (among the named fields), by name otherwise."""
+        if self.header:
+            return f"column '{name}'"
+        return f"field {[field for field in self.names if field.strip()].index(name) + 1} ({name})"
 
 
 def check_file(path: Path) -> None:
