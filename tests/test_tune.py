@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import TINY, compose_config
-from lstm_rec.blend import KNN_SETTINGS
+from lstm_rec.blend import KNN_SETTINGS, RepeatBonus
 from lstm_rec.checkpoint import load_network
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.jobs.tune import PruneTrial, _suggest, final_epochs, make_study, tune, tuning_splits, write_report
@@ -192,13 +192,17 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     # blend=auto likewise: the best trial's kNN blend weight and kNN variant (none: ~blend).
     blend = ast.literal_eval(best["user_attrs_blend"])  # a dict's repr: its repeat bonus may be None
     blends = [o for o in chosen if "blend" in o]
-    if blend["weight"] > 0:
+    repeat = blend.get("repeat")  # the repeat bonus it chose, if any (a negative one: the clicked items lowered)
+    if blend["weight"] > 0 or repeat is not None:
         knn = [f"++blend.knn.{key}={value}" for key, value in blend["knn"].items()]
-        assert blends == ["blend=vsknn", f"blend.weight={blend['weight']}", "blend.scale=100.0", *knn]
+        bonus = [] if repeat is None else [f"blend.repeat={{shape:{repeat['shape']},weight:{repeat['weight']}}}"]
+        assert blends == ["blend=vsknn", f"blend.weight={blend['weight']}", "blend.scale=100.0", *knn, *bonus]
         assert again.blend.weight == blend["weight"] and again.blend.get("_target_") is None
         assert again.blend.knn == blend["knn"]
         stored = load_network(final["checkpoint"]).blend
-        assert stored.weight == blend["weight"] and stored.settings == KNN_SETTINGS | blend["knn"]
+        assert stored.weight == blend["weight"] and stored.repeat == RepeatBonus.from_checkpoint(repeat)
+        if blend["weight"] > 0:
+            assert stored.settings == KNN_SETTINGS | blend["knn"]
     else:
         assert blends == ["~blend"] and again.get("blend") is None
         assert load_network(final["checkpoint"]).blend is None
