@@ -434,8 +434,8 @@ class KNNBlendSearch:
 class BlendChoice:
     """blend=auto's choice (KNNBlendSearch.choose_all): the kNN's weight (0: none) and V-SKNN settings, the repeat
     bonus (None: none), and the validation metrics of every candidate of each step: the kNN alone (`knn_table`), the
-    bonus on top of it (`repeat_table`, empty without repeat weights) and, when a bonus was chosen, the kNN again on
-    top of a bonus below 0 (`knn_table_with_repeat`, else empty); `first`, the kNN's weight and settings the first step
+    bonus on top of it (`repeat_table`, empty without repeat weights) and, when the bonus chosen is below 0, the kNN
+    again on top of it (`knn_table_with_repeat`, else empty); `first`, the kNN's weight and settings the first step
     chose."""
 
     weight: float

@@ -159,7 +159,7 @@ def _search_blend(
     datamodule: SessionDataModule,
     checkpoint: str | None,
 ) -> dict[str, Any]:
-    none = {"weight": 0.0, "scale": search.scale, "knn": search.variants[0], "repeat": None}
+    none = _no_blend(search)
     valid, train = datamodule.valid_sessions, datamodule.train_sessions
     if valid is None or valid.n_targets == 0:
         log.info("blend=auto: no validation sessions to choose the kNN blend's weight on; no blend")
@@ -203,6 +203,11 @@ def _search_blend(
     }
 
 
+def _no_blend(search: KNNBlendSearch) -> dict[str, Any]:
+    """blend=auto's choice of nothing: no kNN (weight 0) and no repeat bonus."""
+    return {"weight": 0.0, "scale": search.scale, "knn": search.variants[0], "repeat": None}
+
+
 def _knn_choice(
     search: KNNBlendSearch,
     metric: str,
@@ -224,7 +229,7 @@ def _knn_choice(
     without, best = table[0][metric], max(row[metric] for row in table)
     if weight == 0:
         log.info("blend=auto%s: no kNN blend (no weight beat %s %.4f without one)", suffix, metric, without)
-        return {"weight": 0.0, "scale": search.scale, "knn": search.variants[0], "repeat": None}
+        return _no_blend(search)
     log.info(
         "blend=auto%s: the kNN blend at weight %g, kNN %s: %s %.4f against %.4f without one, on %d validation "
         "predictions",
