@@ -55,17 +55,17 @@ def test_a_trial_is_stopped_when_the_pruner_says_so_or_the_time_is_up():
     trainer = SimpleNamespace(
         sanity_checking=False, current_epoch=2, max_epochs=5, callback_metrics={"val/mrr@20": 0.25}
     )
-    PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() + 60).on_validation_end(trainer, None)
+    PruneTrial(trial, "val/mrr@20", deadline=time.time() + 60).on_validation_end(trainer, None)
     assert reported == [(0.25, 2)]
     with pytest.raises(optuna.TrialPruned, match="time is up"):
-        PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() - 1).on_validation_end(trainer, None)
+        PruneTrial(trial, "val/mrr@20", deadline=time.time() - 1).on_validation_end(trainer, None)
     # After its last epoch a trial is complete: the deadline no longer discards it.
     last = SimpleNamespace(**{**vars(trainer), "current_epoch": 4})
-    PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() - 1).on_validation_end(last, None)
+    PruneTrial(trial, "val/mrr@20", deadline=time.time() - 1).on_validation_end(last, None)
     assert reported[-1] == (0.25, 4)
     trial.should_prune = lambda: True
     with pytest.raises(optuna.TrialPruned, match=r"val/mrr@20=0\.2500 after epoch 3"):
-        PruneTrial(trial, "val/mrr@20", deadline=time.monotonic() + 60).on_validation_end(trainer, None)
+        PruneTrial(trial, "val/mrr@20", deadline=time.time() + 60).on_validation_end(trainer, None)
 
 
 def test_from_the_second_trial_a_trial_below_the_first_trials_curve_is_pruned(log_files, tmp_path):
@@ -209,6 +209,43 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     assert best["user_attrs_epochs"] <= final["epochs"] <= 3  # its best epoch or a later one within the tolerance
     assert metrics["test/recall@20"] > 1.5 * metrics["pop/test/recall@20"]
     assert (tmp_path / "optimization_history.png").is_file() and (tmp_path / "best.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_each_at_half_the_threads(log_files, tmp_path):
+    overrides = [*QUICK, *files(log_files), "trainer.max_epochs=2", "max_trials=4", "startup_trials=2", "workers=2"]
+    overrides += ["~search", "+search={model.optimizer.lr: {low: 0.001, high: 0.03, log: true}}", "variants=[]"]
+    cfg = compose_config("tune", overrides, tmp_path)  # num_threads=2: one thread per worker
+    metrics = tune(cfg)
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    # max_trials counts the running trials too: four in all, numbered once each, shared by both workers.
+    assert sorted(trials["number"]) == [0, 1, 2, 3]
+    assert set(trials["user_attrs_worker"]) == {0, 1}
+    assert trials["state"].isin(["COMPLETE", "PRUNED"]).all()
+    assert trials[trials["number"] == 0].iloc[0]["params_model.optimizer.lr"] == 0.01  # the defaults first
+    assert len(set(trials["params_model.optimizer.lr"])) == 4  # the workers drew different values
+    assert (trials["user_attrs_threads"] == 1).all()  # torch's threads in each trial's process
+    second = trials[trials["user_attrs_worker"] == 1]["number"]
+    assert all(f"trial {n} (worker 1, 1 thread(s))" in (tmp_path / "worker_1.log").read_text() for n in second)
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(study.trials) == 4 and study.best_value == pytest.approx(trials.iloc[0]["value"])
+    final = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert metrics["test/n_predictions"] == final["test/n_predictions"]
+    assert metrics["test/recall@20"] > 1.5 * metrics["pop/test/recall@20"]
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "two", "1.5", "true"])
+def test_workers_must_be_a_whole_number_of_at_least_one(log_files, tmp_path, workers):
+    cfg = compose_config("tune", [*files(log_files), f"workers={workers}"], tmp_path)
+    with pytest.raises(ValueError, match=r"workers \(trials run at a time\) must be a whole number >= 1"):
+        tune(cfg)
+    assert not (tmp_path / "trial_000").exists()
+
+
+def test_several_workers_refuse_a_strategy_that_runs_a_trial_in_several_processes(log_files, tmp_path):
+    cfg = compose_config("tune", [*files(log_files), "workers=2", "trainer=ddp"], tmp_path)
+    with pytest.raises(ValueError, match=r"workers=2 runs several trials at a time.*trainer\.strategy=ddp"):
+        tune(cfg)
 
 
 def test_tune_refuses_a_directory_that_holds_an_earlier_search(log_files, tmp_path):

@@ -3,15 +3,20 @@ early, the best configuration retrained on all the training data and tested once
 
 Optuna is used directly, not through Hydra's Optuna sweeper: the sweeper cannot prune trials. The version is the
 one the sweeper pins (2.10); its study, TPE sampler, median pruner and report/should_prune calls are the ones
-later releases keep.
+later releases keep. The study lives in study.db (SQLite) in the run directory, so that `workers` processes can
+share it: each runs trials at its share of the threads, and on a 2-core CPU two one-thread trials at a time finish
+more trials an hour than one at two threads (docs/experiments.md#tuning-on-your-own-data).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
+import multiprocessing
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -20,6 +25,7 @@ from typing import Any
 
 import lightning as L
 import optuna
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lstm_rec.callbacks import check_tolerance, within_tolerance
@@ -30,6 +36,7 @@ from lstm_rec.jobs.report import frame_to_markdown, write_json
 from lstm_rec.jobs.runs import checkpoint_epochs, prepare_run
 from lstm_rec.jobs.train import train, unvalidated
 from lstm_rec.module import NonFiniteLossError
+from lstm_rec.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,7 @@ class PruneTrial(L.Callback):
     pruner judges it hopeless or the search's time is up. (Optuna 2.10's own callback is for pytorch_lightning.)"""
 
     def __init__(self, trial: optuna.Trial, monitor: str, deadline: float) -> None:
+        # deadline: wall-clock seconds (time.time()), which every worker process reads alike
         self.trial, self.monitor, self.deadline = trial, monitor, deadline
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -50,7 +58,7 @@ class PruneTrial(L.Callback):
             raise optuna.TrialPruned(f"{self.monitor}={float(value):.4f} after epoch {trainer.current_epoch + 1}")
         # A trial that has trained its last epoch completes even past the deadline: its result is whole.
         last_epoch = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
-        if time.monotonic() > self.deadline and not last_epoch:
+        if time.time() > self.deadline and not last_epoch:
             raise optuna.TrialPruned("the search's time is up")
 
 
@@ -59,23 +67,37 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     prepare_run(cfg)
     out = Path(cfg.paths.output_dir)
     _check_fresh(out)
+    workers = _workers(cfg)
     splits = tuning_splits(cfg, out / "data")
-    deadline = time.monotonic() + 60 * cfg.budget_minutes
-    study = make_study(cfg)
-
-    def objective(trial: optuna.Trial) -> float:
-        trial_cfg = _with(cfg, _suggest(trial, cfg.search), splits, out / f"trial_{trial.number:03d}")
-        metrics = train(trial_cfg, callbacks=[PruneTrial(trial, cfg.monitor, deadline)])
-        trial.set_user_attr("epochs", checkpoint_epochs(metrics["checkpoint"]))
-        if "prior_weight" in metrics:  # prior=auto's choice for this trial's network (weight 0: none)
-            trial.set_user_attr("prior", {"weight": metrics["prior_weight"], "hours": metrics["prior_hours"]})
-        if "blend_weight" in metrics:  # the kNN blend's weight for this trial's network (0: none)
-            blend = {"weight": metrics["blend_weight"], "knn": metrics.get("blend_knn")}
-            trial.set_user_attr("blend", blend | {"repeat": metrics.get("blend_repeat")})
-        return metrics[cfg.monitor]
-
-    # A trial whose loss turned NaN fails; the search goes on.
-    study.optimize(objective, timeout=60 * cfg.budget_minutes, n_trials=cfg.max_trials, catch=(NonFiniteLossError,))
+    deadline = time.time() + 60 * cfg.budget_minutes
+    storage = f"sqlite:///{out / 'study.db'}"
+    study = make_study(cfg, storage)
+    threads = max(1, torch.get_num_threads() // workers)
+    if workers > 1:
+        log.info(
+            "tune: %d worker processes share the study (%s), %d thread(s) each; workers 1-%d log to %s",
+            workers, out / "study.db", threads, workers - 1, out / "worker_N.log",
+        )  # fmt: skip
+    detached = _detached(cfg)
+    context = multiprocessing.get_context("spawn")  # fresh processes: no forked torch or OpenMP state
+    others = [
+        context.Process(
+            target=_worker, args=(detached, storage, study.study_name, splits, deadline, worker, threads), daemon=True
+        )
+        for worker in range(1, workers)
+    ]
+    for process in others:
+        process.start()
+    try:
+        search(study, cfg, splits, deadline, worker=0, threads=threads)
+    finally:
+        for process in others:
+            process.join()
+    failed = [worker for worker, process in enumerate(others, start=1) if process.exitcode != 0]
+    if failed:
+        names = ", ".join(str(out / f"worker_{worker}.log") for worker in failed)
+        raise RuntimeError(f"tune: worker process(es) {failed} failed; their logs: {names}")
+    study = optuna.load_study(study_name=study.study_name, storage=_storage(storage))
     best = study.best_trial
     final = _final_config(cfg, best, splits, out / "final")
     metrics = train(final)
@@ -83,14 +105,94 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def make_study(cfg: DictConfig) -> optuna.Study:
+def search(
+    study: optuna.Study, cfg: DictConfig, splits: dict[str, str], deadline: float, worker: int, threads: int
+) -> None:
+    """Run trials of `study` until the deadline (wall clock) or max_trials, each at `threads` threads; a trial whose
+    loss turned NaN fails and the search goes on."""
+    out = Path(cfg.paths.output_dir)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial_cfg = _with(cfg, _suggest(trial, cfg.search), splits, out / f"trial_{trial.number:03d}")
+        OmegaConf.update(trial_cfg, "num_threads", threads, merge=False)
+        if worker > 0:  # one progress bar on the terminal: the first worker's
+            OmegaConf.update(trial_cfg, "callbacks.progress_bar", None, merge=False)
+            OmegaConf.update(trial_cfg, "trainer.enable_progress_bar", False, merge=False)
+        log.info("trial %d (worker %d, %d thread(s)): %s", trial.number, worker, threads, trial.params)
+        apply_threads(threads)  # as the trial's run does, so that even a pruned trial records it
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("threads", torch.get_num_threads())
+        metrics = train(trial_cfg, callbacks=[PruneTrial(trial, cfg.monitor, deadline)])
+        trial.set_user_attr("epochs", checkpoint_epochs(metrics["checkpoint"]))
+        if "prior_weight" in metrics:  # prior=auto's choice for this trial's network (weight 0: none)
+            prior = {"weight": metrics["prior_weight"], "hours": metrics["prior_hours"]}
+            trial.set_user_attr("prior", _plain(prior))
+        if "blend_weight" in metrics:  # the kNN blend's weight for this trial's network (0: none)
+            blend = {"weight": metrics["blend_weight"], "knn": metrics.get("blend_knn")}
+            trial.set_user_attr("blend", _plain(blend | {"repeat": metrics.get("blend_repeat")}))
+        return float(metrics[cfg.monitor])
+
+    # Trials in every state count, the running ones too: with several workers the search stops at max_trials (a
+    # worker that finds max_trials reached starts no other).
+    with quiet_optuna():  # MaxTrialsCallback is experimental in Optuna 2.10
+        stop = [] if cfg.max_trials is None else [optuna.study.MaxTrialsCallback(cfg.max_trials, states=None)]
+    timeout = max(0.0, deadline - time.time())
+    study.optimize(objective, timeout=timeout, callbacks=stop, catch=(NonFiniteLossError,))
+
+
+def _worker(
+    cfg: DictConfig, storage: str, name: str, splits: dict[str, str], deadline: float, worker: int, threads: int
+) -> None:
+    """A worker process: its own log file, the shared study, trials until the deadline."""
+    out = Path(cfg.paths.output_dir)
+    handlers = [logging.FileHandler(out / f"worker_{worker}.log"), logging.StreamHandler(sys.stderr)]
+    form = f"[%(asctime)s][worker {worker}][%(name)s][%(levelname)s] - %(message)s"
+    logging.basicConfig(level=logging.INFO, format=form, handlers=handlers, force=True)
+    study = optuna.load_study(study_name=name, storage=_storage(storage), **_search_parts(cfg, worker))
+    search(study, cfg, splits, deadline, worker, threads)
+
+
+def _workers(cfg: DictConfig) -> int:
+    """tune's `workers`: a whole number >= 1; several need one process per trial (no trainer strategy such as ddp)."""
+    workers = cfg.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers (trials run at a time) must be a whole number >= 1, got {workers!r}")
+    strategy = cfg.trainer.get("strategy")
+    if workers > 1 and strategy not in (None, "auto"):
+        raise ValueError(
+            f"workers={workers} runs several trials at a time, one process each; trainer.strategy={strategy} runs "
+            "each trial in several processes: use workers=1 with it"
+        )
+    return workers
+
+
+def _detached(cfg: DictConfig) -> DictConfig:
+    """`cfg` for a worker process, where Hydra is not running: the paths that Hydra's resolver gives, as strings."""
+    detached = copy.deepcopy(cfg)
+    raw = OmegaConf.to_container(cfg.paths, resolve=False)
+    for key, value in raw.items():
+        if isinstance(value, str) and "${hydra:" in value:
+            OmegaConf.update(detached, f"paths.{key}", OmegaConf.select(cfg, f"paths.{key}"), merge=False)
+    return detached
+
+
+def _plain(value: Any) -> Any:
+    """`value` as plain JSON types (the study's database stores trial attributes as JSON)."""
+    return json.loads(json.dumps(value, default=float))
+
+
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's SQLite database; a worker waits up to a minute for another's write."""
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+def make_study(cfg: DictConfig, storage: str | None = None) -> optuna.Study:
     """The search: TPE after `startup_trials` random ones, the configured values first, then each of `variants` (changes
     to them); a median pruner that stops a trial below the median curve of the completed ones once
-    `prune_after_trials` have completed, from its (`warmup_epochs` + 1)-th epoch on."""
+    `prune_after_trials` have completed, from its (`warmup_epochs` + 1)-th epoch on. In memory, or in the
+    `storage` database (a URL) that worker processes share."""
     study = optuna.create_study(
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_after_trials, n_warmup_steps=cfg.warmup_epochs),
+        direction="maximize", storage=None if storage is None else _storage(storage), **_search_parts(cfg, worker=0)
     )
     defaults = _defaults(cfg)
     with quiet_optuna():
@@ -98,6 +200,21 @@ def make_study(cfg: DictConfig) -> optuna.Study:
         for changes in cfg.get("variants") or []:  # then the configured values with each variant's changes
             study.enqueue_trial(defaults | _variant(cfg.search, changes))
     return study
+
+
+def _search_parts(cfg: DictConfig, worker: int) -> dict[str, Any]:
+    """The sampler and pruner of one worker: its own seed (seed + worker), so that workers draw different random
+    trials, and with several workers TPE's constant liar, which counts the running trials as bad ones so that
+    two workers do not try the same values at once."""
+    several = cfg.get("workers", 1) > 1
+    with quiet_optuna():  # constant_liar is experimental in Optuna 2.10
+        sampler = optuna.samplers.TPESampler(
+            seed=None if cfg.seed is None else cfg.seed + worker,
+            n_startup_trials=cfg.startup_trials,
+            constant_liar=several,
+        )
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_after_trials, n_warmup_steps=cfg.warmup_epochs)
+    return {"sampler": sampler, "pruner": pruner}
 
 
 @contextlib.contextmanager
