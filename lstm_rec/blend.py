@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from lstm_rec.baselines import VSKNN
 from lstm_rec.baselines.prefixes import Prefixes
 from lstm_rec.data.sessions import NoClickTimesError, Sessions
+from lstm_rec.evaluation import CHUNK_SCORES, RankedPredictions, Ranking, metrics_of, prediction_targets
+from lstm_rec.metrics import target_ranks
 
 log = logging.getLogger(__name__)
 
@@ -332,10 +334,7 @@ class KNNBlendSearch:
         n_items: int,
         batches: Iterable[Tensor],
         metric: str,
-        ks: Sequence[int],
-        ties: str = "pessimistic",
-        device: torch.device | str = "cpu",
-        max_scores: int = 2**24,
+        ranking: Ranking,
         repeat: RepeatBonus | None = None,
     ) -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
         """The best weight (0: no blend ranked best), the V-SKNN settings it came with (those over the blend's
@@ -354,7 +353,7 @@ class KNNBlendSearch:
             for variant, weight in candidates:
                 yield base if weight == 0 else add_terms(base, terms[variant], weight)
 
-        metrics = _rank_candidates(scorer, n_items, batches, scores_of, len(candidates), ks, ties, device, max_scores)
+        metrics = _rank_candidates(scorer, n_items, batches, scores_of, len(candidates), ranking)
         table = []
         for (variant, weight), values in zip(candidates, metrics, strict=True):
             knn = dict(self.variants[variant]) if weight > 0 else {}
@@ -370,10 +369,7 @@ class KNNBlendSearch:
         n_items: int,
         batches: Iterable[Tensor],
         metric: str,
-        ks: Sequence[int],
-        ties: str = "pessimistic",
-        device: torch.device | str = "cpu",
-        max_scores: int = 2**24,
+        ranking: Ranking,
     ) -> BlendChoice:
         """The kNN (choose), then the repeat bonus on top of it (choose_repeat), then, when the bonus chosen lowers the
         clicked items (a weight below 0), the kNN again on top of it: the neighbours' votes for the session's own
@@ -381,16 +377,15 @@ class KNNBlendSearch:
         against it. After a bonus that lifts them the first choice stands: on both tuning splits choosing again
         traded Recall@20 for MRR@20 (docs/tuning-log.md#a-negative-repeat-bonus). `batches` (the validation
         sessions') are read once per step, so they must be re-iterable (a list, a DataLoader)."""
-        ranking = (ks, ties, device, max_scores)
-        weight, knn, knn_table = self.choose(scorer, sessions, n_items, batches, metric, *ranking)
+        weight, knn, knn_table = self.choose(scorer, sessions, n_items, batches, metric, ranking)
         first = (weight, knn)
         if not self.repeat_weights:
             return BlendChoice(weight, knn, None, knn_table, [], [], first)
         chosen = KNNBlend(sessions, n_items, weight, knn, self.scale) if weight > 0 else None
-        bonus, repeat_table = self.choose_repeat(scorer, chosen, n_items, batches, metric, *ranking)
+        bonus, repeat_table = self.choose_repeat(scorer, chosen, n_items, batches, metric, ranking)
         if bonus is None or bonus.weight > 0:
             return BlendChoice(weight, knn, bonus, knn_table, repeat_table, [], first)
-        weight, knn, again = self.choose(scorer, sessions, n_items, batches, metric, *ranking, repeat=bonus)
+        weight, knn, again = self.choose(scorer, sessions, n_items, batches, metric, ranking, repeat=bonus)
         return BlendChoice(weight, knn, bonus, knn_table, repeat_table, again, first)
 
     @torch.no_grad()
@@ -401,10 +396,7 @@ class KNNBlendSearch:
         n_items: int,
         batches: Iterable[Tensor],
         metric: str,
-        ks: Sequence[int],
-        ties: str = "pessimistic",
-        device: torch.device | str = "cpu",
-        max_scores: int = 2**24,
+        ranking: Ranking,
     ) -> tuple[RepeatBonus | None, list[dict[str, Any]]]:
         """The repeat bonus (None: none ranked best; always None without repeat_weights) that ranks the validation
         `batches` best by `metric` on top of `scorer` (the network with its prior) and the chosen kNN `blend` (None:
@@ -421,7 +413,7 @@ class KNNBlendSearch:
             for bonus in candidates:
                 yield base if bonus is None else add_terms(base, terms[bonus.shape], bonus.weight)
 
-        metrics = _rank_candidates(scorer, n_items, batches, scores_of, len(candidates), ks, ties, device, max_scores)
+        metrics = _rank_candidates(scorer, n_items, batches, scores_of, len(candidates), ranking)
         table = [
             {"repeat": None if bonus is None else bonus.to_checkpoint()} | values
             for bonus, values in zip(candidates, metrics, strict=True)
@@ -453,35 +445,29 @@ def _rank_candidates(
     batches: Iterable[Tensor],
     scores_of: Callable[[Tensor, Prefixes], Iterator[Tensor]],
     n_candidates: int,
-    ks: Sequence[int],
-    ties: str,
-    device: torch.device | str,
-    max_scores: int,
+    ranking: Ranking,
 ) -> list[dict[str, float]]:
     """The validation metrics of each candidate whose scores `scores_of` yields (in order) from the scorer's scores
     and the prefixes of a chunk of predictions: the network's states are computed once per batch."""
-    from lstm_rec.evaluation import CHUNK_SCORES, RankedPredictions, metrics_of, prediction_targets
-    from lstm_rec.metrics import target_ranks
-
     parts: list[list[RankedPredictions]] = [[] for _ in range(n_candidates)]
     was_training = isinstance(scorer, nn.Module) and scorer.training
     if isinstance(scorer, nn.Module):
         scorer.eval()
-    k = min(max(ks), n_items)
+    k = min(max(ranking.ks), n_items)
     for batch in batches:
-        batch = batch.to(device)
+        batch = batch.to(ranking.device)
         inputs, is_target = batch[:, :-1], batch[:, 1:] > 0
         targets = prediction_targets(batch)
         row, column = is_target.nonzero(as_tuple=True)
         lengths = (batch > 0).sum(dim=1)
         states, prefixes = scorer.encode(inputs)[is_target], Prefixes.of(inputs)[is_target]
-        rows = max(1, min(max_scores, CHUNK_SCORES) // n_items)
+        rows = max(1, min(ranking.max_scores, CHUNK_SCORES) // n_items)
         ranks: list[list[Tensor]] = [[] for _ in range(n_candidates)]
         tops: list[list[Tensor]] = [[] for _ in range(n_candidates)]
         for begin in range(0, len(targets), rows):
             part = slice(begin, begin + rows)
             for i, scores in enumerate(scores_of(scorer.score(states[part]), prefixes[part])):
-                ranks[i].append(target_ranks(scores, targets[part], ties))
+                ranks[i].append(target_ranks(scores, targets[part], ranking.ties))
                 tops[i].append(scores.topk(k, dim=1).indices)
         for i in range(n_candidates):
             parts[i].append(
@@ -491,5 +477,5 @@ def _rank_candidates(
             )
     if was_training:
         scorer.train()
-    metrics = [metrics_of(RankedPredictions.concat(part), ks, "val/") for part in parts]
+    metrics = [metrics_of(RankedPredictions.concat(part), ranking.ks, "val/") for part in parts]
     return [{name: values[name] for name in sorted(values)} for values in metrics]

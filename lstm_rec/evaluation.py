@@ -18,6 +18,18 @@ from lstm_rec.metrics import item_ranks, ranking_metrics, target_ranks
 CHUNK_SCORES = 2**22
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """How a choice on the validation sessions ranks its candidates (prior=auto, blend=auto): the cutoffs its metrics
+    are computed at, how tied scores rank, the device, and the most item scores held in memory at once (the model's
+    ks, ties, device and max_scores)."""
+
+    ks: Sequence[int]
+    ties: str = "pessimistic"
+    device: torch.device | str = "cpu"
+    max_scores: int = 2**24
+
+
 class SessionScorer(Protocol):
     """Anything that scores all items after each prefix of a session: the network, a baseline, either with a prior.
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lstm_rec.data.sessions import NoClickTimesError, Sessions, recent_item_counts
+from lstm_rec.evaluation import Ranking, collect_ranks_offsets, metrics_of
 
 log = logging.getLogger(__name__)
 
@@ -144,22 +145,18 @@ class RecentPopularitySearch:
         n_items: int,
         batches: Iterable[Tensor],
         metric: str,
-        ks: Sequence[int],
-        ties: str = "pessimistic",
-        device: torch.device | str = "cpu",
-        max_scores: int = 2**24,
+        ranking: Ranking,
     ) -> tuple[ItemPrior | None, list[dict[str, float]]]:
         """The best candidate's prior (None: no prior ranked best) and every candidate's validation metrics (weight 0
         is no prior), by `metric` (a key such as "val/mrr@20"). `scorer` scores the `n_items` items of `sessions`
         without a prior; `batches` are the validation sessions'."""
-        from lstm_rec.evaluation import collect_ranks_offsets, metrics_of
-
         candidates: list[ItemPrior | None] = [None]
         for hours in self.hours:
             counts, _ = recent_item_counts(sessions, n_items, hours * 3600.0)
             candidates += [ItemPrior.from_counts(counts, weight, hours) for weight in self.weights]
         offsets = [None if c is None else c.scores for c in candidates]
-        ranked = collect_ranks_offsets(scorer, batches, offsets, max(ks), ties, device, max_scores)
+        ks, device = ranking.ks, ranking.device
+        ranked = collect_ranks_offsets(scorer, batches, offsets, max(ks), ranking.ties, device, ranking.max_scores)
         table = []
         for candidate, predictions in zip(candidates, ranked, strict=True):
             values = metrics_of(predictions, ks, "val/")

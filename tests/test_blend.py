@@ -16,7 +16,7 @@ from lstm_rec.checkpoint import CHECKPOINT_KEY, CheckpointError, load_network, r
 from lstm_rec.data import FileDataModule, Sessions
 from lstm_rec.data.sessions import NoClickTimesError
 from lstm_rec.data.synthetic import generate_events
-from lstm_rec.evaluation import evaluate
+from lstm_rec.evaluation import Ranking, evaluate
 from lstm_rec.jobs.train import train
 from lstm_rec.serving.export import export
 from lstm_rec.serving.recommender import Recommender
@@ -134,7 +134,7 @@ def test_the_search_keeps_the_weight_that_ranks_the_validation_sessions_best():
     # 1: 1.386, 1.599, 1.293 (first); 2: 2.773, 2.697, 1.986 (second). 0.5 and 1 tie at MRR 1; the smaller wins.
     train = sessions_of([1, 2], [1, 2], [1, 3])
     search = KNNBlendSearch(weights=[0.2, 0.5, 1.0, 2.0], scale=3.0, knn=PLAIN)
-    weight, knn, table = search.choose(FixedScores([0.0, 0.5, 0.6]), train, 3, VALIDATION, "val/mrr@2", [1, 2])
+    weight, knn, table = search.choose(FixedScores([0.0, 0.5, 0.6]), train, 3, VALIDATION, "val/mrr@2", Ranking([1, 2]))
     assert weight == 0.5 and knn == PLAIN
     assert [row["weight"] for row in table] == [0.0, 0.2, 0.5, 1.0, 2.0]
     assert [row["val/mrr@2"] for row in table] == [0.5, 0.5, 1.0, 1.0, 0.5]
@@ -144,7 +144,7 @@ def test_the_search_keeps_the_weight_that_ranks_the_validation_sessions_best():
 def test_the_search_keeps_no_blend_when_none_ranks_better():
     train = sessions_of([1, 2], [1, 2], [1, 3])
     weight, knn, table = KNNBlendSearch([0.5, 1.0], 3.0, PLAIN).choose(
-        FixedScores([0.0, 2.0, 0.6]), train, 3, VALIDATION, "val/mrr@2", [1, 2]
+        FixedScores([0.0, 2.0, 0.6]), train, 3, VALIDATION, "val/mrr@2", Ranking([1, 2])
     )
     assert weight == 0.0 and knn == PLAIN and [row["val/mrr@2"] for row in table] == [1.0, 1.0, 1.0]
 
@@ -161,7 +161,7 @@ def test_the_search_keeps_the_knn_variant_that_ranks_best_with_its_weight():
     train = sessions_of([1, 3], [1, 3], [2, 4])
     search = KNNBlendSearch([0.1, 0.5], 3.0, PLAIN, knn_variants=[{}, {"weighting_score": "same"}])
     weight, knn, table = search.choose(
-        FixedScores([-10.0, -10.0, 0.5, 0.6]), train, 4, [torch.tensor([[1, 2, 3]])], "val/mrr@2", [2]
+        FixedScores([-10.0, -10.0, 0.5, 0.6]), train, 4, [torch.tensor([[1, 2, 3]])], "val/mrr@2", Ranking([2])
     )
     assert weight == 0.5 and knn == PLAIN | {"weighting_score": "same"}
     assert [(row["weight"], row["knn"].get("weighting_score")) for row in table] == [
@@ -218,7 +218,7 @@ def test_the_search_keeps_the_repeat_bonus_that_ranks_the_validation_sessions_be
     # first among the best.
     search = KNNBlendSearch([0.5], 3.0, PLAIN, repeat_weights=[0.5, 2.0])
     bonus, table = search.choose_repeat(
-        FixedScores([0.0, 0.0, 1.0]), None, 3, [torch.tensor([[1, 2, 1]])], "val/mrr@3", [3]
+        FixedScores([0.0, 0.0, 1.0]), None, 3, [torch.tensor([[1, 2, 1]])], "val/mrr@3", Ranking([3])
     )
     assert bonus == RepeatBonus("all", 2.0)
     assert [row["repeat"] for row in table] == [None] + [
@@ -226,10 +226,12 @@ def test_the_search_keeps_the_repeat_bonus_that_ranks_the_validation_sessions_be
     ]
     assert [row["val/mrr@3"] for row in table] == pytest.approx([1 / 3, 1 / 3, 5 / 12, 1 / 3, 5 / 12, 1 / 3, 1 / 3])
     # Where the session's next click is never an earlier one, a bonus only pulls its items up: none is kept.
-    bonus, table = search.choose_repeat(FixedScores([0.0, 1.0, 0.5]), None, 3, VALIDATION, "val/mrr@3", [3])
+    bonus, table = search.choose_repeat(FixedScores([0.0, 1.0, 0.5]), None, 3, VALIDATION, "val/mrr@3", Ranking([3]))
     assert bonus is None and table[0]["val/mrr@3"] == 1.0
     # Without repeat weights there is nothing to choose.
-    assert KNNBlendSearch([0.5]).choose_repeat(FixedScores([0.0, 1.0, 0.5]), None, 3, VALIDATION, "val/mrr@3", [3]) == (
+    assert KNNBlendSearch([0.5]).choose_repeat(
+        FixedScores([0.0, 1.0, 0.5]), None, 3, VALIDATION, "val/mrr@3", Ranking([3])
+    ) == (
         None,
         [],
     )
@@ -244,7 +246,9 @@ def test_a_negative_repeat_bonus_lowers_the_sessions_items_and_is_kept_where_ses
     # rise: 1/3. The first of the best, all at -1, is kept.
     search = KNNBlendSearch([0.5], 3.0, PLAIN, repeat_weights=[-1.0, 1.0])
     validation = [torch.tensor([[1, 3], [2, 3]])]
-    bonus, table = search.choose_repeat(FixedScores([1.0, 0.9, 0.5, 0.0]), None, 4, validation, "val/mrr@4", [4])
+    bonus, table = search.choose_repeat(
+        FixedScores([1.0, 0.9, 0.5, 0.0]), None, 4, validation, "val/mrr@4", Ranking([4])
+    )
     assert bonus == RepeatBonus("all", -1.0)
     assert [row["val/mrr@4"] for row in table] == pytest.approx([1 / 3, 1 / 2, 1 / 3, 1 / 2, 1 / 3, 1 / 2, 1 / 3])
     # The lowered scores, item by item, after [3, 1, 3, 2] at -2 with every clicked item lowered: items 1-3 by 2.
@@ -272,7 +276,7 @@ def test_blend_auto_chooses_the_knn_again_on_top_of_the_repeat_bonus_it_chose():
     search = KNNBlendSearch([0.5, 2.0], 3.0, PLAIN, repeat_weights=[-5.0])
     validation = [torch.tensor([[1, 2], [3, 4]])]
     scores = FixedScores([1.0, 0.45, 0.4, 0.5, 2.0])
-    chosen = search.choose_all(scores, train, 5, validation, "val/mrr@5", [5])
+    chosen = search.choose_all(scores, train, 5, validation, "val/mrr@5", Ranking([5]))
     assert chosen.first == (0.0, PLAIN)
     assert [row["val/mrr@5"] for row in chosen.knn_table] == pytest.approx([7 / 24] * 3)
     assert [row["val/mrr@5"] for row in chosen.repeat_table] == pytest.approx([7 / 24, 1 / 3, 1 / 3, 1 / 3])
@@ -282,16 +286,21 @@ def test_blend_auto_chooses_the_knn_again_on_top_of_the_repeat_bonus_it_chose():
     # After a bonus that lifts the clicked items the first choice stands: [1, 2, 1] (above) chooses every clicked item
     # at 2, and there is no third step.
     lifting = KNNBlendSearch([0.5], 3.0, PLAIN, repeat_weights=[0.5, 2.0]).choose_all(
-        FixedScores([0.0, 0.0, 1.0]), sessions_of([1, 3], [2, 3]), 3, [torch.tensor([[1, 2, 1]])], "val/mrr@3", [3]
+        FixedScores([0.0, 0.0, 1.0]),
+        sessions_of([1, 3], [2, 3]),
+        3,
+        [torch.tensor([[1, 2, 1]])],
+        "val/mrr@3",
+        Ranking([3]),
     )
     assert lifting.repeat == RepeatBonus("all", 2.0) and lifting.knn_table_with_repeat == []
     assert (lifting.weight, lifting.knn) == lifting.first
     # Without a bonus chosen there is no third step; without repeat weights, no second.
     no_bonus = KNNBlendSearch([0.5, 2.0], 3.0, PLAIN, repeat_weights=[5.0]).choose_all(
-        scores, train, 5, validation, "val/mrr@5", [5]
+        scores, train, 5, validation, "val/mrr@5", Ranking([5])
     )
     assert no_bonus.repeat is None and no_bonus.knn_table_with_repeat == [] and no_bonus.weight == 0.0
-    plain = KNNBlendSearch([0.5], 3.0, PLAIN).choose_all(scores, train, 5, validation, "val/mrr@5", [5])
+    plain = KNNBlendSearch([0.5], 3.0, PLAIN).choose_all(scores, train, 5, validation, "val/mrr@5", Ranking([5]))
     assert plain.repeat_table == [] and plain.knn_table_with_repeat == []
 
 

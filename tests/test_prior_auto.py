@@ -16,7 +16,7 @@ from lstm_rec.data import FileDataModule, Sessions
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, recent_item_counts, split_by_start_time
 from lstm_rec.data.synthetic import generate_events
-from lstm_rec.evaluation import collect_ranks, collect_ranks_offsets, evaluate
+from lstm_rec.evaluation import Ranking, collect_ranks, collect_ranks_offsets, evaluate
 from lstm_rec.jobs.train import train
 from lstm_rec.prior import RecentPopularity, RecentPopularitySearch
 
@@ -56,7 +56,9 @@ def test_the_search_keeps_the_prior_that_ranks_the_validation_sessions_best():
     # last 8 hours counts item 2 three times: weight w adds w * log(4) to it, enough to pass item 1 from w > 0.072.
     # Over 200 hours item 1's five clicks add w * log(6) to it as well, and it stays first.
     search = RecentPopularitySearch(weights=[0.05, 0.1], hours=[8, 200])
-    prior, table = search.choose(FixedScores([1.0, 0.9, 0.0]), training_sessions(), 3, VALIDATION, "val/mrr@2", [1, 2])
+    prior, table = search.choose(
+        FixedScores([1.0, 0.9, 0.0]), training_sessions(), 3, VALIDATION, "val/mrr@2", Ranking([1, 2])
+    )
     rows = {(row["weight"], row["hours"]): row for row in table}
     assert list(rows) == [(0.0, 0.0), (0.05, 8.0), (0.1, 8.0), (0.05, 200.0), (0.1, 200.0)]
     assert {key: row["val/mrr@2"] for key, row in rows.items()} == {
@@ -74,7 +76,7 @@ def test_the_search_keeps_the_prior_that_ranks_the_validation_sessions_best():
 def test_the_search_keeps_no_prior_when_none_ranks_better():
     # Item 2 already ranks first: no prior can do better, and equal candidates lose to none.
     prior, table = RecentPopularitySearch(weights=[0.1], hours=[8]).choose(
-        FixedScores([0.0, 1.0, 0.5]), training_sessions(), 3, VALIDATION, "val/mrr@2", [2]
+        FixedScores([0.0, 1.0, 0.5]), training_sessions(), 3, VALIDATION, "val/mrr@2", Ranking([2])
     )
     assert prior is None
     assert [row["val/mrr@2"] for row in table] == [1.0, 1.0]

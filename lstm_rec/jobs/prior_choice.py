@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from lstm_rec.blend import KNN_SETTINGS, KNNBlend, KNNBlendSearch, RepeatBonus
 from lstm_rec.checkpoint import CHECKPOINT_KEY, load_network, read_checkpoint
+from lstm_rec.evaluation import Ranking
 from lstm_rec.prior import ItemPrior, PriorScorer, RecentPopularity, RecentPopularitySearch
 
 if TYPE_CHECKING:
@@ -152,6 +153,11 @@ def apply_blend(
     return blend
 
 
+def _ranking(model: SessionRecModule) -> Ranking:
+    """How prior=auto and blend=auto rank their candidates: as the model's own evaluation does."""
+    return Ranking(model.ks, model.ties, model.device, model.max_scores)
+
+
 def _search_blend(
     cfg: DictConfig,
     search: KNNBlendSearch,
@@ -170,9 +176,8 @@ def _search_blend(
     metric = cfg.monitor if cfg.monitor.startswith(CHOOSABLE) else f"val/mrr@{max(model.ks)}"
     network = model.net if checkpoint is None else load_network(checkpoint, model.device).network
     scorer = PriorScorer(network, model.prior)
-    ranking = (model.ks, model.ties, model.device, model.max_scores)
     valid_batches = datamodule.full_dataloader
-    chosen = search.choose_all(scorer, train, datamodule.n_items, valid_batches("valid"), metric, *ranking)
+    chosen = search.choose_all(scorer, train, datamodule.n_items, valid_batches("valid"), metric, _ranking(model))
     without = chosen.knn_table[0][metric]
     choice = _knn_choice(search, metric, *chosen.first, chosen.knn_table, valid.n_targets, "") | {"without": without}
     if not chosen.repeat_table:
@@ -267,10 +272,7 @@ def _search(
         datamodule.n_items,
         datamodule.full_dataloader("valid"),
         metric,
-        model.ks,
-        model.ties,
-        model.device,
-        model.max_scores,
+        _ranking(model),
     )
     k = metric.rsplit("@", 1)[1]
     for row in table:
