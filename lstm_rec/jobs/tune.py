@@ -80,16 +80,17 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
         )  # fmt: skip
     detached = _detached(cfg)
     context = multiprocessing.get_context("spawn")  # fresh processes: no forked torch or OpenMP state
-    others = [
-        context.Process(
-            target=_worker, args=(detached, storage, study.study_name, splits, deadline, worker, threads), daemon=True
-        )
-        for worker in range(1, workers)
-    ]
+    # Not daemons: a worker's trials may start loader processes of their own (data.num_workers).
+    arguments = (detached, storage, study.study_name, splits, deadline)
+    others = [context.Process(target=_worker, args=(*arguments, worker, threads)) for worker in range(1, workers)]
     for process in others:
         process.start()
     try:
         search(study, cfg, splits, deadline, worker=0, threads=threads)
+    except BaseException:  # an error or Ctrl-C here ends the whole search
+        for process in others:
+            process.terminate()
+        raise
     finally:
         for process in others:
             process.join()
