@@ -3,6 +3,7 @@ the training data and tested once, and the report."""
 
 import ast
 import json
+import logging
 import time
 import warnings
 from types import SimpleNamespace
@@ -10,13 +11,23 @@ from types import SimpleNamespace
 import optuna
 import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import TINY, compose_config
 from lstm_rec.blend import KNN_SETTINGS, RepeatBonus
 from lstm_rec.checkpoint import load_network
 from lstm_rec.data.synthetic import generate_events
-from lstm_rec.jobs.tune import PruneTrial, _suggest, final_epochs, make_study, tune, tuning_splits, write_report
+from lstm_rec.jobs.tune import (
+    PruneTrial,
+    _suggest,
+    _workers,
+    final_epochs,
+    make_study,
+    tune,
+    tuning_splits,
+    write_report,
+)
 
 QUICK = [o for o in TINY if not o.startswith(("data.", "trainer.max_epochs"))]
 
@@ -212,11 +223,14 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_study_each_at_half_the_threads(log_files, tmp_path):
-    overrides = [*QUICK, *files(log_files), "trainer.max_epochs=2", "max_trials=4", "startup_trials=2", "workers=2"]
+def test_two_workers_share_one_study_each_at_half_the_threads(log_files, tmp_path, caplog):
+    # workers=auto, the default: two workers on a CPU with two threads.
+    overrides = [*QUICK, *files(log_files), "trainer.max_epochs=2", "max_trials=4", "startup_trials=2", "workers=auto"]
     overrides += ["~search", "+search={model.optimizer.lr: {low: 0.001, high: 0.03, log: true}}", "variants=[]"]
     cfg = compose_config("tune", overrides, tmp_path)  # num_threads=2: one thread per worker
-    metrics = tune(cfg)
+    with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.tune"):
+        metrics = tune(cfg)
+    assert "workers=auto: 2 (2 CPU thread(s) (num_threads): 2 trial(s) at a time, 1 thread(s) each" in caplog.text
     trials = pd.read_csv(tmp_path / "trials.csv")
     # max_trials counts the running trials too: four in all, numbered once each, shared by both workers.
     assert sorted(trials["number"]) == [0, 1, 2, 3]
@@ -237,7 +251,7 @@ def test_two_workers_share_one_study_each_at_half_the_threads(log_files, tmp_pat
 @pytest.mark.parametrize("workers", ["0", "-1", "two", "1.5", "true"])
 def test_workers_must_be_a_whole_number_of_at_least_one(log_files, tmp_path, workers):
     cfg = compose_config("tune", [*files(log_files), f"workers={workers}"], tmp_path)
-    with pytest.raises(ValueError, match=r"workers \(trials run at a time\) must be a whole number >= 1"):
+    with pytest.raises(ValueError, match=r"workers \(trials run at a time\) must be a whole number >= 1 or auto"):
         tune(cfg)
     assert not (tmp_path / "trial_000").exists()
 
@@ -327,3 +341,27 @@ def test_the_chosen_prior_and_blend_become_override_lines_and_an_experiment_file
         again = compose_config("train", line, tmp_path / f"repeat_{weight}")
         assert again.blend.weight == weight and again.blend.repeat == repeat
         assert OmegaConf.create(body).blend.repeat == repeat
+
+
+@pytest.mark.parametrize(
+    ("overrides", "threads", "expected", "why"),
+    [
+        ([], 2, 2, "2 CPU thread(s) (num_threads): 2 trial(s) at a time, 1 thread(s) each"),
+        ([], 4, 2, "4 CPU thread(s) (num_threads): 2 trial(s) at a time, 2 thread(s) each"),
+        ([], 1, 1, "1 CPU thread(s) (num_threads): 1 trial(s) at a time, 1 thread(s) each"),
+        (["trainer=gpu"], 2, 1, "one trial at a time on trainer.accelerator=gpu"),
+        (["trainer=ddp"], 2, 1, "trainer.strategy=ddp runs each trial in several processes"),
+    ],
+)
+def test_auto_workers_run_two_trials_at_a_time_only_on_a_cpu_with_two_threads(
+    log_files, tmp_path, caplog, overrides, threads, expected, why
+):
+    cfg = compose_config("tune", [*files(log_files), "workers=auto", f"num_threads={threads}", *overrides], tmp_path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # what prepare_run sets from num_threads before tune resolves its workers
+    try:
+        with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.tune"):
+            assert _workers(cfg) == expected
+    finally:
+        torch.set_num_threads(before)
+    assert f"workers=auto: {expected} ({why}; set workers=N to choose)" in caplog.text

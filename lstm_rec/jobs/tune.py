@@ -68,6 +68,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     _check_fresh(out)
     workers = _workers(cfg)
+    OmegaConf.update(cfg, "workers", workers, merge=False)  # auto resolved, for the sampler and the worker processes
     splits = tuning_splits(cfg, out / "data")
     deadline = time.time() + 60 * cfg.budget_minutes
     storage = f"sqlite:///{out / 'study.db'}"
@@ -153,18 +154,44 @@ def _worker(
     search(study, cfg, splits, deadline, worker, threads)
 
 
+# workers=auto on a CPU: two trials at a time, each at half the threads. Measured on 2 cores only (two one-thread
+# trials beat one two-thread trial by 1.23-1.36 times the throughput, docs/tuning-log.md#two-trials-at-a-time);
+# on a larger CPU, set workers=N to run more.
+AUTO_CPU_WORKERS = 2
+
+
 def _workers(cfg: DictConfig) -> int:
-    """tune's `workers`: a whole number >= 1; several need one process per trial (no trainer strategy such as ddp)."""
+    """tune's `workers`: a whole number >= 1, or ``auto``; several need one process per trial (no trainer strategy
+    such as ddp). ``auto`` is 2 on a CPU with at least 2 threads, else 1 (one thread, a GPU or a strategy)."""
     workers = cfg.get("workers", 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers (trials run at a time) must be a whole number >= 1, got {workers!r}")
     strategy = cfg.trainer.get("strategy")
+    if isinstance(workers, str) and workers.strip().lower() == "auto":
+        workers, why = _auto_workers(cfg, strategy)
+        log.info("tune: workers=auto: %d (%s; set workers=N to choose)", workers, why)
+        return workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers (trials run at a time) must be a whole number >= 1 or auto, got {workers!r}")
     if workers > 1 and strategy not in (None, "auto"):
         raise ValueError(
             f"workers={workers} runs several trials at a time, one process each; trainer.strategy={strategy} runs "
             "each trial in several processes: use workers=1 with it"
         )
     return workers
+
+
+def _auto_workers(cfg: DictConfig, strategy: Any) -> tuple[int, str]:
+    """workers=auto's count and the reason for it."""
+    if strategy not in (None, "auto"):
+        return 1, f"trainer.strategy={strategy} runs each trial in several processes"
+    accelerator = str(cfg.trainer.get("accelerator", "cpu")).lower()
+    if accelerator == "auto" and (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        accelerator = "gpu"
+    if accelerator not in ("cpu", "auto"):
+        return 1, f"one trial at a time on trainer.accelerator={accelerator}"
+    threads = torch.get_num_threads()
+    workers = max(1, min(AUTO_CPU_WORKERS, threads))
+    each = threads // workers
+    return workers, f"{threads} CPU thread(s) (num_threads): {workers} trial(s) at a time, {each} thread(s) each"
 
 
 def _detached(cfg: DictConfig) -> DictConfig:
