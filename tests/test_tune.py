@@ -256,9 +256,14 @@ def test_workers_must_be_a_whole_number_of_at_least_one(log_files, tmp_path, wor
     assert not (tmp_path / "trial_000").exists()
 
 
-def test_several_workers_refuse_a_strategy_that_runs_a_trial_in_several_processes(log_files, tmp_path):
-    cfg = compose_config("tune", [*files(log_files), "workers=2", "trainer=ddp"], tmp_path)
-    with pytest.raises(ValueError, match=r"workers=2 runs several trials at a time.*trainer\.strategy=ddp"):
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [(["trainer=ddp"], r"trainer\.strategy=ddp"), (["trainer.devices=2"], r"trainer\.devices=2"),
+     (["+trainer.num_nodes=2"], r"trainer\.num_nodes=2")],
+)  # fmt: skip
+def test_several_workers_refuse_a_trial_in_several_processes(log_files, tmp_path, overrides, named):
+    cfg = compose_config("tune", [*files(log_files), "workers=2", *overrides], tmp_path)
+    with pytest.raises(ValueError, match=rf"workers=2 runs several trials at a time.*{named} runs each trial in"):
         tune(cfg)
 
 
@@ -351,6 +356,7 @@ def test_the_chosen_prior_and_blend_become_override_lines_and_an_experiment_file
         ([], 1, 1, "1 CPU thread(s) (num_threads): 1 trial(s) at a time, 1 thread(s) each"),
         (["trainer=gpu"], 2, 1, "one trial at a time on trainer.accelerator=gpu"),
         (["trainer=ddp"], 2, 1, "trainer.strategy=ddp runs each trial in several processes"),
+        (["trainer.devices=2"], 2, 1, "trainer.devices=2 runs each trial in several processes"),
     ],
 )
 def test_auto_workers_run_two_trials_at_a_time_only_on_a_cpu_with_two_threads(

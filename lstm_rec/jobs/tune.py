@@ -162,27 +162,43 @@ AUTO_CPU_WORKERS = 2
 
 def _workers(cfg: DictConfig) -> int:
     """tune's `workers`: a whole number >= 1, or ``auto``; several need one process per trial (no trainer strategy
-    such as ddp). ``auto`` is 2 on a CPU with at least 2 threads, else 1 (one thread, a GPU or a strategy)."""
+    such as ddp, no several devices or nodes). ``auto`` is 2 on a CPU with at least 2 threads, else 1 (one thread, a
+    GPU, or a trial in several processes)."""
     workers = cfg.get("workers", 1)
-    strategy = cfg.trainer.get("strategy")
+    several = _processes_per_trial(cfg)
     if isinstance(workers, str) and workers.strip().lower() == "auto":
-        workers, why = _auto_workers(cfg, strategy)
+        workers, why = _auto_workers(cfg, several)
         log.info("tune: workers=auto: %d (%s; set workers=N to choose)", workers, why)
         return workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers (trials run at a time) must be a whole number >= 1 or auto, got {workers!r}")
-    if workers > 1 and strategy not in (None, "auto"):
+    if workers > 1 and several:
         raise ValueError(
-            f"workers={workers} runs several trials at a time, one process each; trainer.strategy={strategy} runs "
-            "each trial in several processes: use workers=1 with it"
+            f"workers={workers} runs several trials at a time, one process each; {several} runs each trial in "
+            "several processes: use workers=1 with it"
         )
     return workers
 
 
-def _auto_workers(cfg: DictConfig, strategy: Any) -> tuple[int, str]:
-    """workers=auto's count and the reason for it."""
+def _processes_per_trial(cfg: DictConfig) -> str | None:
+    """The trainer setting that runs one trial in several processes (a strategy such as ddp, several devices or
+    nodes), or None."""
+    trainer = cfg.trainer
+    strategy = trainer.get("strategy")
     if strategy not in (None, "auto"):
-        return 1, f"trainer.strategy={strategy} runs each trial in several processes"
+        return f"trainer.strategy={strategy}"
+    devices = trainer.get("devices", 1)
+    if (isinstance(devices, int) and devices > 1) or (OmegaConf.is_list(devices) and len(devices) > 1):
+        return f"trainer.devices={devices}"
+    if (trainer.get("num_nodes") or 1) > 1:
+        return f"trainer.num_nodes={trainer.num_nodes}"
+    return None
+
+
+def _auto_workers(cfg: DictConfig, several: str | None) -> tuple[int, str]:
+    """workers=auto's count and the reason for it."""
+    if several:
+        return 1, f"{several} runs each trial in several processes"
     accelerator = str(cfg.trainer.get("accelerator", "cpu")).lower()
     if accelerator == "auto" and (torch.cuda.is_available() or torch.backends.mps.is_available()):
         accelerator = "gpu"
