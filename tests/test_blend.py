@@ -283,6 +283,11 @@ def test_blend_auto_chooses_the_knn_again_on_top_of_the_repeat_bonus_it_chose():
     assert chosen.repeat == RepeatBonus("all", -5.0)
     assert [row["val/mrr@5"] for row in chosen.knn_table_with_repeat] == pytest.approx([1 / 3, 5 / 12, 5 / 12])
     assert (chosen.weight, chosen.knn) == (0.5, PLAIN)
+    # Ranked at most max_scores=5 scores (one prefix) at a time: the same tables and choices, prefix by prefix.
+    rows, whole = [], scores.score
+    scores.score = lambda states: rows.append(len(states)) or whole(states)
+    chunked = search.choose_all(scores, train, 5, validation, "val/mrr@5", Ranking([5], max_scores=5))
+    assert rows and max(rows) == 1 and chunked == chosen
     # After a bonus that lifts the clicked items the first choice stands: [1, 2, 1] (above) chooses every clicked item
     # at 2, and there is no third step.
     lifting = KNNBlendSearch([0.5], 3.0, PLAIN, repeat_weights=[0.5, 2.0]).choose_all(

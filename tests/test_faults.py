@@ -153,7 +153,7 @@ def test_ckpt_path_last_finds_the_newest_run_of_the_same_configuration(tmp_path)
 def test_a_killed_run_resumes_with_ckpt_path_last_and_matches_an_uninterrupted_run(tmp_path):
     # Dropout and a sampled loss: the resumed run must draw the same masks and negatives as the uninterrupted one;
     # Adagrad with the sparse item-table update (model.sparse_item_grad=auto) must restore its row sums.
-    args = ["scripts/train.py", *TINY, "data.n_sessions=12000", "trainer.max_epochs=2", "num_threads=1"]
+    args = ["scripts/train.py", *TINY, "data.n_sessions=3000", "trainer.max_epochs=2", "num_threads=1"]
     args += ["model.dropout=0.5", "model/loss=bpr_max", "model/optimizer=adagrad", "model.optimizer.lr=0.1"]
     run_script(*args, f"paths.log_dir={tmp_path / 'whole'}")
     (whole,) = (tmp_path / "whole").glob("train/runs/*/metrics.json")

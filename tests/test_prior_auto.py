@@ -73,6 +73,22 @@ def test_the_search_keeps_the_prior_that_ranks_the_validation_sessions_best():
     torch.testing.assert_close(prior.scores, torch.tensor([0.0, 0.1 * math.log(4), 0.0]))
 
 
+def test_the_search_ranks_at_most_max_scores_at_a_time_and_chooses_the_same():
+    # max_scores=3 holds one prefix's 3 scores: each of the two validation prefixes is scored alone, and every
+    # candidate's metrics and the choice are those of the whole matrix (the test above).
+    scorer, rows = FixedScores([1.0, 0.9, 0.0]), []
+    whole = scorer.score
+    scorer.score = lambda states: rows.append(len(states)) or whole(states)
+    search = RecentPopularitySearch(weights=[0.05, 0.1], hours=[8, 200])
+    prior, table = search.choose(scorer, training_sessions(), 3, VALIDATION, "val/mrr@2", Ranking([1, 2], max_scores=3))
+    assert rows and max(rows) == 1
+    expected_prior, expected = search.choose(
+        FixedScores([1.0, 0.9, 0.0]), training_sessions(), 3, VALIDATION, "val/mrr@2", Ranking([1, 2])
+    )
+    assert table == expected
+    assert (prior.weight, prior.hours) == (expected_prior.weight, expected_prior.hours) == (0.1, 8.0)
+
+
 def test_the_search_keeps_no_prior_when_none_ranks_better():
     # Item 2 already ranks first: no prior can do better, and equal candidates lose to none.
     prior, table = RecentPopularitySearch(weights=[0.1], hours=[8]).choose(

@@ -10,8 +10,10 @@ from conftest import TINY, run_script
 
 pytestmark = pytest.mark.slow
 
-# Small data and one epoch; the searched parameters are left to the sweeper.
+# Small data and one epoch; the searched parameters are left to the sweeper. No prior or kNN blend chosen after
+# training (their own tests: test_prior_auto.py, test_blend.py): they took a third of each job's time here.
 QUICK = [o for o in TINY if o.startswith(("data.n_", "callbacks.", "trainer."))] + ["trainer.max_epochs=1"]
+QUICK += ["~prior", "~blend"]
 # The command line narrows the preset's space (the sweeper merges it in): small networks train in a moment.
 SMALL_SPACE = ["model.hidden=choice(16,32)", "model.embedding_dim=choice(16,32)", "model.num_layers=choice(1)"]
 
