@@ -22,8 +22,10 @@ from lstm_rec.jobs.tune import (
     PruneTrial,
     _suggest,
     _workers,
+    chosen_trial,
     final_epochs,
     make_study,
+    quiet_optuna,
     tune,
     tuning_splits,
     write_report,
@@ -131,6 +133,60 @@ def test_queuing_the_trials_and_plotting_the_search_give_no_experimental_warning
         study.enqueue_trial({"model.hidden": 100})
 
 
+def finished_study(trials: list[tuple[str, float, float | None]]) -> optuna.Study:
+    """A study of (state, value, guard metric) trials, numbered from 0, as a finished search leaves them."""
+    study = optuna.create_study(direction="maximize")
+    space = {"model.hidden": optuna.distributions.CategoricalDistribution([100, 224])}
+    with quiet_optuna():  # create_trial and add_trial are experimental in Optuna 2.10
+        for number, (state, value, guard) in enumerate(trials):
+            trial = optuna.trial.create_trial(
+                state=optuna.trial.TrialState[state],
+                value=value if state == "COMPLETE" else None,
+                params={"model.hidden": [100, 224][number % 2]},
+                distributions=space,
+                user_attrs={} if guard is None else {"guard": guard},
+                intermediate_values={0: value},
+            )
+            study.add_trial(trial)
+    return study
+
+
+def test_the_final_run_takes_the_best_trial_whose_guard_metric_holds_against_the_first(tmp_path, caplog):
+    # Trial 0, the defaults: MRR 0.30 at Recall 0.60. Trial 1 gains MRR (0.35) but loses recall (0.59): no candidate.
+    # Trial 2 gains both (0.32, 0.61); trial 3 was pruned above them all.
+    trials = [("COMPLETE", 0.30, 0.60), ("COMPLETE", 0.35, 0.59), ("COMPLETE", 0.32, 0.61), ("PRUNED", 0.40, None)]
+    study = finished_study(trials)
+    with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.tune"):
+        chosen = chosen_trial(study, "val/mrr@20", "val/recall@20")
+    assert chosen.number == 2
+    below = "trial 1 (val/mrr@20 0.3500) is no candidate: its val/recall@20 0.5900 lies below the first trial's 0.6000"
+    assert below in caplog.text
+    assert "tune: trial 2 chosen: val/mrr@20 0.3200, val/recall@20 0.6100 (the first trial's 0.6000)" in caplog.text
+    assert chosen_trial(study, "val/mrr@20", None).number == 1  # without a guard, the monitor alone
+    # Equal to the first trial's recall holds; the first trial itself always does.
+    assert chosen_trial(finished_study([("COMPLETE", 0.30, 0.60), ("COMPLETE", 0.31, 0.60)]), "m", "g").number == 1
+    assert chosen_trial(finished_study([("COMPLETE", 0.30, 0.60), ("COMPLETE", 0.31, 0.5)]), "m", "g").number == 0
+    # Without the first trial's result (it was stopped by the budget) there is nothing to hold against.
+    assert chosen_trial(finished_study([("PRUNED", 0.30, None), ("COMPLETE", 0.31, 0.5)]), "m", "g").number == 1
+
+    # The report: the candidates first, best first (the chosen trial on top), then the other completed trials, then
+    # the pruned ones; the overrides and tune.json are the chosen trial's.
+    write_report(study, SimpleNamespace(trainer=SimpleNamespace(max_epochs=1)), {}, tmp_path, chosen)
+    assert list(pd.read_csv(tmp_path / "trials.csv")["number"]) == [2, 0, 1, 3]
+    report = json.loads((tmp_path / "tune.json").read_text())
+    assert (report["best_trial"], report["best_value"], report["best_params"]) == (2, 0.32, {"model.hidden": 100})
+    assert (tmp_path / "best_overrides.txt").read_text().split() == ["model.hidden=100", "trainer.max_epochs=1"]
+
+
+@pytest.mark.parametrize("guard", ["val/hit@20", "test/recall@20", "val/recall@7", "val/recall"])
+def test_a_guard_that_the_trials_do_not_log_is_refused_before_any_trial(log_files, tmp_path, guard):
+    cfg = compose_config("tune", [*files(log_files), f"guard={guard}"], tmp_path)
+    message = r"guard='.*': expected null or a validation metric that the trials log, .* model\.ks=\[5, 10, 20\]"
+    with pytest.raises(ValueError, match=message):
+        tune(cfg)
+    assert not (tmp_path / "trial_000").exists()
+
+
 @pytest.mark.parametrize(
     ("variant", "message"),
     [
@@ -148,6 +204,7 @@ def test_a_variant_outside_the_search_is_refused(log_files, tmp_path, variant, m
 @pytest.mark.slow
 def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_path):
     overrides = [*QUICK, *files(log_files), "trainer.max_epochs=3", "max_trials=3", "startup_trials=1"]
+    overrides += ["guard=val/recall@20"]
     overrides += [
         "~search",
         "+search={model.optimizer.lr: {low: 0.001, high: 0.03, log: true}, model.hidden: {choices: [16, 32]},"
@@ -164,8 +221,12 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     assert (first["params_model.repeat_window"], second["params_model.repeat_window"]) == (0, 2)
     report = json.loads((tmp_path / "tune.json").read_text())
     completed = trials[trials["state"] == "COMPLETE"]
-    assert report["best_value"] == pytest.approx(completed["value"].max())
-    assert trials.iloc[0]["value"] == pytest.approx(report["best_value"])  # the best completed trial first
+    # The final run's trial: the best val/mrr@20 among the completed trials whose val/recall@20 (guard) is at least the
+    # first trial's, the defaults'.
+    floor = completed[completed["number"] == 0].iloc[0]["user_attrs_guard"]
+    candidates = completed[completed["user_attrs_guard"] >= floor]
+    assert report["best_value"] == pytest.approx(candidates["value"].max())
+    assert trials.iloc[0]["number"] == report["best_trial"]  # the chosen trial first
     assert list(trials["state"]) == sorted(trials["state"], key=lambda state: state != "COMPLETE")
     # The final run trained on all of data.train with the best values and tested once on data.test.
     chosen = (tmp_path / "best_overrides.txt").read_text().split()
@@ -242,7 +303,8 @@ def test_two_workers_share_one_study_each_at_half_the_threads(log_files, tmp_pat
     second = trials[trials["user_attrs_worker"] == 1]["number"]
     assert all(f"trial {n} (worker 1, 1 thread(s))" in (tmp_path / "worker_1.log").read_text() for n in second)
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
-    assert len(study.trials) == 4 and study.best_value == pytest.approx(trials.iloc[0]["value"])
+    assert len(study.trials) == 4
+    assert json.loads((tmp_path / "tune.json").read_text())["best_trial"] == trials.iloc[0]["number"]
     final = json.loads((tmp_path / "final" / "metrics.json").read_text())
     assert metrics["test/n_predictions"] == final["test/n_predictions"]
     assert metrics["test/recall@20"] > 1.5 * metrics["pop/test/recall@20"]

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_rec.callbacks import check_tolerance, within_tolerance
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, split_by_start_time
-from lstm_rec.jobs.prior_choice import RECENT_TARGET, fixed_blend, has_blend, is_blend_search, is_search
+from lstm_rec.jobs.prior_choice import CHOOSABLE, RECENT_TARGET, fixed_blend, has_blend, is_blend_search, is_search
 from lstm_rec.jobs.report import frame_to_markdown, write_json
 from lstm_rec.jobs.runs import checkpoint_epochs, prepare_run
 from lstm_rec.jobs.train import train, unvalidated
@@ -39,6 +39,9 @@ from lstm_rec.module import NonFiniteLossError
 from lstm_rec.threads import apply_threads
 
 log = logging.getLogger(__name__)
+
+# The trial's user attribute that holds its `guard` metric (conf/tune.yaml).
+GUARD = "guard"
 
 
 class PruneTrial(L.Callback):
@@ -64,6 +67,7 @@ class PruneTrial(L.Callback):
 
 def tune(cfg: DictConfig) -> dict[str, Any]:
     """Search, retrain the best on all the training data, test it; returns the final run's metrics."""
+    check_guard(cfg.get("guard"), list(cfg.model.ks))
     prepare_run(cfg)
     out = Path(cfg.paths.output_dir)
     _check_fresh(out)
@@ -100,11 +104,49 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
         names = ", ".join(str(out / f"worker_{worker}.log") for worker in failed)
         raise RuntimeError(f"tune: worker process(es) {failed} failed; their logs: {names}")
     study = optuna.load_study(study_name=study.study_name, storage=_storage(storage))
-    best = study.best_trial
+    best = chosen_trial(study, cfg.monitor, cfg.get("guard"))
     final = _final_config(cfg, best, splits, out / "final")
     metrics = train(final)
-    write_report(study, final, metrics, out)
+    write_report(study, final, metrics, out, best)
     return metrics
+
+
+def check_guard(guard: str | None, ks: list[int]) -> None:
+    """tune's `guard`: null, or a ranking metric on the validation sessions at one of model.ks."""
+    if guard is None:
+        return
+    cutoff = str(guard).partition("@")[2]
+    if not str(guard).startswith(CHOOSABLE) or not cutoff.isdigit() or int(cutoff) not in ks:
+        raise ValueError(
+            f"guard={guard!r}: expected null or a validation metric that the trials log, val/recall@K, val/mrr@K or "
+            f"val/ndcg@K with K one of model.ks={ks}"
+        )
+
+
+def chosen_trial(study: optuna.Study, monitor: str, guard: str | None) -> optuna.trial.FrozenTrial:
+    """The trial the final run retrains: the completed trial of the best `monitor` among those whose `guard` metric is
+    at least the first trial's (the configured values); every completed trial without a guard, or when the first
+    trial did not complete."""
+    completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        return study.best_trial  # Optuna's own error: no trial completed
+    best = max(completed, key=lambda trial: trial.value)
+    floor = _guard_floor(study)
+    if guard is None or floor is None:
+        return best
+    eligible = [trial for trial in completed if trial.user_attrs.get(GUARD, -math.inf) >= floor]
+    chosen = max(eligible, key=lambda trial: trial.value)  # the first trial is always eligible
+    below = [trial for trial in completed if trial.value > chosen.value and trial not in eligible]
+    for trial in sorted(below, key=lambda trial: -trial.value):
+        log.info(
+            "guard: trial %d (%s %.4f) is no candidate: its %s %.4f lies below the first trial's %.4f",
+            trial.number, monitor, trial.value, guard, trial.user_attrs.get(GUARD, math.nan), floor,
+        )  # fmt: skip
+    log.info(
+        "tune: trial %d chosen: %s %.4f, %s %.4f (the first trial's %.4f)",
+        chosen.number, monitor, chosen.value, guard, chosen.user_attrs[GUARD], floor,
+    )  # fmt: skip
+    return chosen
 
 
 def search(
@@ -126,6 +168,8 @@ def search(
         trial.set_user_attr("threads", torch.get_num_threads())
         metrics = train(trial_cfg, callbacks=[PruneTrial(trial, cfg.monitor, deadline)])
         trial.set_user_attr("epochs", checkpoint_epochs(metrics["checkpoint"]))
+        if cfg.get("guard") is not None:  # the metric the chosen trial must not lose against the first trial
+            trial.set_user_attr(GUARD, float(metrics[cfg.guard]))
         if "prior_weight" in metrics:  # prior=auto's choice for this trial's network (weight 0: none)
             prior = {"weight": metrics["prior_weight"], "hours": metrics["prior_hours"]}
             trial.set_user_attr("prior", _plain(prior))
@@ -406,24 +450,46 @@ def final_epochs(trial: optuna.trial.FrozenTrial, tolerance: float) -> int | Non
     return 1 + max(epoch for epoch, value in curve.items() if within_tolerance(value, best, tolerance))
 
 
-def write_report(study: optuna.Study, final: DictConfig, metrics: dict[str, Any], out: Path) -> None:
-    """trials.csv/.md, best.yaml and best_overrides.txt (the chosen values as Hydra overrides), plots."""
+def _guard_floor(study: optuna.Study) -> float | None:
+    """The first trial's guard metric, which the chosen trial must reach; None without one (no guard, or the first
+    trial did not complete)."""
+    first = [trial for trial in study.trials if trial.number == 0 and trial.state == optuna.trial.TrialState.COMPLETE]
+    return first[0].user_attrs.get(GUARD) if first else None
+
+
+def write_report(
+    study: optuna.Study,
+    final: DictConfig,
+    metrics: dict[str, Any],
+    out: Path,
+    best: optuna.trial.FrozenTrial | None = None,
+) -> None:
+    """trials.csv/.md, best.yaml and best_overrides.txt (the values of `best`, the chosen trial, as Hydra overrides;
+    None: the study's best), plots."""
+    best = study.best_trial if best is None else best
     frame = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"))
-    # Completed trials first, best first: a pruned trial's value is its curve where it was stopped, which can lie above
-    # the best completed trial's (a trial stopped by the budget) but is no candidate for the final run.
-    frame = frame.assign(_complete=frame["state"] == "COMPLETE")
-    frame = frame.sort_values(["_complete", "value"], ascending=False, na_position="last").drop(columns="_complete")
+    # Candidates first, best first: completed trials whose guard metric held (chosen_trial), then the other completed
+    # ones; a pruned trial's value is its curve where it was stopped, which can lie above the best completed trial's
+    # (a trial stopped by the budget), but it is no candidate for the final run.
+    complete = frame["state"] == "COMPLETE"
+    column = f"user_attrs_{GUARD}"
+    floor = _guard_floor(study)
+    held = complete if floor is None or column not in frame else complete & (frame[column] >= floor)
+    frame = frame.assign(_held=held, _complete=complete)
+    order = ["_held", "_complete", "value"]
+    frame = frame.sort_values(order, ascending=False, na_position="last").drop(columns=["_held", "_complete"])
     frame.to_csv(out / "trials.csv", index=False)
     (out / "trials.md").write_text(frame_to_markdown(frame.astype({"duration": str})) + "\n")
-    overrides = [f"{key}={value}" for key, value in study.best_trial.params.items()]
+    overrides = [f"{key}={value}" for key, value in best.params.items()]
     overrides.append(f"trainer.max_epochs={final.trainer.max_epochs}")
     body = OmegaConf.to_yaml(OmegaConf.from_dotlist(overrides))
-    prior, prior_header, prior_body = prior_overrides(study.best_trial)
-    blend, blend_header, blend_body = blend_overrides(study.best_trial, final)
+    prior, prior_header, prior_body = prior_overrides(best)
+    blend, blend_header, blend_body = blend_overrides(best, final)
     (out / "best_overrides.txt").write_text(" ".join([*overrides, *prior, *blend]) + "\n")
     header = "defaults:\n" + prior_header + blend_header if prior_header or blend_header else ""
     (out / "best.yaml").write_text("# @package _global_\n" + header + prior_body + blend_body + body)
-    write_json({"best_value": study.best_value, "best_params": study.best_trial.params, **metrics}, out / "tune.json")
+    chosen = {"best_trial": best.number, "best_value": best.value, "best_params": best.params}
+    write_json(chosen | metrics, out / "tune.json")
     _plots(study, out)
 
 
