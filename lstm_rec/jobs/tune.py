@@ -77,7 +77,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     deadline = time.time() + 60 * cfg.budget_minutes
     storage = f"sqlite:///{out / 'study.db'}"
     study = make_study(cfg, storage)
-    threads = max(1, torch.get_num_threads() // workers)
+    threads = threads_per_worker(workers)
     if workers > 1:
         log.info(
             "tune: %d worker processes share the study (%s), %d thread(s) each; workers 1-%d log to %s",
@@ -250,8 +250,13 @@ def _auto_workers(cfg: DictConfig, several: str | None) -> tuple[int, str]:
         return 1, f"one trial at a time on trainer.accelerator={accelerator}"
     threads = torch.get_num_threads()
     workers = max(1, min(AUTO_CPU_WORKERS, threads))
-    each = threads // workers
+    each = threads_per_worker(workers)
     return workers, f"{threads} CPU thread(s) (num_threads): {workers} trial(s) at a time, {each} thread(s) each"
+
+
+def threads_per_worker(workers: int) -> int:
+    """Each worker's share of torch's threads (num_threads), at least one."""
+    return max(1, torch.get_num_threads() // workers)
 
 
 def _detached(cfg: DictConfig) -> DictConfig:
