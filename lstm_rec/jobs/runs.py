@@ -76,10 +76,15 @@ def checkpoint_epochs(checkpoint: str | Path | None) -> int | None:
     return int(read_checkpoint(checkpoint)["epoch"]) + 1
 
 
+def logged_cutoff(metric: str, ks: list[int]) -> bool:
+    """Whether `metric`'s cutoff (the k of NAME@k) is one of model.ks, so that runs log it."""
+    k = str(metric).partition("@")[2]
+    return k.isdigit() and int(k) in ks
+
+
 def check_monitor(monitor: str, ks: list[int]) -> None:
     """The monitored metric must be one that is logged: its k one of model.ks."""
-    k = str(monitor).partition("@")[2]
-    if not k.isdigit() or int(k) not in ks:
+    if not logged_cutoff(monitor, ks):
         raise ValueError(
             f"monitor={monitor!r} is not logged: its cutoff must be one of model.ks={list(ks)} (e.g. "
             f"monitor=val/mrr@{max(ks)}); add the cutoff to model.ks or monitor another one"

@@ -33,7 +33,7 @@ from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, split_by_start_time
 from lstm_rec.jobs.prior_choice import CHOOSABLE, RECENT_TARGET, fixed_blend, has_blend, is_blend_search, is_search
 from lstm_rec.jobs.report import frame_to_markdown, write_json
-from lstm_rec.jobs.runs import checkpoint_epochs, prepare_run
+from lstm_rec.jobs.runs import checkpoint_epochs, logged_cutoff, prepare_run
 from lstm_rec.jobs.train import train, unvalidated
 from lstm_rec.module import NonFiniteLossError
 from lstm_rec.threads import apply_threads
@@ -115,8 +115,7 @@ def check_guard(guard: str | None, ks: list[int]) -> None:
     """tune's `guard`: null, or a ranking metric on the validation sessions at one of model.ks."""
     if guard is None:
         return
-    cutoff = str(guard).partition("@")[2]
-    if not str(guard).startswith(CHOOSABLE) or not cutoff.isdigit() or int(cutoff) not in ks:
+    if not str(guard).startswith(CHOOSABLE) or not logged_cutoff(guard, ks):
         raise ValueError(
             f"guard={guard!r}: expected null or a validation metric that the trials log, val/recall@K, val/mrr@K or "
             f"val/ndcg@K with K one of model.ks={ks}"
