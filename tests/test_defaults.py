@@ -30,7 +30,7 @@ def test_the_default_recipe():
     assert dict(cfg.auto_batch_size) == {"small": 80, "large": 128, "large_from": 1_000_000}
     assert model.cell == "auto" and dict(cfg.auto_cell) == {"small": "lstm", "large": "gru", "large_from": 150_000}
     assert cfg.trainer.max_epochs == "auto" and cfg.callbacks.early_stopping.patience == 3
-    assert (cfg.auto_epochs.targets, cfg.auto_epochs.low, cfg.auto_epochs.high) == (4_000_000, 3, 14)
+    assert (cfg.auto_epochs.targets, cfg.auto_epochs.low, cfg.auto_epochs.high) == (3_000_000, 3, 14)
     assert model.scheduler.hold_fraction == 0.0
     assert cfg.refit == "auto" and cfg.auto_refit.min_share == 0.05
 
@@ -87,7 +87,7 @@ def test_auto_epochs_are_logged(tmp_path, caplog):
     n_targets = datamodule.train_sessions.n_targets
     assert cfg.trainer.max_epochs == 14
     assert (
-        f"14 epochs ({n_targets:,} training predictions an epoch, about 4,000,000 in all; the upper bound"
+        f"14 epochs ({n_targets:,} training predictions an epoch, about 3,000,000 in all; the upper bound"
         in caplog.text
     )
     # A small log keeps the narrow steps, on the datamodule and in the config the run saves.
