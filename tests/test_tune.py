@@ -28,6 +28,7 @@ from lstm_rec.jobs.tune import (
     quiet_optuna,
     tune,
     tuning_splits,
+    validation_metrics,
     write_report,
 )
 
@@ -227,6 +228,23 @@ def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_
     candidates = completed[completed["user_attrs_guard"] >= floor]
     assert report["best_value"] == pytest.approx(candidates["value"].max())
     assert trials.iloc[0]["number"] == report["best_trial"]  # the chosen trial first
+    # Each completed trial's validation metrics at the largest cutoff, as its own run logged them: the objective is
+    # its MRR@20, the guard its Recall@20.
+    for _, trial in completed.iterrows():
+        logged = json.loads((tmp_path / f"trial_{trial['number']:03d}" / "metrics.json").read_text())
+        for name in ("val/recall@20", "val/mrr@20", "val/ndcg@20", "val/coverage@20"):
+            assert trial[f"user_attrs_{name}"] == pytest.approx(logged[name])
+        assert trial["value"] == pytest.approx(trial["user_attrs_val/mrr@20"])
+        assert trial["user_attrs_guard"] == pytest.approx(trial["user_attrs_val/recall@20"])
+    # Each completed trial's override line, in best_overrides.txt's form (the chosen trial's is that line).
+    lines = {n: (tmp_path / f"trial_{n:03d}" / "final_overrides.txt").read_text() for n in completed["number"]}
+    assert lines[report["best_trial"]] == (tmp_path / "best_overrides.txt").read_text()
+    for number, line in lines.items():
+        trial = completed[completed["number"] == number].iloc[0]
+        assert f"model.hidden={trial['params_model.hidden']}" in line.split()
+        compose_config("train", [*QUICK, *files(log_files), *line.split()], tmp_path / f"line_{number}")  # composes
+    pruned = trials[trials["state"] != "COMPLETE"]["number"]
+    assert not [n for n in pruned if (tmp_path / f"trial_{n:03d}" / "final_overrides.txt").exists()]
     assert list(trials["state"]) == sorted(trials["state"], key=lambda state: state != "COMPLETE")
     # The final run trained on all of data.train with the best values and tested once on data.test.
     chosen = (tmp_path / "best_overrides.txt").read_text().split()
@@ -334,6 +352,14 @@ def test_tune_refuses_a_directory_that_holds_an_earlier_search(log_files, tmp_pa
     with pytest.raises(FileExistsError, match=r"already holds an earlier search \(trial_000\).*hydra\.run\.dir"):
         tune(compose_config("tune", files(log_files), tmp_path))
     assert not (tmp_path / "data").exists()  # refused before the splits are written
+
+
+def test_the_report_keeps_a_trials_validation_metrics_at_the_largest_cutoff():
+    metrics = {"val/recall@20": 0.61, "val/mrr@20": 0.33, "val/ndcg@20": 0.40, "val/recall@10": 0.53}
+    metrics |= {"test/recall@20": 0.6, "val/loss": 0.5}
+    # Coverage was not logged here: left out, not made up.
+    assert validation_metrics(metrics, [5, 20, 10]) == {"val/recall@20": 0.61, "val/mrr@20": 0.33, "val/ndcg@20": 0.40}
+    assert validation_metrics(metrics, [10]) == {"val/recall@10": 0.53}
 
 
 def test_the_final_run_trains_to_the_latest_epoch_within_the_tolerance_of_the_best():
