@@ -68,7 +68,7 @@ def _overrides(log: dict, *extra: str) -> list[str]:
 def refitted(log, tmp_path_factory) -> dict:
     """The default refit=auto: validation withholds 11% of this log's predictions, so the run refits."""
     out = tmp_path_factory.mktemp("run") / "run"
-    metrics = train(compose_config("train", _overrides(log, "trainer.max_epochs=4"), out))
+    metrics = train(compose_config("train", _overrides(log, "trainer.max_epochs=4", "test_selected=true"), out))
     return metrics | {"valid_predictions": log["valid_predictions"]}
 
 
@@ -158,7 +158,19 @@ def topped_up(log, tmp_path_factory) -> dict:
     sessions (the tiny recipe's Adam needs more than the default 3 to learn A and B from them)."""
     out = tmp_path_factory.mktemp("top_up") / "run"
     overrides = _overrides(log, "refit=top_up", "trainer.max_epochs=4", "auto_refit.top_up_epochs=10")
-    return train(compose_config("train", overrides, out))
+    return train(compose_config("train", [*overrides, "test_selected=true"], out))
+
+
+def test_without_test_selected_only_the_topped_up_network_ranks_the_test_alike(topped_up, log, tmp_path):
+    # The default: the selected network's test ranking (selected/test/...) is left out; the model tested, its
+    # figures and everything else are as with it.
+    overrides = _overrides(log, "refit=top_up", "trainer.max_epochs=4", "auto_refit.top_up_epochs=10")
+    metrics = train(compose_config("train", overrides, tmp_path / "run"))
+    assert not [key for key in metrics if key.startswith("selected/")]
+    assert [key for key in topped_up if key.startswith("selected/test/")]
+    for key in ("test/recall@20", "test/mrr@20", "test/n_predictions", "pop/test/recall@20", "val/mrr@20"):
+        assert metrics[key] == pytest.approx(topped_up[key], abs=1e-6)
+    assert metrics["selected_checkpoint"].endswith(Path(topped_up["selected_checkpoint"]).name)
 
 
 def test_top_up_trains_the_selected_network_on_the_validation_sessions_and_is_the_model_tested(topped_up, log):

@@ -50,7 +50,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     runs this; the test metrics are summed over all of them, and only the first process evaluates the rest and
     writes metrics.json. With a refit (`refit`, lstm_rec.jobs.auto.resolve_refit) a second, fresh network trains on
     all of data.train for the epochs the first one's validation chose, in the run's refit/ directory, and the test
-    metrics are its own (the first network's as selected/test/...).
+    metrics are its own (the first network's as selected/test/... with test_selected=true).
     """
     start = time.perf_counter()
     resume = cfg.get("init_from") is None
@@ -60,10 +60,12 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     test_ckpt = _checkpoint_to_test(trainer, cfg.test_ckpt)
     prior = choose_prior(cfg, trainer, model, datamodule, test_ckpt)  # prior=auto, before the test
     blend = choose_blend(cfg, trainer, model, datamodule, test_ckpt)  # blend=..., with the prior chosen
-    metrics: dict[str, Any] = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
+    refit = cfg.get("refit")  # resolved by _fit: True, TOP_UP or False
+    metrics: dict[str, Any] = {}
+    if not (refit is True or refit == TOP_UP) or cfg.get("test_selected", False):  # a refit or top-up is the model
+        metrics = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
     if not trainer.is_global_zero:
         return metrics
-    refit = cfg.get("refit")  # resolved by _fit: True, TOP_UP or False
     # A refit tests (and ranks popularity on) its own data; a top-up keeps this network's popularity figures.
     metrics |= _validation_and_popularity(model, datamodule, test=refit is not True)
     if datamodule.valid_sessions is not None:  # a run with nothing held out (unvalidated) has none
@@ -149,7 +151,7 @@ def _refit(
     """A fresh network, the same config and seed, on all of data.train (the validation sessions too) for `epochs`,
     in <run>/refit/, tested on its last epoch; with `prior` (prior=auto's choice) and `blend` (the kNN blend's) the
     chosen prior and blend are made from all of data.train. Returns the metrics: the refit's test metrics and
-    checkpoint; the selected network's validation metrics, and its test metrics as selected/test/..."""
+    checkpoint; the selected network's validation metrics, and its test metrics as selected/test/... (test_selected)."""
     out = Path(cfg.paths.output_dir) / "refit"
     log.info("refit: training a fresh network on all of data.train for %d epochs in %s", epochs, out)
     trainer, model, datamodule, checkpoint = _second_fit(cfg, "refit", epochs, {})
@@ -174,10 +176,10 @@ def _top_up(
     """The selected network trained `auto_refit.top_up_epochs` more epochs on the validation sessions alone (split off
     data.train, so far unseen in training), its optimizer's state carried (init_from with init_optimizer=carry: the
     rows it has learned take small steps, the items only those sessions hold learn at full speed), in <run>/top_up/,
-    tested on its last epoch on the test sessions the selected network was tested on. Returns the metrics: the
-    top-up's test metrics and checkpoint; the selected network's validation and popularity metrics, and its test
-    metrics as selected/test/... With `prior` (prior=auto's choice) and `blend` (the kNN blend's) the chosen prior and
-    blend are made from all of data.train."""
+    tested on its last epoch on the selected network's test sessions. Returns the metrics: the top-up's test metrics
+    and checkpoint; the selected network's validation and popularity metrics, and its test metrics as selected/test/...
+    (test_selected). With `prior` (prior=auto's choice) and `blend` (the kNN blend's) the chosen prior and blend are
+    made from all of data.train."""
     if selected["checkpoint"] is None:
         log.warning("top up: skipped, the run saved no checkpoint to continue; the tested network is the run's model")
         return selected
@@ -256,7 +258,8 @@ def _after_selected(
     name: str,
 ) -> dict[str, Any]:
     """The metrics of a run whose second fit `name` (refit, top_up) is its model: the second fit's test metrics and
-    checkpoint, the selected network's other metrics, its test metrics as selected/test/..., and both fits' seconds."""
+    checkpoint, the selected network's other metrics, its test metrics (if any) as selected/test/..., and both fits'
+    seconds."""
     kept = {k: v for k, v in selected.items() if not k.startswith("test/")}
     kept |= {f"selected/{k}": v for k, v in selected.items() if k.startswith("test/")}
     kept |= {"selected_checkpoint": selected["checkpoint"], "selected_train_seconds": selected["train_seconds"]}
