@@ -173,6 +173,15 @@ def test_without_test_selected_only_the_topped_up_network_ranks_the_test_alike(t
     assert metrics["selected_checkpoint"].endswith(Path(topped_up["selected_checkpoint"]).name)
 
 
+def test_a_top_up_without_a_checkpoint_to_continue_tests_the_selected_network(log, tmp_path):
+    # The top-up is skipped (nothing saved to continue from): the selected network is the model, and it is tested.
+    overrides = _overrides(log, "refit=top_up", "trainer.max_epochs=2", "callbacks.model_checkpoint=null")
+    metrics = train(compose_config("train", [*overrides, "+trainer.enable_checkpointing=false"], tmp_path / "run"))
+    assert metrics["checkpoint"] is None and "top_up_epochs" not in metrics
+    assert metrics["test/n_predictions"] == metrics["pop/test/n_predictions"] > 0
+    assert metrics["test/recall@20"] > metrics["pop/test/recall@20"]
+
+
 def test_top_up_trains_the_selected_network_on_the_validation_sessions_and_is_the_model_tested(topped_up, log):
     run = Path(topped_up["output_dir"])
     assert topped_up["checkpoint"] == str(run / "top_up" / "checkpoints" / "last.ckpt")

@@ -61,8 +61,10 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     prior = choose_prior(cfg, trainer, model, datamodule, test_ckpt)  # prior=auto, before the test
     blend = choose_blend(cfg, trainer, model, datamodule, test_ckpt)  # blend=..., with the prior chosen
     refit = cfg.get("refit")  # resolved by _fit: True, TOP_UP or False
+    # A refit, or a top-up of a saved checkpoint (_top_up), is the model tested: this network's test is extra.
+    replaced = refit is True or (refit == TOP_UP and test_ckpt is not None)
     metrics: dict[str, Any] = {}
-    if not (refit is True or refit == TOP_UP) or cfg.get("test_selected", False):  # a refit or top-up is the model
+    if not replaced or cfg.get("test_selected", False):
         metrics = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
     if not trainer.is_global_zero:
         return metrics
