@@ -453,7 +453,6 @@ def _rank_candidates(
     was_training = isinstance(scorer, nn.Module) and scorer.training
     if isinstance(scorer, nn.Module):
         scorer.eval()
-    k = min(max(ranking.ks), n_items)
     for batch in batches:
         batch = batch.to(ranking.device)
         inputs, is_target = batch[:, :-1], batch[:, 1:] > 0
@@ -463,18 +462,14 @@ def _rank_candidates(
         states, prefixes = scorer.encode(inputs)[is_target], Prefixes.of(inputs)[is_target]
         rows = max(1, min(ranking.max_scores, CHUNK_SCORES) // n_items)
         ranks: list[list[Tensor]] = [[] for _ in range(n_candidates)]
-        tops: list[list[Tensor]] = [[] for _ in range(n_candidates)]
         for begin in range(0, len(targets), rows):
             part = slice(begin, begin + rows)
             for i, scores in enumerate(scores_of(scorer.score(states[part]), prefixes[part])):
                 ranks[i].append(target_ranks(scores, targets[part], ranking.ties))
-                tops[i].append(scores.topk(k, dim=1).indices)
+        no_tops = targets.new_zeros(len(targets), 0).cpu()  # the metrics of a choice need no top lists
+        where = (column + 1).cpu(), lengths[row].cpu()
         for i in range(n_candidates):
-            parts[i].append(
-                RankedPredictions(
-                    torch.cat(ranks[i]).cpu(), torch.cat(tops[i]).cpu(), (column + 1).cpu(), lengths[row].cpu()
-                )
-            )
+            parts[i].append(RankedPredictions(torch.cat(ranks[i]).cpu(), no_tops, *where))
     if was_training:
         scorer.train()
     metrics = [metrics_of(RankedPredictions.concat(part), ranking.ks, "val/") for part in parts]

@@ -125,7 +125,8 @@ def rank_batch(
 
     Args:
         batch: (B, T) item indices, right-padded with 0.
-        k_max: length of the top lists kept for coverage and popularity bias.
+        k_max: length of the top lists kept for coverage and popularity bias; 0 keeps none (a choice on the
+            validation sessions computes neither, and finding the top items costs as much as ranking the target).
         max_scores: most scores held at once; rows are scored in chunks that fit.
     """
     return rank_batch_offsets(scorer, batch, [None], k_max, ties, max_scores)[0]
@@ -148,13 +149,14 @@ def rank_batch_offsets(
     where = column + 1, lengths[row]
     offsets = [None if o is None else o.to(batch.device) for o in offsets]
     k = min(k_max, scorer.n_items)
+    no_tops = targets.new_zeros(len(targets), 0)  # k_max=0: (N, 0) top lists
     shared = getattr(scorer, "shared_scores", None)
     if shared is not None:  # the same scores after every prefix: each item's rank once
         shared = shared.to(batch.device)
         ranked = []
         for offset in offsets:
             scores = shared if offset is None else shared + offset
-            top = scores.topk(k).indices.expand(len(targets), -1)
+            top = scores.topk(k).indices.expand(len(targets), -1) if k else no_tops
             ranked.append(RankedPredictions(item_ranks(scores, ties)[targets], top, *where))
         return ranked
     states = scorer.encode(inputs)[is_target]  # N states
@@ -166,7 +168,7 @@ def rank_batch_offsets(
         for i, offset in enumerate(offsets):
             scores = base if offset is None else base + offset
             ranks[i].append(target_ranks(scores, targets[begin : begin + rows], ties))
-            tops[i].append(scores.topk(k, dim=1).indices)
+            tops[i].append(scores.topk(k, dim=1).indices if k else no_tops[begin : begin + rows])
     return [RankedPredictions(torch.cat(r), torch.cat(t), *where) for r, t in zip(ranks, tops, strict=True)]
 
 

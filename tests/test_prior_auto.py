@@ -16,7 +16,7 @@ from lstm_rec.data import FileDataModule, Sessions
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, recent_item_counts, split_by_start_time
 from lstm_rec.data.synthetic import generate_events
-from lstm_rec.evaluation import Ranking, collect_ranks, collect_ranks_offsets, evaluate
+from lstm_rec.evaluation import Ranking, collect_ranks, collect_ranks_offsets, evaluate, metrics_of
 from lstm_rec.jobs.train import train
 from lstm_rec.prior import RecentPopularity, RecentPopularitySearch
 
@@ -192,3 +192,20 @@ def test_ranks_with_offsets_are_the_ranks_of_the_offset_scores(shared):
     # By hand, with the second offset: items 2 (5.5), 1 (5), 4 (3), 3 (1); pessimistic ties.
     assert ranked[1].ranks.tolist() == [1.0, 4.0, 3.0, 4.0, 2.0, 1.0]  # targets 2, 3, 4; 3; 1, 2
     assert ranked[1].top_items[0].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_ranks_without_top_lists_are_the_same_ranks(shared):
+    # k_max=0 (the choices on the validation sessions, whose metrics need only the target's rank) keeps no top lists
+    # and ranks every target as k_max=2 does; Recall, MRR and NDCG come out the same.
+    counts = np.array([5, 3, 1, 3])
+    scorer = Popularity(counts) if shared else FixedScores(counts.tolist())
+    offsets = [None, torch.tensor([0.0, 2.5, 0.0, 0.0])]
+    batches = [torch.tensor([[1, 2, 3, 4], [4, 3, 0, 0]]), torch.tensor([[2, 1, 2, 0]])]
+    with_tops = collect_ranks_offsets(scorer, batches, offsets, k_max=2)
+    without = collect_ranks_offsets(scorer, batches, offsets, k_max=0)
+    for full, bare in zip(with_tops, without, strict=True):
+        torch.testing.assert_close(bare.ranks, full.ranks)
+        assert bare.top_items.shape == (6, 0)
+        assert metrics_of(bare, [1, 3], "val/") == metrics_of(full, [1, 3], "val/")
+    assert without[1].ranks.tolist() == [1.0, 4.0, 3.0, 4.0, 2.0, 1.0]  # by hand, as in the test above
