@@ -239,6 +239,49 @@ def add_terms(scores: Tensor, terms: tuple[Tensor, Tensor, Tensor], weight: floa
     return flat.view(scores.shape)
 
 
+class BestScores:
+    """Each row's `k` + 1 best scores of a base, found once for all the candidates on it (one chunk's)."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.base, self.values = k, None, None
+
+    def of(self, base: Tensor) -> Tensor | None:
+        """(rows, k + 1) best scores of `base`, in descending order; None where they cannot decide a rank: a catalog
+        of at most k + 1 items, or a NaN score (topk puts NaN first, so a row with one has it among its best)."""
+        if self.base is not base:
+            values = base.topk(self.k + 1, dim=1).values if self.k + 1 < base.shape[1] else None
+            self.base, self.values = base, None if values is None or bool(values.isnan().any()) else values
+        return self.values
+
+
+def candidate_ranks(candidate: Candidate, targets: Tensor, ties: str, best: BestScores) -> Tensor:
+    """The pessimistic rank of each target under a candidate's scores (base + weight * terms) without making those
+    scores: exact up to best.k, and some number above best.k beyond it (best.k + 1 where the base alone decides). A
+    rank needs only how many base scores reach the target's, which the base's k + 1 best decide whenever the rank is
+    within k, and how the terms' few entries change that count. Terms that lower scores (weight < 0), another tie
+    policy or a base that BestScores cannot use ranks the candidate's full scores (target_ranks)."""
+    base, terms, weight = candidate
+    top = best.of(base) if ties == "pessimistic" and weight >= 0 else None
+    if top is None:
+        return target_ranks(base if terms is None else add_terms(base, terms, weight), targets, ties)
+    n_items = base.shape[1]
+    target = base.gather(1, targets[:, None])[:, 0]
+    if terms is not None:
+        rows, columns, values = terms
+        before = base[rows, columns]
+        after = before + weight * values.to(base.device, base.dtype)  # as add_terms computes them
+        is_target = columns == targets[rows]
+        target = target.index_put((rows[is_target],), after[is_target])
+    # Base scores at or above the target's: exact when the target's score beats the (k + 1)-th best, else > k.
+    counted = (top >= target[:, None]).sum(dim=1)
+    if terms is not None:  # the terms' entries: counted by their new scores in place of their base scores
+        change = (after >= target[rows]).to(counted.dtype) - (before >= target[rows]).to(counted.dtype)
+        counted = counted.index_add(0, rows, change)
+    # Below the (k + 1)-th best the base alone counts k + 1, and terms that only raise scores count no fewer.
+    ranks = torch.where(target > top[:, -1], counted, best.k + 1).double()
+    return torch.where(target.isnan(), float(n_items), ranks)
+
+
 @dataclass
 class BlendStates:
     """The network's states and the kNN's prefixes, indexed alike."""
@@ -346,12 +389,12 @@ class KNNBlendSearch:
         # The candidates: (variant, weight); no blend first.
         candidates = [(0, 0.0)] + [(v, w) for v in range(len(blends)) for w in self.weights]
 
-        def scores_of(base: Tensor, prefixes: Prefixes) -> Iterator[Tensor]:
+        def scores_of(base: Tensor, prefixes: Prefixes) -> Iterator[Candidate]:
             if repeat is not None:
                 base = add_terms(base, repeat_terms(prefixes, repeat.shape), repeat.weight)
             terms = [blend.terms(prefixes) for blend in blends]
             for variant, weight in candidates:
-                yield base if weight == 0 else add_terms(base, terms[variant], weight)
+                yield (base, None, 0.0) if weight == 0 else (base, terms[variant], weight)
 
         metrics = _rank_candidates(scorer, n_items, batches, scores_of, len(candidates), ranking)
         table = []
@@ -406,12 +449,12 @@ class KNNBlendSearch:
             return None, []
         candidates = [None] + [RepeatBonus(shape, w) for shape in self.repeat_shapes for w in self.repeat_weights]
 
-        def scores_of(base: Tensor, prefixes: Prefixes) -> Iterator[Tensor]:
+        def scores_of(base: Tensor, prefixes: Prefixes) -> Iterator[Candidate]:
             if blend is not None:
                 base = add_terms(base, blend.terms(prefixes), blend.weight)
             terms = {shape: repeat_terms(prefixes, shape) for shape in self.repeat_shapes}
             for bonus in candidates:
-                yield base if bonus is None else add_terms(base, terms[bonus.shape], bonus.weight)
+                yield (base, None, 0.0) if bonus is None else (base, terms[bonus.shape], bonus.weight)
 
         metrics = _rank_candidates(scorer, n_items, batches, scores_of, len(candidates), ranking)
         table = [
@@ -439,16 +482,23 @@ class BlendChoice:
     first: tuple[float, dict[str, Any]]
 
 
+# A candidate's scores: a base (rows, n_items) plus `weight` times sparse terms (rows, columns, values) as add_terms
+# adds them; (base, None, 0.0) is the base alone.
+Candidate = tuple[Tensor, tuple[Tensor, Tensor, Tensor] | None, float]
+
+
 def _rank_candidates(
     scorer: Any,
     n_items: int,
     batches: Iterable[Tensor],
-    scores_of: Callable[[Tensor, Prefixes], Iterator[Tensor]],
+    scores_of: Callable[[Tensor, Prefixes], Iterator[Candidate]],
     n_candidates: int,
     ranking: Ranking,
 ) -> list[dict[str, float]]:
     """The validation metrics of each candidate whose scores `scores_of` yields (in order) from the scorer's scores
-    and the prefixes of a chunk of predictions: the network's states are computed once per batch."""
+    and the prefixes of a chunk of predictions: the network's states are computed once per batch, and each base's
+    best scores once per chunk (candidate_ranks). The metrics are at ranking.ks only: a rank above max(ks) is some
+    number above it."""
     parts: list[list[RankedPredictions]] = [[] for _ in range(n_candidates)]
     was_training = isinstance(scorer, nn.Module) and scorer.training
     if isinstance(scorer, nn.Module):
@@ -463,9 +513,9 @@ def _rank_candidates(
         rows = max(1, min(ranking.max_scores, CHUNK_SCORES) // n_items)
         ranks: list[list[Tensor]] = [[] for _ in range(n_candidates)]
         for begin in range(0, len(targets), rows):
-            part = slice(begin, begin + rows)
-            for i, scores in enumerate(scores_of(scorer.score(states[part]), prefixes[part])):
-                ranks[i].append(target_ranks(scores, targets[part], ranking.ties))
+            part, best = slice(begin, begin + rows), BestScores(max(ranking.ks))
+            for i, candidate in enumerate(scores_of(scorer.score(states[part]), prefixes[part])):
+                ranks[i].append(candidate_ranks(candidate, targets[part], ranking.ties, best))
         no_tops = targets.new_zeros(len(targets), 0).cpu()  # the metrics of a choice need no top lists
         where = (column + 1).cpu(), lengths[row].cpu()
         for i in range(n_candidates):

@@ -11,13 +11,24 @@ from test_train import file_overrides
 
 from conftest import compose_config
 from lstm_rec.baselines.prefixes import Prefixes
-from lstm_rec.blend import KNN_SETTINGS, BlendScorer, KNNBlend, KNNBlendSearch, RepeatBonus, joined
+from lstm_rec.blend import (
+    KNN_SETTINGS,
+    BestScores,
+    BlendScorer,
+    KNNBlend,
+    KNNBlendSearch,
+    RepeatBonus,
+    add_terms,
+    candidate_ranks,
+    joined,
+)
 from lstm_rec.checkpoint import CHECKPOINT_KEY, CheckpointError, load_network, read_checkpoint
 from lstm_rec.data import FileDataModule, Sessions
 from lstm_rec.data.sessions import NoClickTimesError
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.evaluation import Ranking, evaluate
 from lstm_rec.jobs.train import train
+from lstm_rec.metrics import target_ranks
 from lstm_rec.serving.export import export
 from lstm_rec.serving.recommender import Recommender
 
@@ -510,3 +521,52 @@ def test_a_fixed_repeat_bonus_alone_is_taken_as_given(timed_files, tmp_path):
     blend = load_network(metrics["checkpoint"]).blend
     assert metrics["blend_repeat"] == {"shape": "last", "weight": 1.5}
     assert (blend.weight, blend.repeat) == (0.0, RepeatBonus("last", 1.5))
+
+
+def sparse_terms(n_rows: int, n_items: int, per_row: int, generator: torch.Generator) -> tuple:
+    """Terms as the blend's and the repeat bonus's are: distinct columns within a row, values >= 0."""
+    columns = torch.stack([torch.randperm(n_items, generator=generator)[:per_row] for _ in range(n_rows)])
+    rows = torch.arange(n_rows).repeat_interleave(per_row)
+    values = torch.randint(0, 4, (n_rows * per_row,), generator=generator).float() / 2  # 0, 0.5, 1, 1.5: ties
+    return rows, columns.reshape(-1), values
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0, -1.0])
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic", "mean"])
+def test_candidate_ranks_are_the_ranks_of_the_candidates_full_scores_up_to_k(weight, ties):
+    # Scores on a coarse grid tie often; every target is inside its row's terms in half the rows. The ranks must be
+    # target_ranks' of base + weight * terms (as add_terms makes them) wherever that is within k, and above k where
+    # it is above k.
+    generator = torch.Generator().manual_seed(7)
+    n_rows, n_items, k = 120, 50, 10
+    base = torch.randint(0, 40, (n_rows, n_items), generator=generator).float() / 4
+    terms = sparse_terms(n_rows, n_items, 8, generator)
+    targets = torch.randint(0, n_items, (n_rows,), generator=generator)
+    targets[::2] = terms[1].reshape(n_rows, 8)[::2, 0]  # the target among the terms' columns
+    candidate = (base, None if weight == 0 else terms, weight)
+    got = candidate_ranks(candidate, targets, ties, BestScores(k))
+    full = base if weight == 0 else add_terms(base, terms, weight)
+    expected = target_ranks(full, targets, ties)
+    within = expected <= k
+    assert within.sum() >= 20 and (~within).sum() >= 20  # both cases are exercised
+    torch.testing.assert_close(got[within], expected[within])
+    assert (got[~within] > k).all()
+    if ties != "pessimistic" or weight < 0:  # the full scores are ranked: every rank is exact
+        torch.testing.assert_close(got, expected)
+
+
+def test_candidate_ranks_by_hand_and_with_nan_scores():
+    # Row 0: base [3, 1, 2, 0], target item 1 (score 1), terms +2.5 on item 1 and +1 on item 3 -> [3, 3.5, 2, 1]:
+    # rank 1. Row 1: base [0, 4, 4, 1], target item 3, terms +3 on item 3 -> 4: pessimistic rank 3 (4, 4, 4).
+    base = torch.tensor([[3.0, 1.0, 2.0, 0.0], [0.0, 4.0, 4.0, 1.0]])
+    terms = (torch.tensor([0, 0, 1]), torch.tensor([1, 3, 3]), torch.tensor([2.5, 1.0, 3.0]))
+    targets = torch.tensor([1, 3])
+    assert candidate_ranks((base, terms, 1.0), targets, "pessimistic", BestScores(2)).tolist() == [1.0, 3.0]
+    assert candidate_ranks((base, terms, 1.0), targets, "pessimistic", BestScores(1)).tolist() == [1.0, 2.0]
+    assert candidate_ranks((base, None, 0.0), targets, "pessimistic", BestScores(2)).tolist() == [3.0, 3.0]
+    # A NaN score anywhere in the base: the full scores are ranked, as target_ranks does (a NaN target: n_items).
+    base[1, 0] = math.nan
+    got = candidate_ranks((base, terms, 1.0), targets, "pessimistic", BestScores(2))
+    assert got.tolist() == target_ranks(add_terms(base, terms, 1.0), targets).tolist() == [1.0, 3.0]
+    base[0, 1] = math.nan
+    assert candidate_ranks((base, None, 0.0), targets, "pessimistic", BestScores(2)).tolist() == [4.0, 3.0]
