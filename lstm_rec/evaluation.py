@@ -126,7 +126,7 @@ def rank_batch(
     Args:
         batch: (B, T) item indices, right-padded with 0.
         k_max: length of the top lists kept for coverage and popularity bias; 0 keeps none (a choice on the
-            validation sessions computes neither, and finding the top items costs as much as ranking the target).
+            validation sessions computes neither, and finding the top items costs more than ranking the target).
         max_scores: most scores held at once; rows are scored in chunks that fit.
     """
     return rank_batch_offsets(scorer, batch, [None], k_max, ties, max_scores)[0]

@@ -156,7 +156,7 @@ class RecentPopularitySearch:
             candidates += [ItemPrior.from_counts(counts, weight, hours) for weight in self.weights]
         offsets = [None if c is None else c.scores for c in candidates]
         ks, device = ranking.ks, ranking.device
-        # Recall, MRR and NDCG need only the target's rank: no top lists (k_max 0), which cost as much again.
+        # Recall, MRR and NDCG need only the target's rank: no top lists (k_max 0), which cost more than the ranks.
         ranked = collect_ranks_offsets(scorer, batches, offsets, 0, ranking.ties, device, ranking.max_scores)
         table = []
         for candidate, predictions in zip(candidates, ranked, strict=True):
