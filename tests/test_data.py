@@ -8,7 +8,7 @@ import torch
 from conftest import write_events
 from lstm_rec.data import FileDataModule, ItemIndex, SyntheticDataModule
 from lstm_rec.data.batching import LengthGroupedBatchSampler, SessionBatches, session_windows
-from lstm_rec.data.io import DataFileError, read_events
+from lstm_rec.data.io import DataFileError, read_events, time_unit_of
 from lstm_rec.data.sessions import Sessions, recent_item_counts, split_by_start_time, to_sessions
 from lstm_rec.data.synthetic import generate_events
 
@@ -336,3 +336,75 @@ def test_validation_can_take_a_fixed_sample_of_sessions():
     assert sessions.session(1).tolist() == datamodule.valid_sessions.session(0).tolist()
     with pytest.raises(ValueError, match=r"data\.valid_sample must be a positive number"):
         SyntheticDataModule(valid_sample=0)
+
+
+# Unix seconds of April 2015 (retailrocket-sessions' time): session 1 spans 100 s, session 2 ten hours.
+SECONDS_ROWS = [(1, 5, 1430438490.0), (1, 6, 1430438590.0), (2, 5, 1430438500.0), (2, 7, 1430474500.0)]
+
+
+@pytest.mark.parametrize(("unit", "per_second"), [("ms", 10**3), ("us", 10**6), ("ns", 10**9)])
+def test_unix_times_in_a_finer_unit_are_read_as_seconds_and_logged(tmp_path, caplog, unit, per_second):
+    seconds = read_events(write_events(tmp_path / "s.parquet", SECONDS_ROWS), "data.train")
+    rows = [(session, item, int(time) * per_second) for session, item, time in SECONDS_ROWS]
+    with caplog.at_level(logging.INFO):
+        finer = read_events(write_events(tmp_path / f"{unit}.parquet", rows), "data.train")
+    assert finer["time"].tolist() == seconds["time"].tolist()  # the same seconds, exactly
+    assert (seconds.attrs["time_unit"], finer.attrs["time_unit"]) == ("s", unit)
+    assert f"read as {unit}" in caplog.text and "data.time_unit=auto" in caplog.text
+    assert "set data.time_unit=s" in caplog.text
+    # Session 2's ten hours are not "more than a day" (86,400 s) as 36,000,000 ms would be: no reuse warning.
+    assert "span more than" not in caplog.text
+
+
+def test_time_unit_by_the_median_size():
+    assert time_unit_of(np.array([0.0, 5.0, 1e9])) == "s"  # seconds since the log began, or Unix seconds
+    assert time_unit_of(np.array([1.43e12, 1.43e12, 7.0])) == "ms"  # one odd row does not decide
+    assert time_unit_of(np.array([1.43e15])) == "us" and time_unit_of(np.array([1.43e18])) == "ns"
+    assert time_unit_of(np.array([9.9e10])) == "s" and time_unit_of(np.array([1e11])) == "ms"
+
+
+def test_a_named_time_unit_is_taken_as_given(tmp_path, caplog):
+    path = write_events(tmp_path / "x.tsv", ROWS)  # times 10-30
+    with caplog.at_level(logging.INFO):
+        events = read_events(path, "data.train", time_unit="ms")
+    assert events["time"].tolist() == [0.010, 0.011, 0.012, 0.021, 0.022, 0.030]
+    assert "read as" not in caplog.text  # named, not guessed: nothing to say
+    large = write_events(tmp_path / "large.tsv", [(1, "a", 1.43e12), (1, "b", 1.43e12 + 5)])
+    assert read_events(large, "data.train", time_unit="s")["time"].tolist() == [1.43e12, 1.43e12 + 5]
+
+
+def test_an_unknown_time_unit_is_an_error_naming_the_key(tmp_path):
+    path = write_events(tmp_path / "x.tsv", ROWS)
+    with pytest.raises(ValueError, match=r"data\.time_unit must be one of \['auto', 's', 'ms', 'us', 'ns'\].*'min'"):
+        read_events(path, "data.train", time_unit="min")
+    with pytest.raises(ValueError, match=r"^time_unit must be one of"):
+        read_events(path, "input", time_unit="hours", unit_key="time_unit")
+    with pytest.raises(ValueError, match=r"data\.time_unit must be one of"):
+        FileDataModule(train=str(path), test=str(path), time_unit="minutes")
+
+
+def test_timestamp_columns_keep_their_own_unit_whatever_time_unit_says(tmp_path):
+    frame = pd.DataFrame(
+        {"SessionId": [1, 1], "ItemId": [5, 6], "Time": pd.to_datetime(["2015-05-01 00:00:00", "2015-05-01 00:00:10"])}
+    )
+    frame.to_parquet(tmp_path / "x.parquet")
+    for unit in ("auto", "ms"):
+        events = read_events(tmp_path / "x.parquet", "data.train", time_unit=unit)
+        assert events["time"].tolist() == [1430438400.0, 1430438410.0] and events.attrs["time_unit"] is None
+
+
+def test_files_in_milliseconds_train_as_the_same_files_in_seconds(tmp_path, caplog):
+    rows = [(s, 1 + (s + i) % 7, 1430438490 + 3600 * s + 60 * i) for s in range(1, 40) for i in range(4)]
+    seconds = write_events(tmp_path / "s.parquet", rows)
+    ms = write_events(tmp_path / "ms.parquet", [(s, i, t * 1000) for s, i, t in rows])
+    plain = FileDataModule(train=str(seconds), test=str(seconds), batch_size=8)
+    plain.setup("fit")
+    finer = FileDataModule(train=str(ms), test=str(seconds), batch_size=8)
+    with caplog.at_level(logging.INFO):
+        finer.setup("fit")
+    for name in ("train_sessions", "valid_sessions", "test_sessions"):
+        assert getattr(finer, name).times.tolist() == getattr(plain, name).times.tolist()
+    # The prior's window in hours: the same clicks in the last 8 hours.
+    counts = [recent_item_counts([m.train_sessions], m.n_items, 8 * 3600.0)[0].tolist() for m in (plain, finer)]
+    assert counts[0] == counts[1] and sum(counts[0]) > 0
+    assert "different units (data.train in ms, data.test in s)" in caplog.text

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY_RECIPE
+from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import SESSION, TIME
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.evaluation import RankedPredictions, prediction_targets, rank_batch
@@ -130,3 +131,22 @@ def test_replayed_days_follow_the_split_rule_at_the_boundary():
     # Day 1 fine-tuned with one replayed day: the initial part's last day, then day 1's sessions.
     window = _window(events[events[SESSION] <= 2], [last], 1, 1, day)
     assert sorted(window[SESSION].unique()) == [2, 3, 4]
+
+
+def test_a_log_in_milliseconds_is_cut_into_the_same_days_and_each_run_reads_its_files_in_seconds(tmp_path, monkeypatch):
+    import lstm_rec.jobs.train as train_module
+    from lstm_rec.jobs.fresh import _train
+
+    # The log's own numbers in ms: read_events takes them as seconds (data.time_unit=auto), so the days are 86,400 s.
+    events = pd.DataFrame({"SessionId": [1, 1, 2, 2, 3, 3], "ItemId": [1, 2, 2, 3, 1, 3], "Time": [0, 60, 1, 2, 3, 4]})
+    events["Time"] = (1_430_438_400 + 86_400 * (events["SessionId"] - 1) + events["Time"]) * 1000
+    events.to_parquet(tmp_path / "ms.parquet", index=False)
+    initial, days = split_days(read_events(tmp_path / "ms.parquet", "data"), n_days=2)
+    assert initial["session"].unique().tolist() == [1] and [d["session"].unique().tolist() for d in days] == [[2], [3]]
+    # The day files it writes hold those seconds: every run reads them as seconds, whatever the overrides say.
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg: seen.append(cfg) or {})
+    day = days[0].rename(columns={"session": "SessionId", "item": "ItemId", "time": "Time"})
+    day.to_parquet(tmp_path / "d.parquet", index=False)
+    _train("a", tmp_path / "d.parquet", tmp_path / "d.parquet", 1, ["data.time_unit=ms"], tmp_path, DAY_SECONDS)
+    assert seen[0].data.time_unit == "s"

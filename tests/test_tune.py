@@ -17,10 +17,13 @@ from omegaconf import OmegaConf
 from conftest import TINY, compose_config
 from lstm_rec.blend import KNN_SETTINGS, RepeatBonus
 from lstm_rec.checkpoint import load_network
+from lstm_rec.data.io import read_events
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.jobs.tune import (
     PruneTrial,
+    _final_config,
     _suggest,
+    _with,
     _workers,
     chosen_trial,
     final_epochs,
@@ -61,6 +64,30 @@ def test_without_a_validation_file_the_last_sessions_by_start_validate(log_files
     assert valid["SessionId"].nunique() == round(0.2 * everything["SessionId"].nunique())
     given = compose_config("tune", files(log_files, f"data.valid={log_files / 'test.parquet'}"), tmp_path)
     assert tuning_splits(given, tmp_path / "given")["valid"] == str(log_files / "test.parquet")
+
+
+def test_the_trials_read_the_written_splits_in_seconds_and_the_final_run_the_users_unit(log_files, tmp_path):
+    # The user's times in milliseconds: the split files hold seconds (read_events' times), which the trials must not
+    # divide again; the final run reads the user's data.train in the user's unit.
+    events = pd.read_parquet(log_files / "train.parquet")
+    events["Time"] = events["Time"] * 1000
+    events.to_parquet(tmp_path / "ms.parquet", index=False)
+    overrides = ["data=files", f"data.train={tmp_path / 'ms.parquet'}", f"data.test={log_files / 'test.parquet'}"]
+    for unit in ("auto", "ms"):
+        cfg = compose_config("tune", [*overrides, f"data.time_unit={unit}"], tmp_path / unit)
+        splits = tuning_splits(cfg, tmp_path / unit / "data")
+        trial = _with(cfg, {}, splits, tmp_path / unit / "trial")
+        assert trial.data.time_unit == "s"
+        read = lambda path, unit: read_events(path, "data.train", time_unit=unit)["time"]  # noqa: E731
+        seconds = pd.concat([read(splits["train"], "s"), read(splits["valid"], "s")]).sort_values()
+        assert seconds.tolist() == read(tmp_path / "ms.parquet", unit).sort_values().tolist()
+        best = SimpleNamespace(params={}, number=0, intermediate_values={0: 0.1}, user_attrs={"epochs": 1})
+        final = _final_config(cfg, best, splits, tmp_path / unit / "final", quiet=True)
+        assert (final.data.train, final.data.time_unit) == (str(tmp_path / "ms.parquet"), unit)
+    # With the user's own validation file, every file is the user's, in the user's unit.
+    given = compose_config("tune", [*overrides, "data.time_unit=ms", f"data.valid={tmp_path / 'ms.parquet'}"], tmp_path)
+    splits = tuning_splits(given, tmp_path / "given")
+    assert _with(given, {}, splits, tmp_path / "given_trial").data.time_unit == "ms"
 
 
 def test_a_trial_is_stopped_when_the_pruner_says_so_or_the_time_is_up():

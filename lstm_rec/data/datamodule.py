@@ -22,7 +22,7 @@ from lstm_rec.data.batching import (
     check_steps_per_batch,
     resolve_batching,
 )
-from lstm_rec.data.io import read_events
+from lstm_rec.data.io import check_time_unit, read_events
 from lstm_rec.data.quality import DEFAULT_REUSE_GAP
 from lstm_rec.data.sessions import ITEM, SESSION, ItemIndex, Sessions, split_by_start_time, to_sessions
 from lstm_rec.data.synthetic import generate_events
@@ -280,7 +280,8 @@ class FileDataModule(SessionDataModule):
     """Sessions from the user's click logs: CSV, TSV or Parquet, picked by extension.
 
     Exact duplicate rows, and sessions that span more than `reuse_gap` seconds (null: not counted), are
-    counted and logged as warnings: the loader keeps them as they are.
+    counted and logged as warnings: the loader keeps them as they are. Numeric times are in `time_unit` (s, ms, us,
+    ns), or auto: each file's by the numbers' size (lstm_rec.data.io.time_unit_of), logged when not seconds.
     """
 
     def __init__(
@@ -293,22 +294,32 @@ class FileDataModule(SessionDataModule):
         time_col: str = "Time",
         sep: str | None = None,
         reuse_gap: float | None = DEFAULT_REUSE_GAP,
+        time_unit: str = "auto",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        check_time_unit(time_unit)
         self.paths = {"train": train, "valid": valid, "test": test}
         self.columns = {"session_col": session_col, "item_col": item_col, "time_col": time_col, "sep": sep}
         self.reuse_gap = reuse_gap
+        self.time_unit = time_unit
 
     def load_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
         if self.paths["test"] is None:
             raise ValueError("data.test is not set: training and evaluation end with a test; set data.test=PATH")
-        options = {**self.columns, "reuse_gap": self.reuse_gap}
+        options = {**self.columns, "reuse_gap": self.reuse_gap, "time_unit": self.time_unit}
         frames = {
             name: None if path is None else read_events(Path(path), f"data.{name}", **options)
             for name, path in self.paths.items()
         }
         self.sources = {name: f"data.{name} '{path}'" for name, path in self.paths.items() if path is not None}
+        units = {name: frame.attrs.get("time_unit") for name, frame in frames.items() if frame is not None}
+        if len({unit for unit in units.values() if unit is not None}) > 1:
+            log.warning(
+                "data.time_unit=auto read the files' numeric times in different units (%s): each file is in its own "
+                "unit by the size of its numbers; set data.time_unit to one unit if they share it",
+                ", ".join(f"data.{name} in {unit}" for name, unit in units.items() if unit is not None),
+            )
         return frames["train"], frames["valid"], frames["test"]
 
 

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
+# Numeric times: units per second. auto tells Unix seconds, milliseconds, microseconds and nanoseconds apart by size.
+TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+# Unix seconds below this are before the year 5138: larger numbers are read as a finer unit (below 1e14 ms, ...).
+SECONDS_BELOW = 1e11
 # Canonical decimal integers that may fit int64: text ids like these become integers when all of a column are.
 INTEGER_ID = r"^(0|-?[1-9][0-9]{0,18})$"
 
@@ -25,7 +29,7 @@ SPLIT_HINT = (
     "dataset.reader.session_col=null dataset.reader.user_col={session_col} dataset.reader.session_gap=SECONDS"
 )
 
-__all__ = ["DataFileError", "file_format", "is_id_type", "read_events"]
+__all__ = ["TIME_UNITS", "DataFileError", "check_time_unit", "file_format", "is_id_type", "read_events", "time_unit_of"]
 
 
 def file_format(path: Path) -> str:
@@ -44,8 +48,10 @@ def read_events(
     time_col: str = "Time",
     sep: str | None = None,
     reuse_gap: float | None = DEFAULT_REUSE_GAP,
+    time_unit: str = "auto",
+    unit_key: str = "data.time_unit",
 ) -> pd.DataFrame:
-    """Read one click log into columns session, item, time, sorted by session then time.
+    """Read one click log into columns session, item, time (float seconds), sorted by session then time.
 
     Args:
         path: a .csv, .tsv/.txt (optionally compressed) or .parquet file.
@@ -53,7 +59,12 @@ def read_events(
         sep: column separator of a text file; None picks it from the extension.
         reuse_gap: seconds; sessions spanning more are counted and logged (None: not counted), as are
             exact duplicate rows.
+        time_unit: the unit of numeric times: s, ms, us or ns, or auto (time_unit_of: by their size; logged when
+            not seconds). Timestamp and date columns carry their own unit. The frame's ``attrs["time_unit"]`` holds
+            the unit the numbers were read in (None for a timestamp column).
+        unit_key: the config key that set `time_unit`, named in errors and in the log.
     """
+    check_time_unit(time_unit, unit_key)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{role}: no file at '{path}'; set {role}=PATH to an existing click log")
@@ -72,13 +83,31 @@ def read_events(
         raise DataFileError(f"{role}: '{path}' has no rows")
     frame = frame.rename(columns={session_col: SESSION, item_col: ITEM, time_col: TIME})
     _check_missing(frame, path, role, {SESSION: session_col, ITEM: item_col, TIME: time_col})
-    frame[TIME] = _numeric_time(frame[TIME], path, role, time_col)
+    frame[TIME], unit = _numeric_time(frame[TIME], path, role, time_col, time_unit, unit_key)
     log.info("%s: read %d rows from %s", role, len(frame), path)
     frame = frame if _is_sorted(frame) else sort_events(frame)
     columns = (frame[SESSION].to_numpy(), frame[ITEM].to_numpy(), frame[TIME].to_numpy())
     hint = SPLIT_HINT.format(session_col=session_col)
     log_merged(count_merged(*columns, reuse_gap), f"{role} '{path}'", reuse_gap, hint)
+    frame.attrs["time_unit"] = unit
     return frame
+
+
+def check_time_unit(time_unit: str, key: str = "data.time_unit") -> None:
+    if time_unit != "auto" and time_unit not in TIME_UNITS:
+        units = ["auto", *TIME_UNITS]
+        raise ValueError(f"{key} must be one of {units} (the unit of numeric times), got {time_unit!r}")
+
+
+def time_unit_of(times: np.ndarray) -> str:
+    """The unit that makes numeric times Unix seconds, by their size: the median magnitude below 1e11 is seconds
+    (before the year 5138), below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds. Times counted from
+    another origin (seconds since the log began, ...) are small, so they read as seconds."""
+    magnitude = float(np.median(np.abs(times))) if len(times) else 0.0
+    for unit, per_second in TIME_UNITS.items():
+        if magnitude < SECONDS_BELOW * per_second:
+            return unit
+    return "ns"
 
 
 def _is_sorted(frame: pd.DataFrame) -> bool:
@@ -208,18 +237,22 @@ def _check_missing(frame: pd.DataFrame, path: Path, role: str, names: dict[str, 
             )
 
 
-def _numeric_time(times: pd.Series, path: Path, role: str, name: str) -> pd.Series:
-    """Times as float seconds: numbers pass, datetimes become Unix seconds, anything else is an error."""
+def _numeric_time(
+    times: pd.Series, path: Path, role: str, name: str, time_unit: str = "s", unit_key: str = "data.time_unit"
+) -> tuple[pd.Series, str | None]:
+    """Times as float seconds, and the unit of the numbers read (None for datetimes, which become Unix seconds):
+    numbers are in `time_unit` (auto: time_unit_of), anything else is an error."""
     if pd.api.types.is_datetime64_any_dtype(times):  # any unit; with a time zone, as UTC
         stamps = times.dt.tz_convert(None) if times.dt.tz is not None else times
-        return (stamps - pd.Timestamp(0)).dt.total_seconds()
+        return (stamps - pd.Timestamp(0)).dt.total_seconds(), None
     if pd.api.types.is_bool_dtype(times) or pd.api.types.infer_dtype(times, skipna=True) == "boolean":
         numbers = pd.Series(np.nan, index=times.index)  # True is not a time, whatever numpy says
     elif pd.api.types.is_numeric_dtype(times):
         numbers = times if times.dtype == np.float64 else times.astype(np.float64)  # no copy of float seconds
     else:
         numbers = pd.to_numeric(times, errors="coerce")
-    bad = ~np.isfinite(numbers.to_numpy(np.float64))
+    values = numbers.to_numpy(np.float64)
+    bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         value = times.iloc[row].item() if isinstance(times.iloc[row], np.generic) else times.iloc[row]
@@ -227,4 +260,17 @@ def _numeric_time(times: pd.Series, path: Path, role: str, name: str) -> pd.Seri
             f"{role}: column '{name}' of '{path}' must hold finite numeric times (e.g. Unix seconds); "
             f"data row {row + 1} has {value!r}; set data.time_col to the right column"
         )
-    return numbers if numbers.dtype == np.float64 else numbers.astype(np.float64)
+    numbers = numbers if numbers.dtype == np.float64 else numbers.astype(np.float64)
+    unit = time_unit_of(values) if time_unit == "auto" else time_unit
+    if time_unit == "auto" and unit != "s":
+        magnitude = float(np.median(np.abs(values)))
+        year = 1970 + magnitude / 31_556_952
+        log.info(
+            "%s: column '%s' holds numbers around %.3g, as Unix seconds the year %.0f: read as %s, Unix %s "
+            "(%s=auto; set %s=s to read them as seconds)",
+            role, name, magnitude, year, unit, _UNIT_NAMES[unit], unit_key, unit_key,
+        )  # fmt: skip
+    return (numbers if unit == "s" else numbers / TIME_UNITS[unit]), unit
+
+
+_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}

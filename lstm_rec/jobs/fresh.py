@@ -184,7 +184,9 @@ def _train(
     valid = train.with_suffix(".valid.parquet")
     frame[frame["Time"] >= frame["Time"].max() - day_seconds].to_parquet(valid, index=False)
     data = [f"data.train={train}", f"data.valid={valid}", f"data.test={test}", f"trainer.max_epochs={epochs}"]
-    cfg = load_config("train", [*RUN, *data, *overrides], output_dir=str(output_dir / "runs" / name))
+    # The day files hold seconds (read_events' times), whatever unit the log's numbers were in.
+    run = [*RUN, *data, *overrides, "data.time_unit=s"]
+    cfg = load_config("train", run, output_dir=str(output_dir / "runs" / name))
     log.info("training %s on %s for %d epochs", name, train.name, epochs)
     return train_job(cfg)
 

@@ -28,7 +28,10 @@ def recommend_job(cfg: DictConfig) -> pd.DataFrame:
     if cfg["items"] is not None:
         items = list(cfg["items"]) if isinstance(cfg["items"], ListConfig) else [cfg["items"]]
         return _table([("", None, rec.recommend(items, cfg.k, cfg.exclude_seen))])
-    events = read_events(Path(cfg.input), "input", cfg.session_col, cfg.item_col, cfg.time_col, cfg.sep)
+    events = read_events(
+        Path(cfg.input), "input", cfg.session_col, cfg.item_col, cfg.time_col, cfg.sep,
+        time_unit=cfg.get("time_unit", "auto"), unit_key="time_unit",
+    )  # fmt: skip
     known = rec.item_index.lookup(events[ITEM]) > 0  # most rows unknown stops the job, not a fallback per session
     check_known(f"input '{cfg.input}'", events[ITEM].to_numpy(), known, rec.item_index.ids)
     table = recommend_events(rec, events, cfg.k, cfg.exclude_seen, cfg.per_position, cfg.batch_size)

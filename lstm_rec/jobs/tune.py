@@ -326,20 +326,25 @@ def quiet_optuna() -> Iterator[None]:
 
 def tuning_splits(cfg: DictConfig, folder: Path) -> dict[str, str]:
     """The files the search trains and validates on, and all the training data for the final run. Without
-    data.valid, the sessions of data.train that start last (tune's valid_fraction) validate."""
+    data.valid, the sessions of data.train that start last (tune's valid_fraction) validate: they and the rest are
+    written to `folder` with their times in seconds, which "time_unit" names for the trials (the final run reads
+    data.train in data.time_unit)."""
     data = cfg.data
     if data.get("train") is None or data.get("test") is None:
         raise ValueError("tuning needs data=files with data.train=PATH and data.test=PATH (data.valid=PATH optional)")
     if data.get("valid") is not None:
         return {"train": data.train, "valid": data.valid, "full": data.train}
-    events = read_events(Path(data.train), "data.train", data.session_col, data.item_col, data.time_col, data.sep)
+    events = read_events(
+        Path(data.train), "data.train", data.session_col, data.item_col, data.time_col, data.sep,
+        time_unit=data.get("time_unit", "auto"),
+    )  # fmt: skip
     tr, valid = split_by_start_time(events, cfg.valid_fraction, "tuning validation")
     folder.mkdir(parents=True, exist_ok=True)
     names = {SESSION: data.session_col, ITEM: data.item_col, TIME: data.time_col}
     paths = {"train": str(folder / "train_tr.parquet"), "valid": str(folder / "train_valid.parquet")}
     tr.rename(columns=names).to_parquet(paths["train"], index=False)
     valid.rename(columns=names).to_parquet(paths["valid"], index=False)
-    return paths | {"full": data.train}
+    return paths | {"full": data.train, "time_unit": "s"}
 
 
 def _defaults(cfg: DictConfig) -> dict[str, Any]:
@@ -408,6 +413,8 @@ def _with(cfg: DictConfig, values: dict[str, Any], splits: dict[str, str], outpu
     for key, value in values.items():
         OmegaConf.update(trial_cfg, key, value, merge=False)
     data = {"data.train": splits["train"], "data.valid": splits["valid"], "data.test": splits["valid"]}
+    if "time_unit" in splits:  # the split files' unit (seconds), whatever the user's files were in
+        data["data.time_unit"] = splits["time_unit"]
     # Trials validate on the tuning split; the final run already trains on all of the training data: no refit.
     for key, value in (data | {"paths.output_dir": str(output_dir), "test_ckpt": "best", "refit": False}).items():
         OmegaConf.update(trial_cfg, key, value, merge=False)
@@ -431,6 +438,8 @@ def _final_config(
     # Its data.train holds the search's validation sessions: it validates on nothing rather than on sessions it trains
     # on (whose val/ figures would flatter it), and its epochs come from the best trial.
     test = {"data.train": splits["full"], "data.test": cfg.data.test, "trainer.max_epochs": epochs, "test_ckpt": "last"}
+    if "time_unit" in splits:  # the user's files again
+        test["data.time_unit"] = cfg.data.get("time_unit", "auto")
     final = unvalidated(final, test)
     chosen = best.user_attrs.get("prior")
     if is_search(final.get("prior")):  # prior=auto: the best trial's choice, made from all the training data
