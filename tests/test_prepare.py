@@ -3,6 +3,7 @@ the loading of prepared files, and training on them with data=files."""
 
 import gzip
 import json
+import logging
 import shlex
 from datetime import datetime, timezone
 from pathlib import Path
@@ -329,7 +330,8 @@ def test_generic_gzipped_csv_with_gap_sessions_to_tsv(tmp_path):
     assert (out / "test.tsv").read_text().splitlines()[:2] == ["SessionId\tItemId\tTime", "4\ta\t1578042000"]
 
 
-def test_generic_parquet_with_millisecond_times_matches_the_yoochoose_recipe(tmp_path):
+@pytest.mark.parametrize("unit", ["ms", "auto"])
+def test_generic_parquet_with_millisecond_times_matches_the_yoochoose_recipe(tmp_path, caplog, unit):
     rows = [line.split(",") for line in CLICKS.splitlines()]
     frame = pd.DataFrame(
         {
@@ -339,7 +341,10 @@ def test_generic_parquet_with_millisecond_times_matches_the_yoochoose_recipe(tmp
         }
     )
     frame.sample(frac=1.0, random_state=0).to_parquet(tmp_path / "clicks.parquet")  # any row order
-    out, _ = run(tmp_path, "generic", tmp_path / "clicks.parquet", "dataset.reader.time_unit=ms")
+    with caplog.at_level(logging.INFO):
+        out, _ = run(tmp_path, "generic", tmp_path / "clicks.parquet", f"dataset.reader.time_unit={unit}")
+    # auto (the default) tells the milliseconds by their size, and says so; ms named is not guessed.
+    assert ("read as ms (dataset.reader.time_unit=auto" in caplog.text) == (unit == "auto")
     expected, _ = run(tmp_path / "recipe", "yoochoose", write(tmp_path / "yoochoose-clicks.dat", CLICKS))
     for name in ("train_full", "test", "train_tr", "train_valid"):
         got, want = pd.read_parquet(out / f"{name}.parquet"), pd.read_parquet(expected / f"{name}.parquet")
@@ -603,3 +608,11 @@ def test_generic_text_ids_stay_as_written_and_become_integers_only_when_all_are(
     empty = write(tmp_path / "empty.csv", "SessionId,ItemId,Time\n1,10,0\n1,,1\n")
     with pytest.raises(PrepareError, match=r"empty.csv, line 3: column 'ItemId' is empty"):
         reader.read([empty])
+
+
+def test_generic_time_unit_must_be_a_known_unit_or_auto():
+    from lstm_rec.prepare.generic import GenericLog
+
+    units = r"\['auto', 's', 'ms', 'us', 'ns'\], got 'minutes'"
+    with pytest.raises(PrepareError, match=r"dataset\.reader\.time_unit must be one of " + units):
+        GenericLog(time_unit="minutes")

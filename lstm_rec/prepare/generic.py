@@ -11,7 +11,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as csv
 import pyarrow.parquet as pq
 
-from lstm_rec.data.io import INTEGER_ID, PARQUET_SUFFIXES, TEXT_SEPARATORS, file_format, is_id_type
+from lstm_rec.data.io import (
+    INTEGER_ID,
+    PARQUET_SUFFIXES,
+    TEXT_SEPARATORS,
+    TIME_UNITS,
+    file_format,
+    is_id_type,
+    time_unit_of,
+)
 from lstm_rec.data.quality import DEFAULT_REUSE_GAP
 from lstm_rec.prepare.events import Events, PrepareError, encode, report_merged, sessions_from_gaps
 from lstm_rec.prepare.textfile import (
@@ -26,7 +34,7 @@ from lstm_rec.prepare.textfile import (
 
 log = logging.getLogger(__name__)
 
-_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+_PER_SECOND = TIME_UNITS
 
 
 class GenericLog:
@@ -34,9 +42,10 @@ class GenericLog:
 
     Recipe ``generic`` applies the protocol set in its config. Without a session column, each
     ``user_col`` value's clicks in time order are cut into sessions at pauses longer than
-    ``session_gap`` seconds. Numeric times are in ``time_unit``; text times are ISO-8601 unless
-    ``time_format`` (strptime codes) says otherwise; times without a zone are taken as UTC. Exact duplicate
-    rows, and sessions of a session column that span more than ``reuse_gap`` seconds, are counted and logged.
+    ``session_gap`` seconds. Numeric times are in ``time_unit`` (auto: by their size, as data.time_unit); text
+    times are ISO-8601 unless ``time_format`` (strptime codes) says otherwise; times without a zone are taken as
+    UTC. Exact duplicate rows, and sessions of a session column that span more than ``reuse_gap`` seconds, are
+    counted and logged.
     """
 
     def __init__(
@@ -44,7 +53,7 @@ class GenericLog:
         session_col: str | None = "SessionId",
         item_col: str = "ItemId",
         time_col: str = "Time",
-        time_unit: str = "s",
+        time_unit: str = "auto",
         time_format: str | None = None,
         user_col: str | None = None,
         session_gap: float | None = None,
@@ -57,8 +66,8 @@ class GenericLog:
                 f"session_gap (seconds) to cut sessions from pauses; got session_col={session_col}, "
                 f"user_col={user_col}, session_gap={session_gap}"
             )
-        if time_unit not in _PER_SECOND:
-            raise PrepareError(f"dataset.reader.time_unit must be one of {sorted(_PER_SECOND)}, got {time_unit!r}")
+        if time_unit != "auto" and time_unit not in _PER_SECOND:
+            raise PrepareError(f"dataset.reader.time_unit must be one of {['auto', *_PER_SECOND]}, got {time_unit!r}")
         self.session_col, self.item_col, self.time_col = session_col, item_col, time_col
         self.time_unit, self.time_format = time_unit, time_format
         self.user_col, self.session_gap, self.sep = user_col, session_gap, sep
@@ -182,7 +191,17 @@ def _to_seconds(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: s
     if pa.types.is_date(times.type):
         return pc.cast(pc.cast(times, pa.timestamp("s")), pa.int64()).to_numpy().astype(np.float64)
     if pa.types.is_integer(times.type) or pa.types.is_floating(times.type):
-        return pc.cast(times, pa.float64()).to_numpy() / _PER_SECOND[reader.time_unit]
+        numbers = pc.cast(times, pa.float64()).to_numpy()
+        unit = reader.time_unit
+        if unit == "auto":
+            unit = time_unit_of(numbers[np.isfinite(numbers)])
+            if unit != "s":
+                log.info(
+                    "%s: column '%s' holds numbers around %.3g: read as %s (dataset.reader.time_unit=auto, by their "
+                    "size; set dataset.reader.time_unit=s to read them as seconds)",
+                    path, reader.time_col, float(np.median(np.abs(numbers[np.isfinite(numbers)]))), unit,
+                )  # fmt: skip
+        return numbers / _PER_SECOND[unit]
     raise PrepareError(
         f"{path}: column '{reader.time_col}' holds {times.type} values; expected numbers (in "
         "dataset.reader.time_unit), timestamps or date-time text"
