@@ -155,8 +155,29 @@ def test_boolean_times_are_refused_like_other_non_numeric_times(tmp_path, name):
     with pytest.raises(DataFileError) as error:
         read_events(path, "data.train")
     assert str(error.value) == (
-        f"data.train: column 'Time' of '{path}' must hold finite numeric times (e.g. Unix seconds); data row 1 has "
-        "False; set data.time_col to the right column"
+        f"data.train: column 'Time' of '{path}' must hold finite numeric times (e.g. Unix seconds) or ISO-8601 "
+        "date-times; data row 1 has False; set data.time_col to the right column"
+    )
+
+
+@pytest.mark.parametrize("name", ["clicks.csv", "clicks.parquet"])
+def test_iso_date_time_text_is_read_as_seconds_without_a_zone_as_utc(tmp_path, name):
+    # 2014-04-01 10:00:00 UTC is 1396346400: with a Z, an offset, no zone (UTC), milliseconds, or a date alone.
+    rows = [(1, 5, "2014-04-01T10:00:00Z"), (1, 6, "2014-04-01T12:01:00+02:00"), (1, 7, "2014-04-01 10:02:00"),
+            (1, 8, "2014-04-01T10:03:00.250"), (2, 5, "2014-04-02")]  # fmt: skip
+    events = read_events(write_events(tmp_path / name, rows, sep=","), "data.train", time_unit="ms")  # unit: numbers
+    assert events[TIME].tolist() == [1396346400.0, 1396346460.0, 1396346520.0, 1396346580.25, 1396396800.0]
+    assert events.attrs["time_unit"] is None
+
+
+def test_a_row_that_is_not_a_date_time_among_date_times_is_named(tmp_path):
+    rows = [(1, 5, "2014-04-01T10:00:00Z"), (1, 6, "2014-04-01T10:01:00Z"), (1, 7, "soon")]
+    path = write_events(tmp_path / "clicks.csv", rows, sep=",")
+    with pytest.raises(DataFileError) as error:
+        read_events(path, "data.train")
+    assert str(error.value) == (
+        f"data.train: column 'Time' of '{path}' holds ISO-8601 date-times (e.g. '2014-04-01T10:00:00Z'), but data row "
+        "3 has 'soon'; every row needs a date-time in the same form, or a number"
     )
 
 

@@ -241,7 +241,8 @@ def _numeric_time(
     times: pd.Series, path: Path, role: str, name: str, time_unit: str = "s", unit_key: str = "data.time_unit"
 ) -> tuple[pd.Series, str | None]:
     """Times as float seconds, and the unit of the numbers read (None for datetimes, which become Unix seconds):
-    numbers are in `time_unit` (auto: time_unit_of), anything else is an error."""
+    numbers are in `time_unit` (auto: time_unit_of); text is numbers or, where none of it is, ISO-8601 date-times
+    (without a zone: UTC); anything else is an error."""
     if pd.api.types.is_datetime64_any_dtype(times):  # any unit; with a time zone, as UTC
         stamps = times.dt.tz_convert(None) if times.dt.tz is not None else times
         return (stamps - pd.Timestamp(0)).dt.total_seconds(), None
@@ -251,14 +252,19 @@ def _numeric_time(
         numbers = times if times.dtype == np.float64 else times.astype(np.float64)  # no copy of float seconds
     else:
         numbers = pd.to_numeric(times, errors="coerce")
+        if numbers.isna().all():  # text with no number in it: ISO-8601 date-times?
+            stamps = pd.to_datetime(times, utc=True, format="ISO8601", errors="coerce")
+            if stamps.notna().any():
+                _check_parsed(stamps.isna().to_numpy(), times, path, role, name)
+                return (stamps.dt.tz_convert(None) - pd.Timestamp(0)).dt.total_seconds(), None
     values = numbers.to_numpy(np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         value = times.iloc[row].item() if isinstance(times.iloc[row], np.generic) else times.iloc[row]
         raise DataFileError(
-            f"{role}: column '{name}' of '{path}' must hold finite numeric times (e.g. Unix seconds); "
-            f"data row {row + 1} has {value!r}; set data.time_col to the right column"
+            f"{role}: column '{name}' of '{path}' must hold finite numeric times (e.g. Unix seconds) or ISO-8601 "
+            f"date-times; data row {row + 1} has {value!r}; set data.time_col to the right column"
         )
     numbers = numbers if numbers.dtype == np.float64 else numbers.astype(np.float64)
     unit = time_unit_of(values) if time_unit == "auto" else time_unit
@@ -274,3 +280,13 @@ def _numeric_time(
 
 
 _UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+
+
+def _check_parsed(bad: np.ndarray, times: pd.Series, path: Path, role: str, name: str) -> None:
+    """A column of date-time text must be all date-times: the first row that is not is named."""
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataFileError(
+            f"{role}: column '{name}' of '{path}' holds ISO-8601 date-times (e.g. {times[~bad].iloc[0]!r}), but data "
+            f"row {row + 1} has {times.iloc[row]!r}; every row needs a date-time in the same form, or a number"
+        )
