@@ -194,12 +194,13 @@ def _to_seconds(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: s
         numbers = pc.cast(times, pa.float64()).to_numpy()
         unit = reader.time_unit
         if unit == "auto":
-            unit = time_unit_of(numbers[np.isfinite(numbers)])
+            finite = numbers[np.isfinite(numbers)]
+            unit = time_unit_of(finite)
             if unit != "s":
                 log.info(
                     "%s: column '%s' holds numbers around %.3g: read as %s (dataset.reader.time_unit=auto, by their "
                     "size; set dataset.reader.time_unit=s to read them as seconds)",
-                    path, reader.time_col, float(np.median(np.abs(numbers[np.isfinite(numbers)]))), unit,
+                    path, reader.time_col, float(np.median(np.abs(finite))), unit,
                 )  # fmt: skip
         return numbers / _PER_SECOND[unit]
     raise PrepareError(
