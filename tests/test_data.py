@@ -371,12 +371,17 @@ def test_a_named_time_unit_is_taken_as_given(tmp_path, caplog):
     assert "read as" not in caplog.text  # named, not guessed: nothing to say
     large = write_events(tmp_path / "large.tsv", [(1, "a", 1.43e12), (1, "b", 1.43e12 + 5)])
     assert read_events(large, "data.train", time_unit="s")["time"].tolist() == [1.43e12, 1.43e12 + 5]
+    # Coarser units are never guessed (they look like seconds since some origin), only named.
+    assert read_events(path, "data.train", time_unit="min")["time"].tolist() == [600, 660, 720, 1260, 1320, 1800]
+    assert read_events(path, "data.train", time_unit="h")["time"].tolist()[:2] == [36_000, 39_600]
+    assert read_events(path, "data.train", time_unit="d")["time"].tolist()[-1] == 30 * 86_400
 
 
 def test_an_unknown_time_unit_is_an_error_naming_the_key(tmp_path):
     path = write_events(tmp_path / "x.tsv", ROWS)
-    with pytest.raises(ValueError, match=r"data\.time_unit must be one of \['auto', 's', 'ms', 'us', 'ns'\].*'min'"):
-        read_events(path, "data.train", time_unit="min")
+    units = r"\['auto', 's', 'ms', 'us', 'ns', 'min', 'h', 'd'\]"
+    with pytest.raises(ValueError, match=r"data\.time_unit must be one of " + units + ".*'sec'"):
+        read_events(path, "data.train", time_unit="sec")
     with pytest.raises(ValueError, match=r"^time_unit must be one of"):
         read_events(path, "input", time_unit="hours", unit_key="time_unit")
     with pytest.raises(ValueError, match=r"data\.time_unit must be one of"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,8 @@ TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 # Numeric times: units per second. auto tells Unix seconds, milliseconds, microseconds and nanoseconds apart by size.
 TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+# Coarser units, only when named (times counted in minutes, hours or days): seconds per unit.
+COARSE_UNITS = {"min": 60.0, "h": 3600.0, "d": 86400.0}
 # Unix seconds below this are before the year 5138: larger numbers are read as a finer unit (below 1e14 ms, ...).
 SECONDS_BELOW = 1e11
 # Canonical decimal integers that may fit int64: text ids like these become integers when all of a column are.
@@ -29,7 +32,17 @@ SPLIT_HINT = (
     "dataset.reader.session_col=null dataset.reader.user_col={session_col} dataset.reader.session_gap=SECONDS"
 )
 
-__all__ = ["TIME_UNITS", "DataFileError", "check_time_unit", "file_format", "is_id_type", "read_events", "time_unit_of"]
+__all__ = [
+    "COARSE_UNITS",
+    "TIME_UNITS",
+    "DataFileError",
+    "check_time_unit",
+    "file_format",
+    "is_id_type",
+    "read_events",
+    "seconds_of",
+    "time_unit_of",
+]
 
 
 def file_format(path: Path) -> str:
@@ -59,9 +72,9 @@ def read_events(
         sep: column separator of a text file; None picks it from the extension.
         reuse_gap: seconds; sessions spanning more are counted and logged (None: not counted), as are
             exact duplicate rows.
-        time_unit: the unit of numeric times: s, ms, us or ns, or auto (time_unit_of: by their size; logged when
-            not seconds). Timestamp and date columns carry their own unit. The frame's ``attrs["time_unit"]`` holds
-            the unit the numbers were read in (None for a timestamp column).
+        time_unit: the unit of numeric times: s, ms, us, ns, min, h or d, or auto (time_unit_of: s, ms, us or ns by
+            their size; logged when not seconds). Timestamp and date columns carry their own unit. The frame's
+            ``attrs["time_unit"]`` holds the unit the numbers were read in (None for a timestamp column).
         unit_key: the config key that set `time_unit`, named in errors and in the log.
     """
     check_time_unit(time_unit, unit_key)
@@ -94,9 +107,17 @@ def read_events(
 
 
 def check_time_unit(time_unit: str, key: str = "data.time_unit") -> None:
-    if time_unit != "auto" and time_unit not in TIME_UNITS:
-        units = ["auto", *TIME_UNITS]
+    if time_unit != "auto" and time_unit not in TIME_UNITS and time_unit not in COARSE_UNITS:
+        units = ["auto", *TIME_UNITS, *COARSE_UNITS]
         raise ValueError(f"{key} must be one of {units} (the unit of numeric times), got {time_unit!r}")
+
+
+def seconds_of(numbers: Any, unit: str) -> Any:
+    """Numeric times in `unit` as seconds: divided by the units per second (exact for whole milliseconds, ...), or
+    multiplied by the seconds per unit (min, h, d)."""
+    if unit in COARSE_UNITS:
+        return numbers * COARSE_UNITS[unit]
+    return numbers if unit == "s" else numbers / TIME_UNITS[unit]
 
 
 def time_unit_of(times: np.ndarray) -> str:
@@ -276,7 +297,7 @@ def _numeric_time(
             "(%s=auto; set %s=s to read them as seconds)",
             role, name, magnitude, year, unit, _UNIT_NAMES[unit], unit_key, unit_key,
         )  # fmt: skip
-    return (numbers if unit == "s" else numbers / TIME_UNITS[unit]), unit
+    return seconds_of(numbers, unit), unit
 
 
 _UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}

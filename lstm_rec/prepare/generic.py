@@ -12,12 +12,14 @@ import pyarrow.csv as csv
 import pyarrow.parquet as pq
 
 from lstm_rec.data.io import (
+    COARSE_UNITS,
     INTEGER_ID,
     PARQUET_SUFFIXES,
     TEXT_SEPARATORS,
     TIME_UNITS,
     file_format,
     is_id_type,
+    seconds_of,
     time_unit_of,
 )
 from lstm_rec.data.quality import DEFAULT_REUSE_GAP
@@ -66,8 +68,9 @@ class GenericLog:
                 f"session_gap (seconds) to cut sessions from pauses; got session_col={session_col}, "
                 f"user_col={user_col}, session_gap={session_gap}"
             )
-        if time_unit != "auto" and time_unit not in _PER_SECOND:
-            raise PrepareError(f"dataset.reader.time_unit must be one of {['auto', *_PER_SECOND]}, got {time_unit!r}")
+        if time_unit != "auto" and time_unit not in _PER_SECOND and time_unit not in COARSE_UNITS:
+            units = ["auto", *_PER_SECOND, *COARSE_UNITS]
+            raise PrepareError(f"dataset.reader.time_unit must be one of {units}, got {time_unit!r}")
         self.session_col, self.item_col, self.time_col = session_col, item_col, time_col
         self.time_unit, self.time_format = time_unit, time_format
         self.user_col, self.session_gap, self.sep = user_col, session_gap, sep
@@ -202,7 +205,7 @@ def _to_seconds(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: s
                     "size; set dataset.reader.time_unit=s to read them as seconds)",
                     path, reader.time_col, float(np.median(np.abs(finite))), unit,
                 )  # fmt: skip
-        return numbers / _PER_SECOND[unit]
+        return seconds_of(numbers, unit)
     raise PrepareError(
         f"{path}: column '{reader.time_col}' holds {times.type} values; expected numbers (in "
         "dataset.reader.time_unit), timestamps or date-time text"
