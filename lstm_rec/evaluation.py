@@ -149,7 +149,7 @@ def rank_batch_offsets(
     where = column + 1, lengths[row]
     offsets = [None if o is None else o.to(batch.device) for o in offsets]
     k = min(k_max, scorer.n_items)
-    no_tops = targets.new_zeros(len(targets), 0)  # k_max=0: (N, 0) top lists
+    no_tops = None if k else targets.new_zeros(len(targets), 0)  # k_max=0: (N, 0) top lists
     shared = getattr(scorer, "shared_scores", None)
     if shared is not None:  # the same scores after every prefix: each item's rank once
         shared = shared.to(batch.device)
