@@ -221,3 +221,18 @@ def test_recommend_script_prints_the_list(checkpoint, rec, test_sessions, tmp_pa
 def test_recommend_job_needs_items_or_input(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="either items"):
         recommend_job(compose_config("recommend", [f"ckpt_path={checkpoint}"], tmp_path))
+
+
+def test_recommend_job_reads_input_times_in_any_unit_and_names_a_bad_one(checkpoint, rec, test_sessions, tmp_path):
+    # The clicks' times only order each session: in ms (told by their size) or ISO text, the lists are the same.
+    session = test_sessions[0]
+    stamps = {"ms": [1_430_438_400_000 + 1000 * t for t in range(len(session))],
+              "iso": [f"2015-05-01T00:00:{t:02d}Z" for t in range(len(session))]}  # fmt: skip
+    for name, times in stamps.items():
+        rows = [(1, item, t) for item, t in zip(session, times, strict=True)]
+        clicks = write_events(tmp_path / f"{name}.csv", rows, sep=",")
+        overrides = [f"ckpt_path={checkpoint}", f"input={clicks}", f"output={tmp_path / name}.csv", "k=4"]
+        table = recommend_job(compose_config("recommend", overrides, tmp_path / name))
+        assert table.sort_values("rank")["item"].tolist() == [i for i, _ in rec.recommend(session, k=4)]
+    with pytest.raises(ValueError, match=r"^time_unit must be one of \['auto', 's', 'ms'.*got 'week'"):
+        recommend_job(compose_config("recommend", [*overrides, "time_unit=week"], tmp_path / "bad"))
