@@ -351,6 +351,7 @@ def test_unix_times_in_a_finer_unit_are_read_as_seconds_and_logged(tmp_path, cap
     assert finer["time"].tolist() == seconds["time"].tolist()  # the same seconds, exactly
     assert (seconds.attrs["time_unit"], finer.attrs["time_unit"]) == ("s", unit)
     assert f"read as {unit}" in caplog.text and "data.time_unit=auto" in caplog.text
+    assert "from 2015-05-01 00:01:30 UTC to 2015-05-01 10:01:40 UTC" in caplog.text  # the dates, to check by eye
     assert "set data.time_unit=s" in caplog.text
     # Session 2's ten hours are not "more than a day" (86,400 s) as 36,000,000 ms would be: no reuse warning.
     assert "span more than" not in caplog.text

@@ -289,15 +289,25 @@ def _numeric_time(
         )
     numbers = numbers if numbers.dtype == np.float64 else numbers.astype(np.float64)
     unit = time_unit_of(values) if time_unit == "auto" else time_unit
+    seconds = seconds_of(numbers, unit)
     if time_unit == "auto" and unit != "s":
         magnitude = float(np.median(np.abs(values)))
         year = 1970 + magnitude / 31_556_952
         log.info(
-            "%s: column '%s' holds numbers around %.3g, as Unix seconds the year %.0f: read as %s, Unix %s "
-            "(%s=auto; set %s=s to read them as seconds)",
-            role, name, magnitude, year, unit, _UNIT_NAMES[unit], unit_key, unit_key,
+            "%s: column '%s' holds numbers around %.3g, as Unix seconds the year %.0f: read as %s, Unix %s, from %s "
+            "to %s (%s=auto; set %s=s to read them as seconds)",
+            role, name, magnitude, year, unit, _UNIT_NAMES[unit], _utc(seconds.min()), _utc(seconds.max()), unit_key,
+            unit_key,
         )  # fmt: skip
-    return seconds_of(numbers, unit), unit
+    return seconds, unit
+
+
+def _utc(seconds: float) -> str:
+    """A Unix time as a UTC date and time, e.g. '2015-05-01 10:00:00 UTC' (for the log)."""
+    try:
+        return pd.Timestamp(seconds, unit="s").strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, ValueError):  # beyond pandas' dates
+        return f"{seconds:.6g} s"
 
 
 _UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
