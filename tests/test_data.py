@@ -414,3 +414,17 @@ def test_files_in_milliseconds_train_as_the_same_files_in_seconds(tmp_path, capl
     counts = [recent_item_counts([m.train_sessions], m.n_items, 8 * 3600.0)[0].tolist() for m in (plain, finer)]
     assert counts[0] == counts[1] and sum(counts[0]) > 0
     assert "different units (data.train in ms, data.test in s)" in caplog.text
+
+
+def test_times_that_read_as_the_future_are_warned_about(tmp_path, caplog):
+    # Date-time numbers (YYYYMMDDhhmmss) are no Unix time: auto reads them as ms, the year 2608, and says so.
+    compact = write_events(tmp_path / "compact.tsv", [(1, "a", 20150501103000), (1, "b", 20150501103500)])
+    with caplog.at_level(logging.INFO):
+        read_events(compact, "data.train")
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "in the future" in r.getMessage()]
+    assert len(warned) == 1 and "latest click at 2608-07-18" in warned[0].getMessage()
+    assert "set data.time_unit to the times' unit" in warned[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # Unix milliseconds of 2015 are no such case
+        read_events(write_events(tmp_path / "ms.tsv", [(1, "a", 1430438490000), (1, "b", 1430438590000)]), "data.train")
+    assert "in the future" not in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 COARSE_UNITS = {"min": 60.0, "h": 3600.0, "d": 86400.0}
 # Unix seconds below this are before the year 5138: larger numbers are read as a finer unit (below 1e14 ms, ...).
 SECONDS_BELOW = 1e11
+# A latest click more than this many seconds after now is a misread unit (or date-time numbers): warned about.
+FUTURE_SLACK = 366 * 86_400.0
 # Canonical decimal integers that may fit int64: text ids like these become integers when all of a column are.
 INTEGER_ID = r"^(0|-?[1-9][0-9]{0,18})$"
 
@@ -299,18 +302,26 @@ def _numeric_time(
             role, name, magnitude, year, unit, _UNIT_NAMES[unit], _utc(seconds.min()), _utc(seconds.max()), unit_key,
             unit_key,
         )  # fmt: skip
+    latest = float(seconds.max())
+    if latest > datetime.now(timezone.utc).timestamp() + FUTURE_SLACK:
+        log.warning(
+            "%s: column '%s' read as %s puts its latest click at %s, in the future: set %s to the times' unit "
+            "(%s), or convert date-time numbers such as 20150501103000 to Unix times or ISO-8601 text",
+            role, name, _UNIT_NAMES.get(unit, unit), _utc(latest), unit_key, ", ".join([*TIME_UNITS, *COARSE_UNITS]),
+        )  # fmt: skip
     return seconds, unit
 
 
 def _utc(seconds: float) -> str:
-    """A Unix time as a UTC date and time, e.g. '2015-05-01 10:00:00 UTC' (for the log)."""
+    """A Unix time as a UTC date and time, e.g. '2015-05-01 10:00:00 UTC' (for the log); its year past 9999."""
     try:
-        return pd.Timestamp(seconds, unit="s").strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, ValueError):  # beyond pandas' dates
-        return f"{seconds:.6g} s"
+        return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"the year {1970 + seconds / 31_556_952:.0f}"
 
 
 _UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+_UNIT_NAMES |= {"min": "minutes", "h": "hours", "d": "days"}
 
 
 def _check_parsed(bad: np.ndarray, times: pd.Series, path: Path, role: str, name: str) -> None:
