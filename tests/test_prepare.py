@@ -613,6 +613,6 @@ def test_generic_text_ids_stay_as_written_and_become_integers_only_when_all_are(
 def test_generic_time_unit_must_be_a_known_unit_or_auto():
     from lstm_rec.prepare.generic import GenericLog
 
-    units = r"\['auto', 's', 'ms', 'us', 'ns', 'min', 'h', 'd'\], got 'minutes'"
+    units = r"\['auto', 's', 'ms', 'us', 'ns', 'min', 'h', 'd'\] \(the unit of numeric times\), got 'minutes'"
     with pytest.raises(PrepareError, match=r"dataset\.reader\.time_unit must be one of " + units):
         GenericLog(time_unit="minutes")

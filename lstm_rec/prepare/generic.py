@@ -12,11 +12,11 @@ import pyarrow.csv as csv
 import pyarrow.parquet as pq
 
 from lstm_rec.data.io import (
-    COARSE_UNITS,
     INTEGER_ID,
     PARQUET_SUFFIXES,
     TEXT_SEPARATORS,
     TIME_UNITS,
+    check_time_unit,
     file_format,
     is_id_type,
     seconds_of,
@@ -35,8 +35,6 @@ from lstm_rec.prepare.textfile import (
 )
 
 log = logging.getLogger(__name__)
-
-_PER_SECOND = TIME_UNITS
 
 
 class GenericLog:
@@ -68,9 +66,10 @@ class GenericLog:
                 f"session_gap (seconds) to cut sessions from pauses; got session_col={session_col}, "
                 f"user_col={user_col}, session_gap={session_gap}"
             )
-        if time_unit != "auto" and time_unit not in _PER_SECOND and time_unit not in COARSE_UNITS:
-            units = ["auto", *_PER_SECOND, *COARSE_UNITS]
-            raise PrepareError(f"dataset.reader.time_unit must be one of {units}, got {time_unit!r}")
+        try:
+            check_time_unit(time_unit, "dataset.reader.time_unit")
+        except ValueError as error:
+            raise PrepareError(str(error)) from None
         self.session_col, self.item_col, self.time_col = session_col, item_col, time_col
         self.time_unit, self.time_format = time_unit, time_format
         self.user_col, self.session_gap, self.sep = user_col, session_gap, sep
@@ -190,7 +189,7 @@ def _to_seconds(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: s
     if pa.types.is_string(times.type) or pa.types.is_large_string(times.type):
         times = _parse_text_times(times, path, reader, where, offset)
     if pa.types.is_timestamp(times.type):
-        return pc.cast(times, pa.int64()).to_numpy() / _PER_SECOND[times.type.unit]
+        return pc.cast(times, pa.int64()).to_numpy() / TIME_UNITS[times.type.unit]
     if pa.types.is_date(times.type):
         return pc.cast(pc.cast(times, pa.timestamp("s")), pa.int64()).to_numpy().astype(np.float64)
     if pa.types.is_integer(times.type) or pa.types.is_floating(times.type):
