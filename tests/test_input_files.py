@@ -264,3 +264,14 @@ def test_the_first_bad_byte_is_found_wherever_the_chunks_are_cut():
         assert first_bad_utf8(iter([data[:cut], data[cut:]])) == (5, 11, 0xFF)
     assert first_bad_utf8(iter([b"ab\n\xc3"])) == (2, 3, 0xC3)  # a character cut off by the end of the file
     assert first_bad_utf8(iter([b"ab\n\xc3"]), final=False) is None  # ... or by the end of a head
+
+
+def test_a_column_of_numbers_and_date_times_is_named_as_mixed(tmp_path):
+    rows = [(1, 5, "1396346400"), (1, 6, "1396346460"), (1, 7, "2014-04-01T10:02:00Z")]
+    path = write_events(tmp_path / "clicks.csv", rows, sep=",")
+    with pytest.raises(DataFileError) as error:
+        read_events(path, "data.train")
+    assert str(error.value) == (
+        f"data.train: column 'Time' of '{path}' mixes numbers (e.g. '1396346400') and ISO-8601 date-times (data row 3 "
+        "has '2014-04-01T10:02:00Z'); every row needs a time in one form"
+    )

@@ -286,6 +286,12 @@ def _numeric_time(
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         value = times.iloc[row].item() if isinstance(times.iloc[row], np.generic) else times.iloc[row]
+        if isinstance(value, str) and (~bad).any() and _is_date_time(value):  # a date-time among numbers
+            number = times.iloc[int(np.flatnonzero(~bad)[0])]
+            raise DataFileError(
+                f"{role}: column '{name}' of '{path}' mixes numbers (e.g. {number!r}) and ISO-8601 date-times (data "
+                f"row {row + 1} has {value!r}); every row needs a time in one form"
+            )
         raise DataFileError(
             f"{role}: column '{name}' of '{path}' must hold finite numeric times (e.g. Unix seconds) or ISO-8601 "
             f"date-times; data row {row + 1} has {value!r}; set data.time_col to the right column"
@@ -322,6 +328,10 @@ def _utc(seconds: float) -> str:
 
 _UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 _UNIT_NAMES |= {"min": "minutes", "h": "hours", "d": "days"}
+
+
+def _is_date_time(text: str) -> bool:
+    return bool(pd.to_datetime(pd.Series([text]), utc=True, format="ISO8601", errors="coerce").notna().iloc[0])
 
 
 def _check_parsed(bad: np.ndarray, times: pd.Series, path: Path, role: str, name: str) -> None:
