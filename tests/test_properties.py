@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lstm_rec.data.io import DataFileError, read_events
@@ -52,8 +52,14 @@ def as_text(value) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def seconds(time, per_second: float) -> float:
+    return float(time) if per_second == 1.0 else float(time) / per_second
+
+
 @SETTINGS
 @given(rows=click_logs(), suffix=st.sampled_from([".csv", ".tsv", ".parquet"]))
+@example(rows=[(0, 0, 1e11)], suffix=".csv")  # Unix milliseconds by their size: read as 1e8 s
+@example(rows=[(0, 0, 1e11 - 1), (0, 1, 5e11), (1, 2, -7.5)], suffix=".parquet")  # the median is seconds
 def test_a_click_log_loads_whole_or_fails_clearly(rows, suffix):
     frame = pd.DataFrame(rows, columns=["SessionId", "ItemId", "Time"], dtype=object)
     with tempfile.TemporaryDirectory() as folder:
@@ -72,13 +78,18 @@ def test_a_click_log_loads_whole_or_fails_clearly(rows, suffix):
             assert bad_time and "'Time'" in str(error)
             return
     assert not bad_time, "a non-finite time was accepted"
-    # No row lost, none changed: the same (session, item, time) rows, ids as written.
+    # data.time_unit=auto: Unix seconds below a median of 1e11, milliseconds below 1e14 (the times here reach 1e12).
+    per_second = 1.0 if np.median([abs(float(t)) for _, _, t in rows]) < 1e11 else 1e3
+    assert events.attrs["time_unit"] == {1.0: "s", 1e3: "ms"}[per_second]
+    # No row lost, none changed: the same (session, item, time) rows, ids as written, times in seconds.
     got = sorted((as_text(s), as_text(i), t) for s, i, t in events[[SESSION, ITEM, TIME]].itertuples(index=False))
-    assert got == sorted((as_text(s), as_text(i), float(t)) for s, i, t in rows)
+    assert got == sorted((as_text(s), as_text(i), seconds(t, per_second)) for s, i, t in rows)
     # Sorted by session, then time; ties keep file order.
     for _, session in events.groupby(SESSION, sort=False):
         assert session[TIME].is_monotonic_increasing
-    written = pd.DataFrame([(as_text(s), as_text(i), t) for s, i, t in rows], columns=[SESSION, ITEM, TIME])
+    written = pd.DataFrame(
+        [(as_text(s), as_text(i), seconds(t, per_second)) for s, i, t in rows], columns=[SESSION, ITEM, TIME]
+    )
     for (session, time), clicks in events.groupby([SESSION, TIME], sort=False):
         same = written[(written[SESSION] == as_text(session)) & (written[TIME] == time)]
         assert [as_text(i) for i in clicks[ITEM]] == same[ITEM].tolist()
