@@ -299,16 +299,16 @@ def _numeric_time(
     numbers = numbers if numbers.dtype == np.float64 else numbers.astype(np.float64)
     unit = time_unit_of(values) if time_unit == "auto" else time_unit
     seconds = seconds_of(numbers, unit)
+    latest = float(seconds.max())
     if time_unit == "auto" and unit != "s":
         magnitude = float(np.median(np.abs(values)))
         year = 1970 + magnitude / 31_556_952
         log.info(
             "%s: column '%s' holds numbers around %.3g, as Unix seconds the year %.0f: read as %s, Unix %s, from %s "
             "to %s (%s=auto; set %s=s to read them as seconds)",
-            role, name, magnitude, year, unit, _UNIT_NAMES[unit], _utc(seconds.min()), _utc(seconds.max()), unit_key,
+            role, name, magnitude, year, unit, _UNIT_NAMES[unit], _utc(seconds.min()), _utc(latest), unit_key,
             unit_key,
         )  # fmt: skip
-    latest = float(seconds.max())
     if latest > datetime.now(timezone.utc).timestamp() + FUTURE_SLACK:
         log.warning(
             "%s: column '%s' read as %s puts its latest click at %s, in the future: set %s to the times' unit "
