@@ -24,7 +24,14 @@ from torch import Tensor, nn
 from lstm_rec.baselines import VSKNN
 from lstm_rec.baselines.prefixes import Prefixes
 from lstm_rec.data.sessions import NoClickTimesError, Sessions
-from lstm_rec.evaluation import CHUNK_SCORES, RankedPredictions, Ranking, metrics_of, prediction_targets
+from lstm_rec.evaluation import (
+    CHUNK_SCORES,
+    RankedPredictions,
+    Ranking,
+    best_row,
+    metrics_of,
+    prediction_targets,
+)
 from lstm_rec.metrics import target_ranks
 
 log = logging.getLogger(__name__)
@@ -401,7 +408,7 @@ class KNNBlendSearch:
         for (variant, weight), values in zip(candidates, metrics, strict=True):
             knn = dict(self.variants[variant]) if weight > 0 else {}
             table.append({"weight": weight, "knn": knn} | values)
-        best = max(range(len(table)), key=lambda i: (table[i][metric], -i))  # ties: the earlier candidate
+        best = best_row(table, metric)  # ties: the earlier candidate
         variant, weight = candidates[best]
         return weight, dict(self.variants[variant]), table
 
@@ -461,7 +468,7 @@ class KNNBlendSearch:
             {"repeat": None if bonus is None else bonus.to_checkpoint()} | values
             for bonus, values in zip(candidates, metrics, strict=True)
         ]
-        best = max(range(len(table)), key=lambda i: (table[i][metric], -i))  # ties: the earlier candidate
+        best = best_row(table, metric)  # ties: the earlier candidate
         return candidates[best], table
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -217,6 +217,12 @@ def metrics_of(
     metrics = ranking_metrics(ks, prefix, counts, sync=False)
     metrics.update(ranked.ranks, ranked.top_items)
     return {name: float(value) for name, value in metrics.compute().items()}
+
+
+def best_row(table: Sequence[Mapping[str, Any]], metric: str) -> int:
+    """The index of the row of `table` (candidates' validation metrics, the unchanged one first) with the highest
+    `metric`; ties go to the earlier row."""
+    return max(range(len(table)), key=lambda i: (table[i][metric], -i))
 
 
 def evaluate(

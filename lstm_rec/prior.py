@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lstm_rec.data.sessions import NoClickTimesError, Sessions, recent_item_counts
-from lstm_rec.evaluation import Ranking, collect_ranks_offsets, metrics_of
+from lstm_rec.evaluation import Ranking, best_row, collect_ranks_offsets, metrics_of
 
 log = logging.getLogger(__name__)
 
@@ -163,5 +163,5 @@ class RecentPopularitySearch:
             values = metrics_of(predictions, ks, "val/")
             weight, hours = (0.0, 0.0) if candidate is None else (candidate.weight, candidate.hours)
             table.append({"weight": weight, "hours": hours} | {k: values[k] for k in sorted(values)})
-        best = max(range(len(table)), key=lambda i: (table[i][metric], -i))  # ties: the earlier, no prior first
+        best = best_row(table, metric)  # ties: the earlier, no prior first
         return candidates[best], table

@@ -4,7 +4,7 @@ import torch
 
 from lstm_rec.baselines import Popularity, SessionPopularity
 from lstm_rec.data import ItemIndex
-from lstm_rec.evaluation import CatalogScorer, breakdown, collect_ranks, evaluate, rank_batch
+from lstm_rec.evaluation import CatalogScorer, best_row, breakdown, collect_ranks, evaluate, rank_batch
 from lstm_rec.model import SessionLSTM
 
 
@@ -120,3 +120,11 @@ def test_shared_scores_rank_as_the_full_score_matrix(ties):
         for field in ("ranks", "top_items", "positions", "lengths"):
             assert torch.equal(getattr(fast, field), getattr(slow, field)), field
     assert SessionPopularity(counts).shared_scores is None  # the session's items change its scores
+
+
+def test_best_row_takes_the_highest_metric_and_the_earlier_row_on_ties():
+    table = [{"val/mrr@20": 0.30, "val/recall@20": 0.6}, {"val/mrr@20": 0.32, "val/recall@20": 0.5}]
+    table += [{"val/mrr@20": 0.32, "val/recall@20": 0.7}, {"val/mrr@20": 0.31, "val/recall@20": 0.8}]
+    assert best_row(table, "val/mrr@20") == 1  # rows 1 and 2 tie: the earlier one
+    assert best_row(table, "val/recall@20") == 3
+    assert best_row(table[:1], "val/mrr@20") == 0  # the unchanged candidate alone
