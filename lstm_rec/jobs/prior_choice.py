@@ -153,6 +153,14 @@ def apply_blend(
     return blend
 
 
+def _metric_and_network(cfg: DictConfig, model: SessionRecModule, checkpoint: str | None) -> tuple[str, Any]:
+    """What prior=auto and blend=auto choose by (the run's monitor when it is a ranking metric, else MRR at the largest
+    cutoff) and the network they choose for (`checkpoint`'s, or the one in memory when None)."""
+    metric = cfg.monitor if cfg.monitor.startswith(CHOOSABLE) else f"val/mrr@{max(model.ks)}"
+    network = model.net if checkpoint is None else load_network(checkpoint, model.device).network
+    return metric, network
+
+
 def _ranking(model: SessionRecModule) -> Ranking:
     """How prior=auto and blend=auto rank their candidates: as the model's own evaluation does."""
     return Ranking(model.ks, model.ties, model.device, model.max_scores)
@@ -173,8 +181,7 @@ def _search_blend(
     if train.times is None:
         log.info("blend=auto: the training data has no click times (the kNN's recency); no kNN blend")
         return none
-    metric = cfg.monitor if cfg.monitor.startswith(CHOOSABLE) else f"val/mrr@{max(model.ks)}"
-    network = model.net if checkpoint is None else load_network(checkpoint, model.device).network
+    metric, network = _metric_and_network(cfg, model, checkpoint)
     scorer = PriorScorer(network, model.prior)
     valid_batches = datamodule.full_dataloader
     chosen = search.choose_all(scorer, train, datamodule.n_items, valid_batches("valid"), metric, _ranking(model))
@@ -264,8 +271,7 @@ def _search(
     if train.times is None:
         log.info("prior=auto: the training data has no click times; no recent-popularity prior")
         return none
-    metric = cfg.monitor if cfg.monitor.startswith(CHOOSABLE) else f"val/mrr@{max(model.ks)}"
-    network = model.net if checkpoint is None else load_network(checkpoint, model.device).network
+    metric, network = _metric_and_network(cfg, model, checkpoint)
     prior, table = search.choose(
         PriorScorer(network),
         train,
