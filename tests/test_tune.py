@@ -29,6 +29,7 @@ from lstm_rec.jobs.tune import (
     final_epochs,
     make_study,
     quiet_optuna,
+    resolve_guard,
     tune,
     tuning_splits,
     validation_metrics,
@@ -206,10 +207,31 @@ def test_the_final_run_takes_the_best_trial_whose_guard_metric_holds_against_the
     assert (tmp_path / "best_overrides.txt").read_text().split() == ["model.hidden=100", "trainer.max_epochs=1"]
 
 
+@pytest.mark.parametrize(
+    ("guard", "monitor", "resolved"),
+    [
+        ("auto", "val/mrr@20", "val/recall@20"),
+        ("auto", "val/recall@10", "val/mrr@10"),
+        ("auto", "val/ndcg@5", "val/recall@5"),
+        ("auto", "val/loss", None),  # no ranking metric: nothing to guard
+        ("val/ndcg@20", "val/mrr@20", "val/ndcg@20"),  # as given
+        (None, "val/mrr@20", None),
+    ],
+)
+def test_guard_auto_is_the_other_headline_metric_at_the_monitors_cutoff(guard, monitor, resolved, caplog):
+    with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.tune"):
+        assert resolve_guard(guard, monitor) == resolved
+    assert ("guard=auto: " in caplog.text) == (guard == "auto")  # auto says what it chose
+
+
+def test_the_default_guard_is_auto(tmp_path):
+    assert compose_config("tune", [], tmp_path).guard == "auto"
+
+
 @pytest.mark.parametrize("guard", ["val/hit@20", "test/recall@20", "val/recall@7", "val/recall"])
 def test_a_guard_that_the_trials_do_not_log_is_refused_before_any_trial(log_files, tmp_path, guard):
     cfg = compose_config("tune", [*files(log_files), f"guard={guard}"], tmp_path)
-    message = r"guard='.*': expected null or a validation metric that the trials log, .* model\.ks=\[5, 10, 20\]"
+    message = r"guard='.*': expected auto, null or a validation metric that the trials log, .* model\.ks=\[5, 10, 20\]"
     with pytest.raises(ValueError, match=message):
         tune(cfg)
     assert not (tmp_path / "trial_000").exists()
@@ -231,8 +253,7 @@ def test_a_variant_outside_the_search_is_refused(log_files, tmp_path, variant, m
 
 @pytest.mark.slow
 def test_tune_searches_retrains_the_best_on_all_data_and_reports(log_files, tmp_path):
-    overrides = [*QUICK, *files(log_files), "trainer.max_epochs=3", "max_trials=3", "startup_trials=1"]
-    overrides += ["guard=val/recall@20"]
+    overrides = [*QUICK, *files(log_files), "trainer.max_epochs=3", "max_trials=3", "startup_trials=1"]  # guard=auto
     overrides += [
         "~search",
         "+search={model.optimizer.lr: {low: 0.001, high: 0.03, log: true}, model.hidden: {choices: [16, 32]},"

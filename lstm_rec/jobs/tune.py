@@ -67,7 +67,9 @@ class PruneTrial(L.Callback):
 
 def tune(cfg: DictConfig) -> dict[str, Any]:
     """Search, retrain the best on all the training data, test it; returns the final run's metrics."""
-    check_guard(cfg.get("guard"), list(cfg.model.ks))
+    guard = resolve_guard(cfg.get("guard"), cfg.monitor)
+    check_guard(guard, list(cfg.model.ks))
+    OmegaConf.update(cfg, "guard", guard, merge=False)  # auto resolved, for the trials, the workers and the pick
     prepare_run(cfg)
     out = Path(cfg.paths.output_dir)
     _check_fresh(out)
@@ -115,14 +117,36 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+# guard=auto: the other of the two headline metrics at the monitor's cutoff (NDCG, which leans toward the top ranks as
+# MRR does, is guarded by recall).
+AUTO_GUARDS = {"val/mrr@": "val/recall@", "val/recall@": "val/mrr@", "val/ndcg@": "val/recall@"}
+
+
+def resolve_guard(guard: str | None, monitor: str) -> str | None:
+    """tune's `guard` with `auto` resolved (AUTO_GUARDS; None for a monitor that is no ranking metric), and logged."""
+    if guard != "auto":
+        return guard
+    for prefix, other in AUTO_GUARDS.items():
+        if str(monitor).startswith(prefix):
+            chosen = other + str(monitor).removeprefix(prefix)
+            log.info(
+                "guard=auto: %s (the final run retrains the best trial by %s among those that keep the first "
+                "trial's %s; guard=null: the best by %s alone)", chosen, monitor, chosen, monitor,
+            )  # fmt: skip
+            return chosen
+    log.info("guard=auto: none (monitor=%s is no ranking metric: the best trial by it alone)", monitor)
+    return None
+
+
 def check_guard(guard: str | None, ks: list[int]) -> None:
-    """tune's `guard`: null, or a ranking metric on the validation sessions at one of model.ks."""
+    """tune's `guard` (after resolve_guard): null, or a ranking metric on the validation sessions at one of
+    model.ks."""
     if guard is None:
         return
     if not str(guard).startswith(CHOOSABLE) or not logged_cutoff(guard, ks):
         raise ValueError(
-            f"guard={guard!r}: expected null or a validation metric that the trials log, val/recall@K, val/mrr@K or "
-            f"val/ndcg@K with K one of model.ks={ks}"
+            f"guard={guard!r}: expected auto, null or a validation metric that the trials log, val/recall@K, "
+            f"val/mrr@K or val/ndcg@K with K one of model.ks={ks}"
         )
 
 
