@@ -200,7 +200,11 @@ def test_the_final_run_takes_the_best_trial_whose_guard_metric_holds_against_the
 
     # The report: the candidates first, best first (the chosen trial on top), then the other completed trials, then
     # the pruned ones; the overrides and tune.json are the chosen trial's.
-    write_report(study, SimpleNamespace(trainer=SimpleNamespace(max_epochs=1)), {}, tmp_path, chosen)
+    (tmp_path / "trial_002").mkdir()  # trial 0's directory is gone: its line has nowhere to go
+    lines = {0: ["model.hidden=100"], 2: ["model.hidden=100", "trainer.max_epochs=1"]}
+    write_report(study, SimpleNamespace(trainer=SimpleNamespace(max_epochs=1)), {}, tmp_path, chosen, lines)
+    assert (tmp_path / "trial_002" / "final_overrides.txt").read_text() == "model.hidden=100 trainer.max_epochs=1\n"
+    assert not (tmp_path / "trial_000").exists()
     assert list(pd.read_csv(tmp_path / "trials.csv")["number"]) == [2, 0, 1, 3]
     report = json.loads((tmp_path / "tune.json").read_text())
     assert (report["best_trial"], report["best_value"], report["best_params"]) == (2, 0.32, {"model.hidden": 100})

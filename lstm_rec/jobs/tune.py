@@ -109,11 +109,10 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     best = chosen_trial(study, cfg.monitor, cfg.get("guard"))
     final = _final_config(cfg, best, splits, out / "final")
     metrics = train(final)
-    write_report(study, final, metrics, out, best)
-    for trial in study.trials:  # every completed trial's line, for a trial that another metric prefers
-        if trial.state == optuna.trial.TrialState.COMPLETE and (out / f"trial_{trial.number:03d}").is_dir():
-            line = override_line(trial, _final_config(cfg, trial, splits, out / "final", quiet=True))
-            (out / f"trial_{trial.number:03d}" / "final_overrides.txt").write_text(" ".join(line) + "\n")
+    # Every completed trial's line, for a trial that another metric prefers.
+    completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    lines = {t.number: override_line(t, _final_config(cfg, t, splits, out / "final", quiet=True)) for t in completed}
+    write_report(study, final, metrics, out, best, lines)
     return metrics
 
 
@@ -521,9 +520,11 @@ def write_report(
     metrics: dict[str, Any],
     out: Path,
     best: optuna.trial.FrozenTrial | None = None,
+    lines: dict[int, list[str]] | None = None,
 ) -> None:
     """trials.csv/.md, best.yaml and best_overrides.txt (the values of `best`, the chosen trial, as Hydra overrides;
-    None: the study's best), plots."""
+    None: the study's best), plots, and each trial's override line of `lines` (trial number -> the line) as
+    trial_NNN/final_overrides.txt where that trial's directory is."""
     best = study.best_trial if best is None else best
     frame = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"))
     # Candidates first, best first: completed trials whose guard metric held (chosen_trial), then the other completed
@@ -551,6 +552,9 @@ def write_report(
     (out / "best.yaml").write_text("# @package _global_\n" + header + prior_body + blend_body + body)
     chosen = {"best_trial": best.number, "best_value": best.value, "best_params": best.params}
     write_json(chosen | metrics, out / "tune.json")
+    for number, line in (lines or {}).items():
+        if (out / f"trial_{number:03d}").is_dir():
+            (out / f"trial_{number:03d}" / "final_overrides.txt").write_text(" ".join(line) + "\n")
     _plots(study, out)
 
 
