@@ -106,7 +106,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
         names = ", ".join(str(out / f"worker_{worker}.log") for worker in failed)
         raise RuntimeError(f"tune: worker process(es) {failed} failed; their logs: {names}")
     study = optuna.load_study(study_name=study.study_name, storage=_storage(storage))
-    best = chosen_trial(study, cfg.monitor, cfg.get("guard"))
+    best = chosen_trial(study, cfg.monitor, guard)
     final = _final_config(cfg, best, splits, out / "final")
     metrics = train(final)
     # Every completed trial's line, for a trial that another metric prefers.
