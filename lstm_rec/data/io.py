@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,11 @@ __all__ = [
     "check_time_unit",
     "file_format",
     "is_id_type",
+    "median_magnitude",
     "read_events",
     "seconds_of",
     "time_unit_of",
+    "unit_of_magnitude",
 ]
 
 
@@ -127,7 +130,16 @@ def time_unit_of(times: np.ndarray) -> str:
     """The unit that makes numeric times Unix seconds, by their size: the median magnitude below 1e11 is seconds
     (before the year 5138), below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds. Times counted from
     another origin (seconds since the log began, ...) are small, so they read as seconds."""
-    magnitude = float(np.median(np.abs(times))) if len(times) else 0.0
+    return unit_of_magnitude(median_magnitude(times))
+
+
+def median_magnitude(times: np.ndarray) -> float:
+    """The median of the times' absolute values (0 for none): what time_unit_of decides by."""
+    return float(np.median(np.abs(times))) if len(times) else 0.0
+
+
+def unit_of_magnitude(magnitude: float) -> str:
+    """time_unit_of's rule for a median magnitude already found."""
     for unit, per_second in TIME_UNITS.items():
         if magnitude < SECONDS_BELOW * per_second:
             return unit
@@ -297,11 +309,11 @@ def _numeric_time(
             f"date-times; data row {row + 1} has {value!r}; set data.time_col to the right column"
         )
     numbers = numbers if numbers.dtype == np.float64 else numbers.astype(np.float64)
-    unit = time_unit_of(values) if time_unit == "auto" else time_unit
+    magnitude = median_magnitude(values) if time_unit == "auto" else math.nan
+    unit = unit_of_magnitude(magnitude) if time_unit == "auto" else time_unit
     seconds = seconds_of(numbers, unit)
     latest = float(seconds.max())
     if time_unit == "auto" and unit != "s":
-        magnitude = float(np.median(np.abs(values)))
         year = 1970 + magnitude / 31_556_952
         log.info(
             "%s: column '%s' holds numbers around %.3g, as Unix seconds the year %.0f: read as %s, Unix %s, from %s "

@@ -19,8 +19,9 @@ from lstm_rec.data.io import (
     check_time_unit,
     file_format,
     is_id_type,
+    median_magnitude,
     seconds_of,
-    time_unit_of,
+    unit_of_magnitude,
 )
 from lstm_rec.data.quality import DEFAULT_REUSE_GAP
 from lstm_rec.prepare.events import Events, PrepareError, encode, report_merged, sessions_from_gaps
@@ -196,13 +197,13 @@ def _to_seconds(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: s
         numbers = pc.cast(times, pa.float64()).to_numpy()
         unit = reader.time_unit
         if unit == "auto":
-            finite = numbers[np.isfinite(numbers)]
-            unit = time_unit_of(finite)
+            magnitude = median_magnitude(numbers[np.isfinite(numbers)])
+            unit = unit_of_magnitude(magnitude)
             if unit != "s":
                 log.info(
                     "%s: column '%s' holds numbers around %.3g: read as %s (dataset.reader.time_unit=auto, by their "
                     "size; set dataset.reader.time_unit=s to read them as seconds)",
-                    path, reader.time_col, float(np.median(np.abs(finite))), unit,
+                    path, reader.time_col, magnitude, unit,
                 )  # fmt: skip
         return seconds_of(numbers, unit)
     raise PrepareError(
