@@ -24,5 +24,7 @@ def test_train_script_into_run_dir_then_evaluate(tmp_path):
         f"hydra.run.dir={eval_dir}",
     )  # fmt: skip
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    for run in (run_dir, eval_dir):  # the packages and machine behind each run's figures
+        assert json.loads((run / "environment.json").read_text())["packages"]["lstm_rec"] is not None
     assert evaluated["test/mrr@20"] == pytest.approx(metrics["test/mrr@20"])
     assert "| lstm |" in result.stdout

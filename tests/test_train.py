@@ -40,6 +40,7 @@ def test_run_writes_checkpoints_metrics_and_tensorboard(synthetic_run):
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert metrics["checkpoint"].startswith(str(out / "checkpoints" / "epoch_"))
     saved = json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "environment.json").read_text())["packages"]["torch"] == torch.__version__
     for k in (5, 10, 20):
         for name in ("recall", "mrr", "ndcg"):
             assert saved[f"test/{name}@{k}"] == pytest.approx(metrics[f"test/{name}@{k}"])

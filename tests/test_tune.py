@@ -446,6 +446,7 @@ def test_the_report_lists_completed_trials_first_even_below_a_stopped_trials_val
         ("COMPLETE", 0.32), ("COMPLETE", 0.30), ("PRUNED", 0.35)
     ]  # fmt: skip
     assert (tmp_path / "best_overrides.txt").read_text().split() == ["model.optimizer.lr=0.07", "trainer.max_epochs=1"]
+    assert json.loads((tmp_path / "environment.json").read_text())["packages"]["optuna"] == optuna.__version__
 
 
 def test_the_chosen_prior_and_blend_become_override_lines_and_an_experiment_file(tmp_path):

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_rec.data import SessionDataModule
 from lstm_rec.data.batching import ParallelStep
 from lstm_rec.evaluation import collect_ranks, metrics_of
+from lstm_rec.jobs.environment import write_environment
 from lstm_rec.jobs.report import write_json
 from lstm_rec.jobs.runs import build_model, instantiate_all, prepare_run
 from lstm_rec.module import SessionRecModule
@@ -86,6 +87,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     results |= _training_numbers(clock, targets, cfg.monitor)
     results |= _evaluation_numbers(model, datamodule, list(cfg.model.ks))
     write_json(results, Path(cfg.paths.output_dir) / "benchmark.json", sort_keys=False)
+    write_environment(cfg.paths.output_dir)
     return results
 
 

@@ -17,6 +17,7 @@ from lstm_rec.baselines import Popularity
 from lstm_rec.checkpoint import TrainedModel, load_network
 from lstm_rec.data import ItemIndex, SessionDataModule
 from lstm_rec.evaluation import CatalogScorer, RankedPredictions, SessionScorer, breakdown, collect_ranks, metrics_of
+from lstm_rec.jobs.environment import write_environment
 from lstm_rec.jobs.report import comparison_table, frame_to_markdown, write_json
 from lstm_rec.jobs.runs import prepare_run
 
@@ -63,6 +64,7 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
 
     out = Path(cfg.paths.output_dir)
     _write_comparison(results, ks, out)
+    write_environment(out)
     for by in cfg.breakdown:
         _write_breakdown(ranked, ks, by, out)
     if models:

@@ -22,6 +22,7 @@ from lstm_rec.data import ItemIndex, SessionDataModule
 from lstm_rec.data.sessions import SESSION
 from lstm_rec.evaluation import evaluate
 from lstm_rec.jobs.auto import TOP_UP, resolve_refit
+from lstm_rec.jobs.environment import write_environment
 from lstm_rec.jobs.init_from import model_from_checkpoint
 from lstm_rec.jobs.prior_choice import apply_blend, apply_prior, choose_blend, choose_prior, has_blend
 from lstm_rec.jobs.report import flatten, write_json
@@ -97,6 +98,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         metrics["wall_seconds"] = time.perf_counter() - start
 
     write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
+    write_environment(cfg.paths.output_dir)  # the packages and machine behind the figures
     _log_hparams_with_metrics(trainer, cfg, metrics)
     return metrics
 

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_rec.callbacks import check_tolerance, within_tolerance
 from lstm_rec.data.io import read_events
 from lstm_rec.data.sessions import ITEM, SESSION, TIME, split_by_start_time
+from lstm_rec.jobs.environment import write_environment
 from lstm_rec.jobs.prior_choice import CHOOSABLE, RECENT_TARGET, fixed_blend, has_blend, is_blend_search, is_search
 from lstm_rec.jobs.report import frame_to_markdown, write_json
 from lstm_rec.jobs.runs import checkpoint_epochs, logged_cutoff, prepare_run
@@ -552,6 +553,7 @@ def write_report(
     (out / "best.yaml").write_text("# @package _global_\n" + header + prior_body + blend_body + body)
     chosen = {"best_trial": best.number, "best_value": best.value, "best_params": best.params}
     write_json(chosen | metrics, out / "tune.json")
+    write_environment(out)
     for number, line in (lines or {}).items():
         if (out / f"trial_{number:03d}").is_dir():
             (out / f"trial_{number:03d}" / "final_overrides.txt").write_text(" ".join(line) + "\n")
