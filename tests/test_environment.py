@@ -22,6 +22,7 @@ def test_the_versions_are_those_imported():
     assert found["packages"]["pandas"] == pd.__version__
     assert found["python"] == platform.python_version()
     assert found["torch_threads"] == torch.get_num_threads()
+    assert found["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert found["gpu"] is None or found["gpu"] == torch.cuda.get_device_name(0)
 
 

@@ -1,7 +1,8 @@
 """The software and machine behind a run's figures, written as environment.json beside them.
 
-The same code, configuration and seed give the same figures to every digit only with the same packages: on a fresh
-install, the commit that published the default yoochoose-100k run's seed-42 test MRR@20 of 0.3839 gave 0.3854
+The same code, configuration and seed give the same figures to every digit only with the same packages on the same
+instruction set: on a 2-core AMD EPYC with AVX2 and a fresh install, the commit that had published the default
+yoochoose-100k run's seed-42 test MRR@20 of 0.3839 (measured with AVX-512) gave 0.3854
 (docs/experiments.md#reproducing-a-run). Speeds depend on the CPU and its threads.
 """
 
@@ -28,7 +29,8 @@ FILENAME = "environment.json"
 
 def environment() -> dict[str, Any]:
     """Python's and each of PACKAGES' versions (None: not installed), the source checkout's git commit (None outside
-    one), the platform, the CPU's name and cores, torch's threads and the GPU's name (None: none visible)."""
+    one), the platform, the CPU's name, cores and the instruction set torch uses, torch's threads and the GPU's name
+    (None: none visible)."""
     return {
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
@@ -36,6 +38,8 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
+        # The instruction set whose code paths torch's CPU kernels take (AVX2, AVX512, ...).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
