@@ -309,8 +309,10 @@ def _numeric_time(
             f"date-times; data row {row + 1} has {value!r}; set data.time_col to the right column"
         )
     numbers = numbers if numbers.dtype == np.float64 else numbers.astype(np.float64)
-    magnitude = median_magnitude(values) if time_unit == "auto" else math.nan
-    unit = unit_of_magnitude(magnitude) if time_unit == "auto" else time_unit
+    magnitude, unit = math.nan, time_unit
+    if time_unit == "auto":  # decided by the median magnitude, which the log line below gives too
+        magnitude = median_magnitude(values)
+        unit = unit_of_magnitude(magnitude)
     seconds = seconds_of(numbers, unit)
     latest = float(seconds.max())
     if time_unit == "auto" and unit != "s":
