@@ -29,8 +29,9 @@ from lstm_rec.evaluation import (
     RankedPredictions,
     Ranking,
     best_row,
+    eval_mode,
     metrics_of,
-    prediction_targets,
+    prediction_layout,
 )
 from lstm_rec.metrics import target_ranks
 
@@ -507,27 +508,19 @@ def _rank_candidates(
     best scores once per chunk (candidate_ranks). The metrics are at ranking.ks only: a rank above max(ks) is some
     number above it."""
     parts: list[list[RankedPredictions]] = [[] for _ in range(n_candidates)]
-    was_training = isinstance(scorer, nn.Module) and scorer.training
-    if isinstance(scorer, nn.Module):
-        scorer.eval()
-    for batch in batches:
-        batch = batch.to(ranking.device)
-        inputs, is_target = batch[:, :-1], batch[:, 1:] > 0
-        targets = prediction_targets(batch)
-        row, column = is_target.nonzero(as_tuple=True)
-        lengths = (batch > 0).sum(dim=1)
-        states, prefixes = scorer.encode(inputs)[is_target], Prefixes.of(inputs)[is_target]
-        rows = max(1, min(ranking.max_scores, CHUNK_SCORES) // n_items)
-        ranks: list[list[Tensor]] = [[] for _ in range(n_candidates)]
-        for begin in range(0, len(targets), rows):
-            part, best = slice(begin, begin + rows), BestScores(max(ranking.ks))
-            for i, candidate in enumerate(scores_of(scorer.score(states[part]), prefixes[part])):
-                ranks[i].append(candidate_ranks(candidate, targets[part], ranking.ties, best))
-        no_tops = targets.new_zeros(len(targets), 0).cpu()  # the metrics of a choice need no top lists
-        where = (column + 1).cpu(), lengths[row].cpu()
-        for i in range(n_candidates):
-            parts[i].append(RankedPredictions(torch.cat(ranks[i]).cpu(), no_tops, *where))
-    if was_training:
-        scorer.train()
+    with eval_mode(scorer):
+        for batch in batches:
+            inputs, is_target, targets, where = prediction_layout(batch.to(ranking.device))
+            states, prefixes = scorer.encode(inputs)[is_target], Prefixes.of(inputs)[is_target]
+            rows = max(1, min(ranking.max_scores, CHUNK_SCORES) // n_items)
+            ranks: list[list[Tensor]] = [[] for _ in range(n_candidates)]
+            for begin in range(0, len(targets), rows):
+                part, best = slice(begin, begin + rows), BestScores(max(ranking.ks))
+                for i, candidate in enumerate(scores_of(scorer.score(states[part]), prefixes[part])):
+                    ranks[i].append(candidate_ranks(candidate, targets[part], ranking.ties, best))
+            no_tops = targets.new_zeros(len(targets), 0).cpu()  # the metrics of a choice need no top lists
+            where = tuple(place.cpu() for place in where)
+            for i in range(n_candidates):
+                parts[i].append(RankedPredictions(torch.cat(ranks[i]).cpu(), no_tops, *where))
     metrics = [metrics_of(RankedPredictions.concat(part), ranking.ks, "val/") for part in parts]
     return [{name: values[name] for name in sorted(values)} for values in metrics]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -118,6 +119,29 @@ def prediction_targets(batch: Tensor) -> Tensor:
     return targets[targets > 0] - 1
 
 
+def prediction_layout(batch: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """A padded batch's inputs (B, T - 1), which of their positions predict a next item (B, T - 1), the (N,) targets'
+    score columns, and where each prediction stands: its 1-based position and its session's clicks, (N,) each; the
+    predictions in rank_batch's order."""
+    inputs, is_target = batch[:, :-1], batch[:, 1:] > 0
+    row, column = is_target.nonzero(as_tuple=True)
+    lengths = (batch > 0).sum(dim=1)
+    return inputs, is_target, prediction_targets(batch), (column + 1, lengths[row])
+
+
+@contextlib.contextmanager
+def eval_mode(scorer: SessionScorer) -> Iterator[None]:
+    """`scorer` in eval mode (no dropout) within the block, and back in training mode after it if it was."""
+    was_training = isinstance(scorer, nn.Module) and scorer.training
+    if isinstance(scorer, nn.Module):
+        scorer.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            scorer.train()
+
+
 def rank_batch(
     scorer: SessionScorer, batch: Tensor, k_max: int = 20, ties: str = "pessimistic", max_scores: int = 2**24
 ) -> RankedPredictions:
@@ -142,11 +166,7 @@ def rank_batch_offsets(
 ) -> list[RankedPredictions]:
     """rank_batch once per offset: the scorer's scores plus that (n_items,) offset (None: none), the network run and
     its scores computed once for all of them (choosing an item prior on the validation sessions)."""
-    inputs, is_target = batch[:, :-1], batch[:, 1:] > 0  # (B, T - 1) each
-    targets = prediction_targets(batch)  # (N,) score columns
-    row, column = is_target.nonzero(as_tuple=True)
-    lengths = (batch > 0).sum(dim=1)
-    where = column + 1, lengths[row]
+    inputs, is_target, targets, where = prediction_layout(batch)
     offsets = [None if o is None else o.to(batch.device) for o in offsets]
     k = min(k_max, scorer.n_items)
     no_tops = None if k else targets.new_zeros(len(targets), 0)  # k_max=0: (N, 0) top lists
@@ -196,16 +216,12 @@ def collect_ranks_offsets(
     max_scores: int = 2**24,
 ) -> list[RankedPredictions]:
     """collect_ranks of the scorer's scores plus each (n_items,) offset (None: none), the scores computed once."""
-    was_training = isinstance(scorer, nn.Module) and scorer.training
-    if isinstance(scorer, nn.Module):
-        scorer.eval()
     parts: list[list[RankedPredictions]] = [[] for _ in offsets]
-    for batch in batches:
-        ranked_all = rank_batch_offsets(scorer, batch.to(device), offsets, k_max, ties, max_scores)
-        for part, ranked in zip(parts, ranked_all, strict=True):
-            part.append(RankedPredictions(*(t.cpu() for t in vars(ranked).values())))
-    if was_training:
-        scorer.train()
+    with eval_mode(scorer):
+        for batch in batches:
+            ranked_all = rank_batch_offsets(scorer, batch.to(device), offsets, k_max, ties, max_scores)
+            for part, ranked in zip(parts, ranked_all, strict=True):
+                part.append(RankedPredictions(*(t.cpu() for t in vars(ranked).values())))
     return [RankedPredictions.concat(part) for part in parts]
 
 

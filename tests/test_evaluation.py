@@ -4,7 +4,16 @@ import torch
 
 from lstm_rec.baselines import Popularity, SessionPopularity
 from lstm_rec.data import ItemIndex
-from lstm_rec.evaluation import CatalogScorer, best_row, breakdown, collect_ranks, evaluate, rank_batch
+from lstm_rec.evaluation import (
+    CatalogScorer,
+    best_row,
+    breakdown,
+    collect_ranks,
+    eval_mode,
+    evaluate,
+    prediction_layout,
+    rank_batch,
+)
 from lstm_rec.model import SessionLSTM
 
 
@@ -128,3 +137,26 @@ def test_best_row_takes_the_highest_metric_and_the_earlier_row_on_ties():
     assert best_row(table, "val/mrr@20") == 1  # rows 1 and 2 tie: the earlier one
     assert best_row(table, "val/recall@20") == 3
     assert best_row(table[:1], "val/mrr@20") == 0  # the unchanged candidate alone
+
+
+def test_prediction_layout_lists_each_next_item_with_its_position_and_session_length():
+    batch = torch.tensor([[3, 5, 2, 0], [7, 4, 0, 0]])  # sessions of 3 and 2 clicks, right-padded
+    inputs, is_target, targets, (positions, lengths) = prediction_layout(batch)
+    assert inputs.tolist() == [[3, 5, 2], [7, 4, 0]]
+    assert is_target.tolist() == [[True, True, False], [True, False, False]]
+    assert targets.tolist() == [4, 1, 3]  # score columns: item index - 1, row by row
+    assert positions.tolist() == [1, 2, 1] and lengths.tolist() == [3, 3, 2]
+
+
+def test_eval_mode_switches_dropout_off_and_restores_training_mode_even_after_an_error():
+    net = torch.nn.Dropout(0.5)
+    with eval_mode(net):
+        assert not net.training
+    assert net.training
+    with pytest.raises(RuntimeError), eval_mode(net):
+        raise RuntimeError("boom")
+    assert net.training
+    net.eval()
+    with eval_mode(net):
+        pass
+    assert not net.training  # a scorer in eval mode stays there

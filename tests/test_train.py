@@ -1,6 +1,7 @@
 """End to end through the real config: train(cfg), its outputs, evaluation of its checkpoint, resuming."""
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -243,6 +244,18 @@ def test_a_run_that_saves_no_checkpoint_says_so_with_null(train_config):
     assert metrics["checkpoint"] is None
     assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["checkpoint"] is None
     assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
+
+
+def test_a_top_up_without_a_checkpoint_is_skipped_with_a_warning_and_the_runs_model_tested(train_config, caplog):
+    cfg = train_config(
+        "callbacks.model_checkpoint=null", "+trainer.enable_checkpointing=false", "trainer.max_epochs=1", "refit=top_up"
+    )
+    with caplog.at_level(logging.WARNING, logger="lstm_rec.jobs.train"):
+        metrics = train(cfg)
+    assert "top up: skipped, the run saved no checkpoint to continue" in caplog.text
+    assert 0.0 <= metrics["test/recall@20"] <= 1.0  # the run's own network was tested, not replaced
+    assert "top_up_epochs" not in metrics and "selected/test/recall@20" not in metrics
+    assert not (Path(cfg.paths.output_dir) / "top_up").exists()
 
 
 def test_recent_popularity_prior_from_the_last_hours_of_training(file_run, tmp_path):

@@ -27,6 +27,7 @@ from lstm_rec.jobs.tune import (
     _workers,
     chosen_trial,
     final_epochs,
+    guard_candidates,
     make_study,
     quiet_optuna,
     resolve_guard,
@@ -192,6 +193,7 @@ def test_the_final_run_takes_the_best_trial_whose_guard_metric_holds_against_the
     assert below in caplog.text
     assert "tune: trial 2 chosen: val/mrr@20 0.3200, val/recall@20 0.6100 (the first trial's 0.6000)" in caplog.text
     assert chosen_trial(study, "val/mrr@20", None).number == 1  # without a guard, the monitor alone
+    assert [trial.number for trial in guard_candidates(study)] == [0, 2]  # what the report ranks first
     # Equal to the first trial's recall holds; the first trial itself always does.
     assert chosen_trial(finished_study([("COMPLETE", 0.30, 0.60), ("COMPLETE", 0.31, 0.60)]), "m", "g").number == 1
     assert chosen_trial(finished_study([("COMPLETE", 0.30, 0.60), ("COMPLETE", 0.31, 0.5)]), "m", "g").number == 0

@@ -62,8 +62,11 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     prior = choose_prior(cfg, trainer, model, datamodule, test_ckpt)  # prior=auto, before the test
     blend = choose_blend(cfg, trainer, model, datamodule, test_ckpt)  # blend=..., with the prior chosen
     refit = cfg.get("refit")  # resolved by _fit: True, TOP_UP or False
-    # A refit, or a top-up of a saved checkpoint (_top_up), is the model tested: this network's test is extra.
-    replaced = refit is True or (refit == TOP_UP and test_ckpt is not None)
+    top_up = refit == TOP_UP and test_ckpt is not None  # a top-up continues the saved checkpoint
+    if refit == TOP_UP and not top_up:
+        log.warning("top up: skipped, the run saved no checkpoint to continue; the tested network is the run's model")
+    # A refit, or a top-up, is the model tested: this network's test is extra.
+    replaced = refit is True or top_up
     metrics: dict[str, Any] = {}
     if not replaced or cfg.get("test_selected", False):
         metrics = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)[0]
@@ -93,7 +96,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     if refit is True:
         metrics = _refit(cfg, metrics, _epochs_of(trainer, test_ckpt), fit_seconds, prior, blend)
         metrics["wall_seconds"] = time.perf_counter() - start
-    elif refit == TOP_UP:
+    elif top_up:
         metrics = _top_up(cfg, metrics, datamodule, fit_seconds, prior, blend)
         metrics["wall_seconds"] = time.perf_counter() - start
 
@@ -183,10 +186,7 @@ def _top_up(
     tested on its last epoch on the selected network's test sessions. Returns the metrics: the top-up's test metrics
     and checkpoint; the selected network's validation and popularity metrics, and its test metrics as selected/test/...
     (test_selected). With `prior` (prior=auto's choice) and `blend` (the kNN blend's) the chosen prior and blend are
-    made from all of data.train."""
-    if selected["checkpoint"] is None:
-        log.warning("top up: skipped, the run saved no checkpoint to continue; the tested network is the run's model")
-        return selected
+    made from all of data.train. `selected["checkpoint"]` is the checkpoint it continues."""
     settings = cfg.get("auto_refit") or {}
     epochs = int(settings.get("top_up_epochs", 3))
     changes: dict[str, Any] = {"init_from": selected["checkpoint"], "init_optimizer": "carry"}

@@ -161,7 +161,7 @@ def chosen_trial(study: optuna.Study, monitor: str, guard: str | None) -> optuna
     floor = _guard_floor(study)
     if guard is None or floor is None:
         return best
-    eligible = [trial for trial in completed if trial.user_attrs.get(GUARD, -math.inf) >= floor]
+    eligible = guard_candidates(study)
     chosen = max(eligible, key=lambda trial: trial.value)  # the first trial is always eligible
     below = [trial for trial in completed if trial.value > chosen.value and trial not in eligible]
     for trial in sorted(below, key=lambda trial: -trial.value):
@@ -508,6 +508,16 @@ def validation_metrics(metrics: dict[str, Any], ks: Sequence[int]) -> dict[str, 
     return {name: float(metrics[name]) for name in names if name in metrics}
 
 
+def guard_candidates(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The completed trials the final run may retrain: those whose guard metric on the validation sessions is at least
+    the first trial's; every completed one where the trials logged no guard or the first trial did not complete."""
+    completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    floor = _guard_floor(study)
+    if floor is None:
+        return completed
+    return [trial for trial in completed if trial.user_attrs.get(GUARD, -math.inf) >= floor]
+
+
 def _guard_floor(study: optuna.Study) -> float | None:
     """The first trial's guard metric, which the chosen trial must reach; None without one (no guard, or the first
     trial did not complete)."""
@@ -532,9 +542,7 @@ def write_report(
     # ones; a pruned trial's value is its curve where it was stopped, which can lie above the best completed trial's
     # (a trial stopped by the budget), but it is no candidate for the final run.
     complete = frame["state"] == "COMPLETE"
-    column = f"user_attrs_{GUARD}"
-    floor = _guard_floor(study)
-    held = complete if floor is None or column not in frame else complete & (frame[column] >= floor)
+    held = frame["number"].isin([trial.number for trial in guard_candidates(study)])
     frame = frame.assign(_held=held, _complete=complete)
     order = ["_held", "_complete", "value"]
     frame = frame.sort_values(order, ascending=False, na_position="last").drop(columns=["_held", "_complete"])
