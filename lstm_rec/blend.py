@@ -508,11 +508,11 @@ def _rank_candidates(
     best scores once per chunk (candidate_ranks). The metrics are at ranking.ks only: a rank above max(ks) is some
     number above it."""
     parts: list[list[RankedPredictions]] = [[] for _ in range(n_candidates)]
+    rows = max(1, min(ranking.max_scores, CHUNK_SCORES) // n_items)  # predictions scored at a time
     with eval_mode(scorer):
         for batch in batches:
             inputs, is_target, targets, where = prediction_layout(batch.to(ranking.device))
             states, prefixes = scorer.encode(inputs)[is_target], Prefixes.of(inputs)[is_target]
-            rows = max(1, min(ranking.max_scores, CHUNK_SCORES) // n_items)
             ranks: list[list[Tensor]] = [[] for _ in range(n_candidates)]
             for begin in range(0, len(targets), rows):
                 part, best = slice(begin, begin + rows), BestScores(max(ranking.ks))
