@@ -26,7 +26,10 @@ CONF = CONF_DIR
 SHARED_DATA = ROOT.parent / "shared" / "data"
 YOOCHOOSE = SHARED_DATA / "yoochoose-100k"
 
-torch.set_num_threads(2)
+# Under pytest-xdist (two workers on the 2-core CI machine) each worker runs at one thread, so that they never
+# oversubscribe the cores; alone, the suite runs at two.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+torch.set_num_threads(THREADS)
 
 # A small, fast version of every run; tests add their own overrides after these.
 # The recipe most tests train with: full-softmax cross-entropy, Adam at a constant rate, separate output weights, no
@@ -66,7 +69,7 @@ PINNED_THREADS = {"train", "eval", "benchmark", "tune"}
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """The real config, as the scripts see it, with this test's output directory."""
-    pinned = ["num_threads=2"] if config_name in PINNED_THREADS else []
+    pinned = [f"num_threads={THREADS}"] if config_name in PINNED_THREADS else []
     pinned += ["workers=1"] if config_name == "tune" else []  # tune's workers=auto would run two trials at a time
     return load_config(config_name, [*pinned, *overrides], output_dir=str(output_dir))
 

@@ -360,7 +360,8 @@ def test_two_workers_share_one_study_each_at_half_the_threads(log_files, tmp_pat
     # workers=auto, the default: two workers on a CPU with two threads.
     overrides = [*QUICK, *files(log_files), "trainer.max_epochs=2", "max_trials=4", "startup_trials=2", "workers=auto"]
     overrides += ["~search", "+search={model.optimizer.lr: {low: 0.001, high: 0.03, log: true}}", "variants=[]"]
-    cfg = compose_config("tune", overrides, tmp_path)  # num_threads=2: one thread per worker
+    # num_threads=2 (also under pytest-xdist, whose workers pin one): one thread per worker
+    cfg = compose_config("tune", [*overrides, "num_threads=2"], tmp_path)
     with caplog.at_level(logging.INFO, logger="lstm_rec.jobs.tune"):
         metrics = tune(cfg)
     assert "workers=auto: 2 (2 CPU thread(s) (num_threads): 2 trial(s) at a time, 1 thread(s) each" in caplog.text
