@@ -2,6 +2,7 @@
 the loading of prepared files, and training on them with data=files."""
 
 import gzip
+import io
 import json
 import logging
 import shlex
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import TINY, compose_config, run_script
-from lstm_rec.data.io import read_events
+from lstm_rec.data.io import iso_seconds, read_events
 from lstm_rec.data.sessions import sort_events
 from lstm_rec.data.synthetic import generate_events
 from lstm_rec.jobs.train import train
@@ -328,6 +329,42 @@ def test_generic_gzipped_csv_with_gap_sessions_to_tsv(tmp_path):
         suffix=".tsv",
     )
     assert (out / "test.tsv").read_text().splitlines()[:2] == ["SessionId\tItemId\tTime", "4\ta\t1578042000"]
+
+
+# ISO-8601 forms that Arrow's first cast (milliseconds) does not read, and the shift each adds to GENERIC's times.
+ISO_FORMS = {
+    "microseconds": (lambda t: t + ".123456", 0.123456),
+    "nanoseconds": (lambda t: t + ".123456789", 0.123456789),
+    "an offset": (lambda t: t + "+02:00", -7200.0),
+    "the basic format": (lambda t: t.replace("-", "").replace(":", ""), 0.0),
+}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("form", ISO_FORMS)
+def test_generic_iso_text_in_any_form_is_read_as_data_files_reads_it(tmp_path, form, suffix):
+    rewrite, shift = ISO_FORMS[form]
+    frame = pd.read_csv(io.StringIO(GENERIC), dtype=str)
+    frame["ts"] = frame["ts"].map(rewrite)
+    raw = tmp_path / f"clicks{suffix}"
+    frame.to_parquet(raw) if suffix == ".parquet" else frame.to_csv(raw, index=False)
+    out, _ = run(tmp_path, "generic", raw, *GAP_SESSIONS)
+    # The same sessions and splits as the plain text (the shift moves every click alike), at the written times:
+    # seconds as data=files reads the same text.
+    assert sessions(out / "test.parquet") == {4: ["a", "b"]}
+    assert sessions(out / "train_full.parquet") == {1: ["a", "b"], 2: ["b", "a"]}
+    times = pd.read_parquet(out / "test.parquet")["Time"].tolist()
+    assert times == pytest.approx([unix("2020-01-03T09:00:00") + shift, unix("2020-01-03T09:01:00") + shift], abs=1e-6)
+    assert times == pytest.approx(iso_seconds(frame["ts"].iloc[[8, 9]]).tolist(), abs=1e-6)
+
+
+def test_generic_iso_text_names_the_first_row_that_is_no_date_time(tmp_path):
+    frame = pd.read_csv(io.StringIO(GENERIC), dtype=str)
+    frame["ts"] = frame["ts"] + ".123456"  # past Arrow's casts, so the pandas reading finds the row
+    frame.loc[6, "ts"] = "2020-01-02 at 09:05"
+    frame.to_parquet(tmp_path / "clicks.parquet")
+    with pytest.raises(PrepareError, match=r"clicks.parquet, row 7: column 'ts' is '2020-01-02 at 09:05'; expected a "):
+        run(tmp_path, "generic", tmp_path / "clicks.parquet", *GAP_SESSIONS)
 
 
 @pytest.mark.parametrize("unit", ["ms", "auto"])

@@ -289,10 +289,10 @@ def _numeric_time(
     else:
         numbers = pd.to_numeric(times, errors="coerce")
         if numbers.isna().all():  # text with no number in it: ISO-8601 date-times?
-            stamps = pd.to_datetime(times, utc=True, format="ISO8601", errors="coerce")
-            if stamps.notna().any():
-                _check_parsed(stamps.isna().to_numpy(), times, path, role, name)
-                return (stamps.dt.tz_convert(None) - pd.Timestamp(0)).dt.total_seconds(), None
+            seconds = iso_seconds(times)
+            if seconds.notna().any():
+                _check_parsed(seconds.isna().to_numpy(), times, path, role, name)
+                return seconds, None
     values = numbers.to_numpy(np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
@@ -344,8 +344,15 @@ _UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns":
 _UNIT_NAMES |= {"min": "minutes", "h": "hours", "d": "days"}
 
 
+def iso_seconds(texts: pd.Series) -> pd.Series:
+    """Unix seconds of ISO-8601 date-time text (without a zone: UTC), NaN where a value is not one: the one reading of
+    date-time text of `data=files` and of prepare_data's generic logs."""
+    stamps = pd.to_datetime(texts, utc=True, format="ISO8601", errors="coerce")
+    return (stamps.dt.tz_convert(None) - pd.Timestamp(0)).dt.total_seconds()
+
+
 def _is_date_time(text: str) -> bool:
-    return bool(pd.to_datetime(pd.Series([text]), utc=True, format="ISO8601", errors="coerce").notna().iloc[0])
+    return bool(iso_seconds(pd.Series([text])).notna().iloc[0])
 
 
 def _check_parsed(bad: np.ndarray, times: pd.Series, path: Path, role: str, name: str) -> None:

@@ -19,6 +19,7 @@ from lstm_rec.data.io import (
     check_time_unit,
     file_format,
     is_id_type,
+    iso_seconds,
     median_magnitude,
     seconds_of,
     unit_of_magnitude,
@@ -29,7 +30,6 @@ from lstm_rec.prepare.textfile import (
     Column,
     TextLog,
     check_file,
-    first_unconvertible,
     header_of,
     read_columns,
     unreadable,
@@ -188,9 +188,9 @@ def _read_parquet(path: Path, wanted: list[str]) -> pa.Table:
 def _to_seconds(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: str, offset: int) -> np.ndarray:
     """Float Unix seconds from numbers in ``time_unit``, timestamps, or text (ISO-8601 or ``time_format``)."""
     if pa.types.is_string(times.type) or pa.types.is_large_string(times.type):
-        times = _parse_text_times(times, path, reader, where, offset)
+        return _text_seconds(times, path, reader, where, offset)
     if pa.types.is_timestamp(times.type):
-        return pc.cast(times, pa.int64()).to_numpy() / TIME_UNITS[times.type.unit]
+        return _timestamp_seconds(times)
     if pa.types.is_date(times.type):
         return pc.cast(pc.cast(times, pa.timestamp("s")), pa.int64()).to_numpy().astype(np.float64)
     if pa.types.is_integer(times.type) or pa.types.is_floating(times.type):
@@ -212,21 +212,36 @@ def _to_seconds(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: s
     )
 
 
-def _parse_text_times(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: str, offset: int) -> pa.Array:
+def _timestamp_seconds(times: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return pc.cast(times, pa.int64()).to_numpy() / TIME_UNITS[times.type.unit]
+
+
+# Arrow's casts of ISO-8601 text, tried in turn: the coarsest unit that keeps the text's fraction of a second, the
+# text without a zone (taken as UTC) or with one.
+_ISO_CASTS = [pa.timestamp(unit, tz=zone) for unit in ("ms", "us", "ns") for zone in (None, "UTC")]
+
+
+def _text_seconds(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: str, offset: int) -> np.ndarray:
+    """Seconds of date-time text: ISO-8601 as `data=files` reads it (lstm_rec.data.io.iso_seconds; Arrow's cast
+    first, which is faster and leaner on a large log), or in the strptime format ``time_format``."""
     values = times.combine_chunks()
     if reader.time_format is None:
-        for target in (pa.timestamp("ms"), pa.timestamp("ms", tz="UTC")):  # no zone (taken as UTC), or one
+        for target in _ISO_CASTS:
             try:
-                return pc.cast(values, target)
+                return _timestamp_seconds(pc.cast(values, target))
             except pa.ArrowInvalid:
                 continue
-        row = first_unconvertible(values, pa.timestamp("ms"))
+        seconds = iso_seconds(values.to_pandas()).to_numpy(np.float64)  # ISO-8601 forms the casts do not read
+        bad = np.isnan(seconds) & values.is_valid().to_numpy(zero_copy_only=False)
+        if not bad.any():
+            return seconds
+        row = int(np.flatnonzero(bad)[0])
         expected = "a number or an ISO-8601 date-time; set dataset.reader.time_format for another layout"
     else:
         parsed = pc.strptime(values, format=reader.time_format, unit="ms", error_is_null=True)
         bad = pc.and_(pc.is_null(parsed), pc.is_valid(values))
         if not pc.any(bad).as_py():
-            return parsed
+            return _timestamp_seconds(parsed)
         row = pc.index(bad, True).as_py()
         expected = f"a time in the format {reader.time_format!r} (dataset.reader.time_format)"
     raise PrepareError(
