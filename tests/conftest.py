@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +32,31 @@ YOOCHOOSE = SHARED_DATA / "yoochoose-100k"
 # oversubscribe the cores; alone, the suite runs at two.
 THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 torch.set_num_threads(THREADS)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Under pytest-xdist, a test marked `alone` (its assertions time the wall clock) runs while no other worker runs
+    a test. Every test holds a shared lock on a file of the run through its setup (the fixtures it builds first), call
+    and teardown, and an `alone` test holds it exclusively. A test passes a gate first, which an `alone` test keeps
+    closed from its wait on: a worker's next test waits behind it rather than keeping the shared lock held."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:
+        yield
+        return
+    alone = item.get_closest_marker("alone") is not None
+    files = Path(tempfile.gettempdir()) / f"lstm_rec-tests-{run}"
+    with open(f"{files}.gate", "a") as gate, open(f"{files}.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
 
 # A small, fast version of every run; tests add their own overrides after these.
 # The recipe most tests train with: full-softmax cross-entropy, Adam at a constant rate, separate output weights, no

@@ -112,6 +112,7 @@ def test_a_failing_request_fails_alone(checkpoint):
     assert max(rec.batches) > 1  # the failing requests shared batches with others, then each was answered alone
 
 
+@pytest.mark.alone
 def test_a_batch_waits_at_most_max_wait_ms_and_not_once_full(checkpoint):
     rec = Recording.from_checkpoint(checkpoint)
     ids = rec.item_index.ids[:4].tolist()

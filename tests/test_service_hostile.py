@@ -219,6 +219,7 @@ def health_latencies(url: str, bodies: list[bytes], probes: int = 100) -> tuple[
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_health_stays_fast_while_the_largest_requests_are_handled(tmp_path):
     """scripts/serve.py with conf/serve.yaml's limits: bodies of max_body_bytes are parsed and the clicks counted,
     20 MB ones are refused, and meanwhile /health answers in well under 100 ms."""
@@ -254,6 +255,7 @@ def closed_after(address: tuple[str, int], sent: bytes, patience: float = 10.0) 
         return time.monotonic() - start
 
 
+@pytest.mark.alone
 def test_idle_and_half_sent_connections_are_closed():
     app = create_app(tiny_recommender())
     with serving(app, request_timeout=1, timeout_keep_alive=1) as url:

@@ -245,6 +245,7 @@ def test_a_model_with_other_items_brings_its_own_limits(models, lstm_client, tmp
     assert len(lstm_client.post("/recommend", json={"items": [1000], "k": 50}).json()["items"]) == 50
 
 
+@pytest.mark.alone
 def test_loading_runs_beside_the_model_in_service(models, monkeypatch):
     """While a reload is loading, /health and /recommend answer at once, from the old model; then the new one."""
     loading, release = threading.Event(), threading.Event()
