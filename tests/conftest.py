@@ -7,7 +7,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,16 +34,15 @@ THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 torch.set_num_threads(THREADS)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
     """Under pytest-xdist, a test marked `alone` (its assertions time the wall clock) runs while no other worker runs
     a test. Every test holds a shared lock on a file of the run through its setup (the fixtures it builds first), call
     and teardown, and an `alone` test holds it exclusively. A test passes a gate first, which an `alone` test keeps
     closed from its wait on: a worker's next test waits behind it rather than keeping the shared lock held."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if run is None:
-        yield
-        return
+        return (yield)
     alone = item.get_closest_marker("alone") is not None
     files = Path(tempfile.gettempdir()) / f"lstm_rec-tests-{run}"
     with open(f"{files}.gate", "a") as gate, open(f"{files}.lock", "a") as lock:
@@ -52,7 +51,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         if not alone:
             fcntl.flock(gate, fcntl.LOCK_UN)
         try:
-            yield
+            return (yield)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
             fcntl.flock(gate, fcntl.LOCK_UN)
