@@ -358,6 +358,15 @@ def test_generic_iso_text_in_any_form_is_read_as_data_files_reads_it(tmp_path, f
     assert times == pytest.approx(iso_seconds(frame["ts"].iloc[[8, 9]]).tolist(), abs=1e-6)
 
 
+def test_generic_parquet_date_column_is_midnight_utc(tmp_path):
+    frame = pd.read_csv(io.StringIO(GENERIC), dtype=str)
+    frame["ts"] = pd.to_datetime(frame["ts"]).dt.date  # a date32 column in Parquet
+    frame.to_parquet(tmp_path / "clicks.parquet")
+    events = GenericLog(session_col="user", item_col="item", time_col="ts").read([tmp_path / "clicks.parquet"])
+    days = [unix(f"2020-01-0{day}T00:00:00") for day in (1, 1, 1, 1, 1, 2, 2, 2, 3, 3, 3)]  # u1, u2, u3's rows
+    assert events.time.tolist() == days
+
+
 def test_generic_iso_text_names_the_first_row_that_is_no_date_time(tmp_path):
     frame = pd.read_csv(io.StringIO(GENERIC), dtype=str)
     frame["ts"] = frame["ts"] + ".123456"  # past Arrow's casts, so the pandas reading finds the row

@@ -192,7 +192,7 @@ def _to_seconds(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: s
     if pa.types.is_timestamp(times.type):
         return _timestamp_seconds(times)
     if pa.types.is_date(times.type):
-        return pc.cast(pc.cast(times, pa.timestamp("s")), pa.int64()).to_numpy().astype(np.float64)
+        return _timestamp_seconds(pc.cast(times, pa.timestamp("s")))
     if pa.types.is_integer(times.type) or pa.types.is_floating(times.type):
         numbers = pc.cast(times, pa.float64()).to_numpy()
         unit = reader.time_unit
@@ -213,6 +213,7 @@ def _to_seconds(times: pa.ChunkedArray, path: Path, reader: GenericLog, where: s
 
 
 def _timestamp_seconds(times: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Float Unix seconds of a timestamp column, in its own unit."""
     return pc.cast(times, pa.int64()).to_numpy() / TIME_UNITS[times.type.unit]
 
 
