@@ -4,6 +4,7 @@ against torch.optim.Adagrad, and its checks."""
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,6 +168,38 @@ def test_the_compiled_row_update_is_the_torch_one(shape, sparse_dims, threads, m
     from lstm_rec import row_kernel
 
     assert row_kernel._threads_fail is None  # the threaded version ran, not its fallback
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_compiled_row_update_is_the_plain_arithmetic_to_the_bit(threads, monkeypatch):
+    """Both versions of the compiled pass (one thread, threads) give exactly the float32 arithmetic of the update done
+    row by row in NumPy, each row's repeated entries summed in their given order first: the pass may reorder how it
+    walks the rows and the width, not the sums."""
+    from lstm_rec import row_kernel
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    rng = np.random.default_rng(5)
+    n_rows, width = 50, 37  # a width that is no multiple of a vector's lanes
+    table, sums, velocities = (rng.standard_normal((n_rows, width), dtype=np.float32) for _ in range(3))
+    sums = np.abs(sums) + 0.05
+    rows = rng.integers(0, n_rows, 120)  # most rows repeat, some many times
+    values = rng.standard_normal((len(rows), width), dtype=np.float32)
+    lr, momentum, eps = np.float32(0.1), np.float32(0.4), np.float32(1e-10)
+    expected = [table.copy(), sums.copy(), velocities.copy()]
+    for row in np.unique(rows):
+        grad = values[np.flatnonzero(rows == row)[0]].copy()
+        for i in np.flatnonzero(rows == row)[1:]:  # in the given order
+            grad += values[i]
+        total = expected[1][row] + grad * grad
+        expected[1][row] = total
+        velocity = expected[2][row] * momentum + grad / (np.sqrt(total) + eps)
+        expected[2][row] = velocity
+        expected[0][row] -= lr * velocity
+    got = [torch.from_numpy(array.copy()) for array in (table, sums, velocities)]
+    row_kernel.update_rows(*got, torch.from_numpy(rows), torch.from_numpy(values), 0.1, 0.4, 1e-10)
+    for name, want, have in zip(("values", "sums", "velocities"), expected, got, strict=True):
+        assert np.array_equal(have.numpy(), want), name
+    assert row_kernel._threads_fail is None
 
 
 def test_auto_takes_the_torch_ops_where_the_compiled_pass_does_not_apply(caplog):
