@@ -7,6 +7,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,26 @@ THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 torch.set_num_threads(THREADS)
 
 
+def _lock_files(run: str) -> Path:
+    """The stem of the gate and lock files of test run `run` (pytest-xdist's run id)."""
+    return Path(tempfile.gettempdir()) / f"lstm_rec-tests-{run}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In pytest-xdist's controller, the run's id is chosen here rather than by xdist, so that the run can remove the
+    workers' gate and lock files (pytest_runtest_protocol) when it ends."""
+    controller = os.environ.get("PYTEST_XDIST_WORKER") is None and config.pluginmanager.hasplugin("xdist")
+    if controller and config.getoption("testrunuid", None) is None:
+        config.option.testrunuid = uuid.uuid4().hex
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = getattr(config.option, "testrunuid", None)
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and run is not None:
+        for suffix in (".gate", ".lock"):
+            Path(f"{_lock_files(run)}{suffix}").unlink(missing_ok=True)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
     """Under pytest-xdist, a test marked `alone` (its assertions time the wall clock) runs while no other worker runs
@@ -44,7 +65,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if run is None:
         return (yield)
     alone = item.get_closest_marker("alone") is not None
-    files = Path(tempfile.gettempdir()) / f"lstm_rec-tests-{run}"
+    files = _lock_files(run)
     with open(f"{files}.gate", "a") as gate, open(f"{files}.lock", "a") as lock:
         fcntl.flock(gate, fcntl.LOCK_EX)
         fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
