@@ -112,7 +112,7 @@ def _build() -> Any:
     def summed(values, order, first, end, scratch):  # pragma: no cover
         """The gradient of a row listed at order[first:end]: its one entry as it is, or its entries summed in their
         given order into `scratch`. Summing in a loop over the entries outside the loop over the width lets that
-        loop vectorise; nested the other way it ran 2.4 times slower on one thread."""
+        loop vectorise; nested the other way it ran about twice as slow on one thread."""
         if end - first == 1:
             return values[order[first]]
         scratch[:] = values[order[first]]
