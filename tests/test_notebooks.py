@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import ROOT
+from conftest import ROOT, THREADS
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -14,7 +14,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path: Path):
+def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch):
+    # The kernel is a process of its own: torch there starts at THREADS as the suite's processes do, and
+    # num_threads=auto keeps it there (two threads beside the other pytest-xdist worker would oversubscribe 2 cores).
+    monkeypatch.setenv("OMP_NUM_THREADS", str(THREADS))
     notebook = nbformat.read(path, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "stored with outputs"
     NotebookClient(
