@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,130 @@ class TrainingCurves(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = {int(epoch): dict(values) for epoch, values in state_dict.get("epochs", {}).items()}
+
+
+def epochs_within(minutes: float, step_seconds: float, steps_per_epoch: int, epochs: int, low: int) -> int:
+    """The most epochs, at most `epochs` and at least `low`, whose `steps_per_epoch` steps at `step_seconds` each train
+    within `minutes`."""
+    if not minutes > 0:
+        raise ValueError(f"auto_epochs.minutes must be a number of minutes > 0 (or null for no budget), got {minutes}")
+    if low < 1:
+        raise ValueError(f"auto_epochs.low must be at least 1, got {low}")
+    epoch_seconds = step_seconds * steps_per_epoch
+    fit = math.floor(60.0 * minutes / epoch_seconds) if epoch_seconds > 0 else epochs
+    return max(min(epochs, fit), min(low, epochs))
+
+
+class EpochBudget(L.Callback):
+    """trainer.max_epochs=auto on a machine too slow for those epochs: fewer of them, so that the training steps take
+    at most `minutes` (validation and the work after training come on top).
+
+    It times the steps of the first epoch's batches `skip` to `skip + measure - 1` (the first batches compile
+    kernels and warm caches), projects an epoch from their mean, and keeps the most epochs that fit, at least `low`
+    (auto_epochs.low). The schedule's length (lstm_rec.schedules.WarmupDecay's steps, or a CosineAnnealingLR's T_max)
+    follows. With the defaults the choice falls within the schedule's warm-up, whose rates do not depend on the
+    run's length, so such a run trains as `trainer.max_epochs=N` would. The log says what was measured and chosen; the
+    choice travels in checkpoints, so a resumed run keeps it. docs/experiments.md#epochs-within-a-time-budget.
+    """
+
+    def __init__(self, minutes: float, low: int, skip: int = 1, measure: int = 4) -> None:
+        epochs_within(minutes, 0.0, 1, 1, low)  # checks the settings
+        if skip < 0 or measure < 1:
+            raise ValueError(f"EpochBudget needs skip >= 0 and measure >= 1, got {skip} and {measure}")
+        self.minutes, self.low, self.skip, self.measure = float(minutes), int(low), skip, measure
+        self.chosen: int | None = None  # the epochs decided (None: not yet)
+        self._seconds, self._steps, self._first = 0.0, 0, 0
+        self._started: tuple[float, int] | None = None  # (time, global step) at the timed batch's start
+        self._epoch_started: tuple[float, int] = (0.0, 0)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.chosen is not None:  # resumed: the epochs decided before the interruption
+            self._apply(trainer, pl_module, self.chosen)
+        elif trainer.current_epoch > 0:  # resumed from a checkpoint without this callback's state: keep the epochs
+            self.chosen = int(trainer.max_epochs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_started = (time.perf_counter(), trainer.global_step)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.chosen is None and batch_idx >= self.skip:
+            if self._steps == 0:
+                self._first = trainer.global_step
+            self._started = (time.perf_counter(), trainer.global_step)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._started is None:
+            return
+        began, step = self._started
+        self._started = None
+        self._seconds += time.perf_counter() - began
+        self._steps += trainer.global_step - step
+        if batch_idx + 1 >= self.skip + self.measure:
+            self._decide(trainer, pl_module, f"steps {self._first + 1}-{trainer.global_step}")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.chosen is None:  # an epoch of too few batches: its own time, validation included
+            if self._steps == 0:
+                began, step = self._epoch_started
+                self._seconds, self._steps = time.perf_counter() - began, trainer.global_step - step
+            self._decide(trainer, pl_module, "the first epoch")
+
+    def _decide(self, trainer: L.Trainer, pl_module: L.LightningModule, timed: str) -> None:
+        epochs = int(trainer.max_epochs)
+        per_epoch = _steps_per_epoch(pl_module)
+        step_seconds = self._seconds / max(self._steps, 1)
+        chosen = epochs_within(self.minutes, step_seconds, per_epoch, epochs, self.low)
+        chosen = int(trainer.strategy.broadcast(chosen, src=0))  # every process trains the same epochs
+        measured = f"a step took {1e3 * step_seconds:.1f} ms ({timed}), an epoch holds {per_epoch:,} steps"
+        if chosen < epochs:
+            log.info(
+                "trainer.max_epochs=auto: %d epochs instead of %d, whose steps would take about %.1f minutes, more "
+                "than auto_epochs.minutes=%g: %s (the %d: about %.1f minutes; trainer.max_epochs=%d trains them all)",
+                chosen, epochs, epochs * per_epoch * step_seconds / 60.0, self.minutes, measured, chosen,
+                chosen * per_epoch * step_seconds / 60.0, epochs,
+            )  # fmt: skip
+            self._apply(trainer, pl_module, chosen)
+        else:
+            log.info(
+                "trainer.max_epochs=auto: the %d epochs' steps take about %.1f minutes, within auto_epochs.minutes=%g:"
+                " %s",
+                epochs, epochs * per_epoch * step_seconds / 60.0, self.minutes, measured,
+            )  # fmt: skip
+        self.chosen = chosen
+
+    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, epochs: int) -> None:
+        """Train `epochs` epochs, the schedule over them."""
+        trainer.fit_loop.max_epochs = epochs
+        total = pl_module._total_steps() if hasattr(pl_module, "_total_steps") else None
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            lambdas = getattr(scheduler, "lr_lambdas", None)
+            if lambdas and total is not None and all(hasattr(f, "total_steps") for f in lambdas):
+                for f in lambdas:
+                    f.total_steps = total
+            elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and config.interval == "epoch":
+                scheduler.T_max = epochs
+            else:
+                log.warning(
+                    "trainer.max_epochs=auto: the scheduler %s keeps the length it was built with: only "
+                    "lstm_rec.schedules.warmup_decay and an epoch-wise CosineAnnealingLR follow the epochs chosen",
+                    type(scheduler).__name__,
+                )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.chosen = state_dict.get("chosen")
+
+
+def _steps_per_epoch(pl_module: L.LightningModule) -> int:
+    """A training epoch's optimizer steps (session-parallel steps where a batch holds several)."""
+    if hasattr(pl_module, "steps_per_epoch"):
+        return int(pl_module.steps_per_epoch())
+    trainer = pl_module.trainer
+    return math.ceil(int(trainer.num_training_batches) / trainer.accumulate_grad_batches)

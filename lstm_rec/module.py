@@ -423,12 +423,19 @@ class SessionRecModule(L.LightningModule):
         trainer.max_steps), counted in steps where a batch holds several (data.steps_per_batch)."""
         trainer = self.trainer
         estimated = trainer.estimated_stepping_batches  # makes the training loader when there is none yet
-        k = self.steps_per_batch()
-        if k == 1 or trainer.max_epochs == -1:
+        if self.steps_per_batch() == 1 or trainer.max_epochs == -1:
             return int(estimated)
-        steps = min(trainer.train_dataloader.sampler.n_steps, int(trainer.num_training_batches) * k)
-        total = steps * max(trainer.max_epochs, 1)
+        total = self.steps_per_epoch() * max(trainer.max_epochs, 1)
         return total if trainer.max_steps == -1 else min(total, trainer.max_steps)
+
+    def steps_per_epoch(self) -> int:
+        """A training epoch's optimizer steps, counted in steps where a batch holds several (data.steps_per_batch)."""
+        trainer = self.trainer
+        _ = trainer.estimated_stepping_batches  # makes the training loader when there is none yet
+        k = self.steps_per_batch()
+        if k == 1:
+            return -(-int(trainer.num_training_batches) // trainer.accumulate_grad_batches)
+        return min(trainer.train_dataloader.sampler.n_steps, int(trainer.num_training_batches) * k)
 
     def on_train_start(self) -> None:
         # A resumed optimizer takes its settings from the checkpoint, "fused" among them: a checkpoint written with

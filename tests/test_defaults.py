@@ -31,6 +31,7 @@ def test_the_default_recipe():
     assert model.cell == "auto" and dict(cfg.auto_cell) == {"small": "lstm", "large": "gru", "large_from": 150_000}
     assert cfg.trainer.max_epochs == "auto" and cfg.callbacks.early_stopping.patience == 3
     assert (cfg.auto_epochs.targets, cfg.auto_epochs.low, cfg.auto_epochs.high) == (3_000_000, 3, 14)
+    assert cfg.auto_epochs.minutes == 7.5  # fewer epochs where they would train longer (docs/experiments.md)
     assert model.scheduler.hold_fraction == 0.0
     assert cfg.refit == "auto" and cfg.auto_refit.min_share == 0.05
 

@@ -3,8 +3,9 @@ the recurrent cell.
 
 `trainer.max_epochs=auto` (the default) trains about `auto_epochs.targets` next-item predictions in all: a small log
 gets many epochs, a large one few, so a default run's length grows slowly with the log. The count is clipped to
-[`auto_epochs.low`, `auto_epochs.high`] and logged with the reason. Early stopping still ends a run sooner when the
-monitored metric stalls.
+[`auto_epochs.low`, `auto_epochs.high`] and logged with the reason. With `auto_epochs.minutes` set, a machine too slow
+to train them in that time trains fewer (`epoch_budget`, lstm_rec.callbacks.EpochBudget, timed on the first batches).
+Early stopping still ends a run sooner when the monitored metric stalls.
 
 `data.batch_size=auto` (the default) takes `auto_batch_size.small` sessions per batch (lanes of session-parallel
 steps), or `auto_batch_size.large` on a log with at least `auto_batch_size.large_from` training predictions an epoch:
@@ -68,6 +69,18 @@ def resolve_epochs(cfg: DictConfig, n_targets: int) -> None:
     )
     with open_dict(cfg):
         cfg.trainer.max_epochs = chosen
+
+
+def epoch_budget(cfg: DictConfig) -> list[Any]:
+    """The callback that keeps trainer.max_epochs=auto's training steps within `auto_epochs.minutes` on a slow machine
+    (lstm_rec.callbacks.EpochBudget): one for an `auto` count with minutes set, else none. Read before the count
+    resolves."""
+    settings = cfg.get("auto_epochs")
+    if cfg.trainer.get("max_epochs") != AUTO or settings is None or settings.get("minutes") is None:
+        return []
+    from lstm_rec.callbacks import EpochBudget
+
+    return [EpochBudget(float(settings.minutes), int(settings.low))]
 
 
 def auto_batch_size(n_targets: int, small: int, large: int, large_from: int) -> int:

@@ -21,7 +21,7 @@ from lstm_rec.baselines import Popularity
 from lstm_rec.data import ItemIndex, SessionDataModule
 from lstm_rec.data.sessions import SESSION
 from lstm_rec.evaluation import evaluate
-from lstm_rec.jobs.auto import TOP_UP, resolve_refit
+from lstm_rec.jobs.auto import TOP_UP, epoch_budget, resolve_refit
 from lstm_rec.jobs.environment import write_environment
 from lstm_rec.jobs.init_from import model_from_checkpoint
 from lstm_rec.jobs.prior_choice import apply_blend, apply_prior, choose_blend, choose_prior, has_blend
@@ -118,6 +118,7 @@ def _fit(
     item index takes (its checkpoints' counts, the test's popularity bias), in place of its training data's (which
     still draw the negatives)."""
     prepare_run(cfg)
+    budget = epoch_budget(cfg)  # trainer.max_epochs=auto within auto_epochs.minutes: read before the epochs resolve
     if not (resume and cfg.get("ckpt_path")):  # a new run, before its data is read
         _check_no_earlier_run(cfg)
     datamodule = instantiate(cfg.data)
@@ -132,12 +133,15 @@ def _fit(
         model.item_index = model.item_index.recounted(counted_by)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[*instantiate_all(cfg.get("callbacks")), *callbacks],
+        callbacks=[*instantiate_all(cfg.get("callbacks")), *callbacks, *budget],
         logger=instantiate_all(cfg.get("logger")),
     )
     resolve_refit(cfg, datamodule, trainer.world_size)  # before training: refit=true that cannot be is an error
     check_outputs(trainer, cfg.paths.output_dir, checkpoint_bytes(model))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if budget and trainer.max_epochs != cfg.trainer.max_epochs:  # fewer epochs within the time budget
+        with open_dict(cfg):
+            cfg.trainer.max_epochs = trainer.max_epochs
     return trainer, model, datamodule, ckpt_path
 
 

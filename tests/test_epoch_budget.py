@@ -1,0 +1,93 @@
+"""trainer.max_epochs=auto within auto_epochs.minutes: fewer epochs on a machine too slow for them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import compose_config
+from lstm_rec.callbacks import EpochBudget, epochs_within
+from lstm_rec.jobs.auto import epoch_budget
+from lstm_rec.jobs.train import train
+
+# 3,000 synthetic sessions: 14 epochs by auto_epochs.targets, 6 batches of 32 session-parallel steps an epoch.
+RECIPE = ["data.n_sessions=3000", "data.n_items=200", "model.hidden=16", "model.embedding_dim=16", "~prior", "~blend",
+          "refit=false", "callbacks.early_stopping=null", "callbacks.progress_bar=null",
+          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
+# A budget no machine meets: the fewest epochs allowed.
+TINY_BUDGET = ["auto_epochs.minutes=0.000001", "auto_epochs.low=2"]
+
+
+@pytest.mark.parametrize(
+    ("minutes", "step_seconds", "steps", "epochs", "low", "expected"),
+    [
+        (8, 0.018, 6216, 6, 3, 4),  # an epoch of 111.9 s: 480 / 111.9 = 4.29 epochs fit
+        (8, 0.012, 6216, 6, 3, 6),  # 74.6 s: 6.4 fit, the 6 asked for stay
+        (8, 0.030, 6216, 6, 3, 3),  # 186.5 s: 2.6 fit, but never fewer than low
+        (8, 0.030, 6216, 2, 3, 2),  # and never more than asked for
+        (1, 0.010, 3000, 14, 1, 2),  # 30 s an epoch: exactly 2 fit
+        (8, 0.0, 6216, 6, 3, 6),  # no time measured: as asked
+    ],
+)
+def test_the_epochs_that_fit_the_budget(minutes, step_seconds, steps, epochs, low, expected):
+    assert epochs_within(minutes, step_seconds, steps, epochs, low) == expected
+
+
+@pytest.mark.parametrize("minutes", [0, -1, math.nan])
+def test_a_budget_of_no_time_is_refused_by_name(minutes):
+    with pytest.raises(ValueError, match=r"auto_epochs.minutes must be a number of minutes > 0 \(or null"):
+        EpochBudget(minutes, low=3)
+
+
+def test_the_budget_watches_only_an_auto_count_with_minutes(tmp_path):
+    def budget(*overrides):
+        return epoch_budget(compose_config("train", list(overrides), tmp_path))
+
+    (callback,) = budget()
+    assert isinstance(callback, EpochBudget) and (callback.minutes, callback.low) == (7.5, 3)
+    assert budget("trainer.max_epochs=6") == []  # a count the user gave is kept
+    assert budget("auto_epochs.minutes=null") == []
+    # tune.py's trials and final run train the epochs they are given, whatever the machine
+    assert epoch_budget(compose_config("tune", [], tmp_path)) == []
+
+
+def weights(checkpoint) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+def test_a_run_over_budget_trains_fewer_epochs_exactly_as_that_count_would(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="lstm_rec.callbacks"):
+        cut = train(compose_config("train", [*RECIPE, *TINY_BUDGET], tmp_path / "cut"))
+    assert "trainer.max_epochs=auto: 2 epochs instead of 14" in caplog.text
+    assert "(steps 33-160)" in caplog.text  # batches 2-5, within the schedule's 200 warm-up steps
+    assert (cut["epochs"], cut["max_epochs"]) == (2, 2)
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["max_epochs"] == 2
+    # The choice fell within the warm-up, so the run is the one trainer.max_epochs=2 trains, to the bit.
+    fixed = train(compose_config("train", [*RECIPE, "trainer.max_epochs=2"], tmp_path / "fixed"))
+    cut_weights, fixed_weights = weights(cut["checkpoint"]), weights(fixed["checkpoint"])
+    assert cut_weights.keys() == fixed_weights.keys()
+    assert all(torch.equal(cut_weights[name], fixed_weights[name]) for name in cut_weights)
+    assert cut["test/mrr@20"] == fixed["test/mrr@20"]
+
+
+class StopAtSecondEpoch(L.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("stopped for the test")
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_epochs_its_budget_chose(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="stopped for the test"):
+        train(compose_config("train", [*RECIPE, *TINY_BUDGET], out), callbacks=[StopAtSecondEpoch()])
+    # ckpt_path=last again: without the budget's choice in the checkpoint, it would train 14 epochs.
+    resumed = train(compose_config("train", [*RECIPE, *TINY_BUDGET, "ckpt_path=last"], out))
+    assert (resumed["epochs"], resumed["max_epochs"]) == (2, 2)
+    assert torch.load(out / "checkpoints/last.ckpt", weights_only=False)["epoch"] == 1
