@@ -238,8 +238,8 @@ class EpochBudget(L.Callback):
     """trainer.max_epochs=auto on a machine too slow for those epochs: fewer of them, so that the training steps take
     at most `minutes` (validation and the work after training come on top).
 
-    It times the steps of the first epoch's batches `skip` to `skip + measure - 1` (the first batches compile
-    kernels and warm caches), projects an epoch from their mean, and keeps the most epochs that fit, at least `low`
+    It times the first epoch's batches `skip` to `skip + measure - 1` (the first batches compile kernels and warm
+    caches), projects an epoch from their steps' mean, and keeps the most epochs that fit, at least `low`
     (auto_epochs.low). The schedule's length (lstm_rec.schedules.WarmupDecay's steps, or a CosineAnnealingLR's T_max)
     follows. With the defaults the choice falls within the schedule's warm-up, whose rates do not depend on the
     run's length, so such a run trains as `trainer.max_epochs=N` would. The log says what was measured and chosen; the
@@ -252,8 +252,8 @@ class EpochBudget(L.Callback):
             raise ValueError(f"EpochBudget needs skip >= 0 and measure >= 1, got {skip} and {measure}")
         self.minutes, self.low, self.skip, self.measure = float(minutes), int(low), skip, measure
         self.chosen: int | None = None  # the epochs decided (None: not yet)
-        self._seconds, self._steps, self._first = 0.0, 0, 0
-        self._started: tuple[float, int] | None = None  # (time, global step) at the timed batch's start
+        self._seconds, self._steps = 0.0, 0
+        self._started: tuple[float, int] | None = None  # (time, global step) at the start of batch `skip`
         self._epoch_started: tuple[float, int] = (0.0, 0)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -268,28 +268,23 @@ class EpochBudget(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.chosen is None and batch_idx >= self.skip:
-            if self._steps == 0:
-                self._first = trainer.global_step
+        if self.chosen is None and self._started is None and batch_idx >= self.skip:
             self._started = (time.perf_counter(), trainer.global_step)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._started is None:
-            return
-        began, step = self._started
-        self._started = None
-        self._seconds += time.perf_counter() - began
-        self._steps += trainer.global_step - step
-        if batch_idx + 1 >= self.skip + self.measure:
-            self._decide(trainer, pl_module, f"steps {self._first + 1}-{trainer.global_step}")
+        # One span from the start of batch `skip` to the end of batch skip + measure - 1: the batches' steps and the
+        # loading of all but the first of them.
+        if self.chosen is None and self._started is not None and batch_idx + 1 >= self.skip + self.measure:
+            began, first = self._started
+            self._seconds, self._steps = time.perf_counter() - began, trainer.global_step - first
+            self._decide(trainer, pl_module, f"steps {first + 1}-{trainer.global_step}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.chosen is None:  # an epoch of too few batches: its own time, validation included
-            if self._steps == 0:
-                began, step = self._epoch_started
-                self._seconds, self._steps = time.perf_counter() - began, trainer.global_step - step
+            began, step = self._epoch_started
+            self._seconds, self._steps = time.perf_counter() - began, trainer.global_step - step
             self._decide(trainer, pl_module, "the first epoch")
 
     def _decide(self, trainer: L.Trainer, pl_module: L.LightningModule, timed: str) -> None:

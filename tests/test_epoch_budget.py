@@ -91,3 +91,12 @@ def test_a_resumed_run_keeps_the_epochs_its_budget_chose(tmp_path):
     resumed = train(compose_config("train", [*RECIPE, *TINY_BUDGET, "ckpt_path=last"], out))
     assert (resumed["epochs"], resumed["max_epochs"]) == (2, 2)
     assert torch.load(out / "checkpoints/last.ckpt", weights_only=False)["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_an_epoch_too_short_to_time_its_batches_is_timed_whole(tmp_path, caplog):
+    few = [*RECIPE, "data.n_sessions=600", *TINY_BUDGET]  # 1-2 batches an epoch
+    with caplog.at_level(logging.INFO, logger="lstm_rec.callbacks"):
+        metrics = train(compose_config("train", few, tmp_path / "run"))
+    assert "epochs instead of 14" in caplog.text and "(the first epoch)" in caplog.text
+    assert (metrics["epochs"], metrics["max_epochs"]) == (2, 2)
