@@ -52,8 +52,9 @@ def test_the_budget_watches_only_an_auto_count_with_minutes(tmp_path):
     assert isinstance(callback, EpochBudget) and (callback.minutes, callback.low) == (7.5, 3)
     assert budget("trainer.max_epochs=6") == []  # a count the user gave is kept
     assert budget("auto_epochs.minutes=null") == []
-    # tune.py's trials and final run train the epochs they are given, whatever the machine
+    # tune.py's trials and final run, and the sweeps' trials, train the epochs they are given, whatever the machine
     assert epoch_budget(compose_config("tune", [], tmp_path)) == []
+    assert budget("hparams_search=grid") == [] and budget("hparams_search=optuna") == []
 
 
 def weights(checkpoint) -> dict[str, torch.Tensor]:
