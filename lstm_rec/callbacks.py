@@ -242,8 +242,9 @@ class EpochBudget(L.Callback):
     caches), projects an epoch from their steps' mean, and keeps the most epochs that fit, at least `low`
     (auto_epochs.low). The schedule's length (lstm_rec.schedules.WarmupDecay's steps, or a CosineAnnealingLR's T_max)
     follows. With the defaults the choice falls within the schedule's warm-up, whose rates do not depend on the
-    run's length, so such a run trains as `trainer.max_epochs=N` would. The log says what was measured and chosen; the
-    choice travels in checkpoints, so a resumed run keeps it. docs/experiments.md#epochs-within-a-time-budget.
+    run's length, so such a run trains as `trainer.max_epochs=N` would. After each epoch it checks again with the
+    epochs' own times, validation included (`recheck`). The log says what was measured and chosen; the choice and the
+    time spent travel in checkpoints, so a resumed run keeps them. docs/experiments.md#epochs-within-a-time-budget.
     """
 
     def __init__(self, minutes: float, low: int, skip: int = 1, measure: int = 4) -> None:
@@ -252,6 +253,7 @@ class EpochBudget(L.Callback):
             raise ValueError(f"EpochBudget needs skip >= 0 and measure >= 1, got {skip} and {measure}")
         self.minutes, self.low, self.skip, self.measure = float(minutes), int(low), skip, measure
         self.chosen: int | None = None  # the epochs decided (None: not yet)
+        self.spent = 0.0  # seconds of the epochs done, their validation included
         self._seconds, self._steps = 0.0, 0
         self._started: tuple[float, int] | None = None  # (time, global step) at the start of batch `skip`
         self._epoch_started: tuple[float, int] = (0.0, 0)
@@ -282,10 +284,32 @@ class EpochBudget(L.Callback):
             self._decide(trainer, pl_module, f"steps {first + 1}-{trainer.global_step}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.chosen is None:  # an epoch of too few batches: its own time, validation included
-            began, step = self._epoch_started
-            self._seconds, self._steps = time.perf_counter() - began, trainer.global_step - step
+        began, step = self._epoch_started
+        seconds = time.perf_counter() - began  # the epoch's steps and its validation
+        if self.chosen is None:  # an epoch of too few batches: its own time
+            self._seconds, self._steps = seconds, trainer.global_step - step
             self._decide(trainer, pl_module, "the first epoch")
+        self.spent += seconds
+        self.recheck(trainer, pl_module)
+
+    def recheck(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After an epoch: where the epochs left, at the mean of those done (validation included), would take the
+        training past `minutes`, fewer of them (never fewer than `low` in all). The first batches can be faster than
+        the rest of the run, or the machine slower later on; the schedule's length then changes after its warm-up."""
+        done, epochs = trainer.current_epoch + 1, int(trainer.max_epochs)
+        if done >= epochs or self.spent <= 0:
+            return
+        mean = self.spent / done
+        fit = done + math.floor(max(60.0 * self.minutes - self.spent, 0.0) / mean)
+        chosen = int(trainer.strategy.broadcast(max(min(epochs, fit), min(self.low, epochs), done), src=0))
+        if chosen < epochs:
+            log.info(
+                "trainer.max_epochs=auto: %d epochs instead of %d: the %d trained took %.1f minutes with their "
+                "validation, so the %d would take about %.1f, more than auto_epochs.minutes=%g",
+                chosen, epochs, done, self.spent / 60.0, epochs, epochs * mean / 60.0, self.minutes,
+            )  # fmt: skip
+            self._apply(trainer, pl_module, chosen)
+            self.chosen = chosen
 
     def _decide(self, trainer: L.Trainer, pl_module: L.LightningModule, timed: str) -> None:
         epochs = int(trainer.max_epochs)
@@ -330,10 +354,10 @@ class EpochBudget(L.Callback):
                 )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"chosen": self.chosen}
+        return {"chosen": self.chosen, "spent": self.spent}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.chosen = state_dict.get("chosen")
+        self.chosen, self.spent = state_dict.get("chosen"), float(state_dict.get("spent", 0.0))
 
 
 def _steps_per_epoch(pl_module: L.LightningModule) -> int:

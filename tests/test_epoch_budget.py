@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -36,6 +37,37 @@ TINY_BUDGET = ["auto_epochs.minutes=0.000001", "auto_epochs.low=2"]
 )
 def test_the_epochs_that_fit_the_budget(minutes, step_seconds, steps, epochs, low, expected):
     assert epochs_within(minutes, step_seconds, steps, epochs, low) == expected
+
+
+class FakeTrainer:
+    """What EpochBudget.recheck reads of a trainer: the epoch, the epochs (Lightning's fit loop holds them)."""
+
+    def __init__(self, epoch: int, max_epochs: int) -> None:
+        self.current_epoch, self.fit_loop, self.lr_scheduler_configs = epoch, SimpleNamespace(max_epochs=max_epochs), []
+        self.strategy = SimpleNamespace(broadcast=lambda value, src: value)
+
+    @property
+    def max_epochs(self) -> int:
+        return self.fit_loop.max_epochs
+
+
+@pytest.mark.parametrize(
+    ("minutes", "spent", "done", "epochs", "expected"),
+    [
+        (10, 200.0, 1, 6, 3),  # 200 s an epoch: 2 more fit in the 400 s left
+        (10, 100.0, 1, 6, 6),  # 100 s an epoch: all 6 fit
+        (10, 250.0, 2, 6, 4),  # 125 s an epoch: 2 more in the 350 s left
+        (10, 700.0, 1, 6, 3),  # over already: never fewer than low
+        (10, 700.0, 4, 6, 4),  # nor than the epochs done
+    ],
+)
+def test_after_each_epoch_the_epochs_left_are_checked_against_the_time_left(minutes, spent, done, epochs, expected):
+    budget = EpochBudget(minutes, low=3)
+    budget.spent = spent
+    trainer = FakeTrainer(done - 1, epochs)
+    budget.recheck(trainer, SimpleNamespace(_total_steps=lambda: 0))
+    assert trainer.fit_loop.max_epochs == expected
+    assert budget.chosen == (expected if expected < epochs else None)
 
 
 @pytest.mark.parametrize("minutes", [0, -1, math.nan])
