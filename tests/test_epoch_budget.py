@@ -94,15 +94,17 @@ def weights(checkpoint) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_a_run_over_budget_trains_fewer_epochs_exactly_as_that_count_would(tmp_path, caplog):
+@pytest.mark.parametrize(("steps_per_batch", "timed"), [(32, "steps 33-160"), (1, "steps 2-5")])
+def test_a_run_over_budget_trains_fewer_epochs_exactly_as_that_count_would(steps_per_batch, timed, tmp_path, caplog):
+    recipe = [*RECIPE, f"data.steps_per_batch={steps_per_batch}"]
     with caplog.at_level(logging.INFO, logger="lstm_rec.callbacks"):
-        cut = train(compose_config("train", [*RECIPE, *TINY_BUDGET], tmp_path / "cut"))
+        cut = train(compose_config("train", [*recipe, *TINY_BUDGET], tmp_path / "cut"))
     assert "trainer.max_epochs=auto: 2 epochs instead of 14" in caplog.text
-    assert "(steps 33-160)" in caplog.text  # batches 2-5, within the schedule's 200 warm-up steps
+    assert f"({timed})" in caplog.text  # batches 2-5, within the schedule's 200 warm-up steps
     assert (cut["epochs"], cut["max_epochs"]) == (2, 2)
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["max_epochs"] == 2
     # The choice fell within the warm-up, so the run is the one trainer.max_epochs=2 trains, to the bit.
-    fixed = train(compose_config("train", [*RECIPE, "trainer.max_epochs=2"], tmp_path / "fixed"))
+    fixed = train(compose_config("train", [*recipe, "trainer.max_epochs=2"], tmp_path / "fixed"))
     cut_weights, fixed_weights = weights(cut["checkpoint"]), weights(fixed["checkpoint"])
     assert cut_weights.keys() == fixed_weights.keys()
     assert all(torch.equal(cut_weights[name], fixed_weights[name]) for name in cut_weights)
