@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -20,6 +20,9 @@ from torch import Tensor
 
 from lstm_rec.checkpoint import load_checked
 from lstm_rec.checkpoint_checks import check_training_state
+
+if TYPE_CHECKING:
+    from lstm_rec.module import SessionRecModule
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +261,7 @@ class EpochBudget(L.Callback):
         self._started: tuple[float, int] | None = None  # (time, global step) at the start of batch `skip`
         self._epoch_started: tuple[float, int] = (0.0, 0)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: SessionRecModule) -> None:
         if self.chosen is not None:  # resumed: the epochs decided before the interruption
             self._apply(trainer, pl_module, self.chosen)
         elif trainer.current_epoch > 0:  # resumed from a checkpoint without this callback's state: keep the epochs
@@ -292,7 +295,7 @@ class EpochBudget(L.Callback):
         self.spent += seconds
         self.recheck(trainer, pl_module)
 
-    def recheck(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def recheck(self, trainer: L.Trainer, pl_module: SessionRecModule) -> None:
         """After an epoch: where the epochs left, at the mean of those done (validation included), would take the
         training past `minutes`, fewer of them (never fewer than `low` in all). The first batches can be faster than
         the rest of the run, or the machine slower later on; the schedule's length then changes after its warm-up."""
@@ -311,9 +314,9 @@ class EpochBudget(L.Callback):
             self._apply(trainer, pl_module, chosen)
             self.chosen = chosen
 
-    def _decide(self, trainer: L.Trainer, pl_module: L.LightningModule, timed: str) -> None:
+    def _decide(self, trainer: L.Trainer, pl_module: SessionRecModule, timed: str) -> None:
         epochs = int(trainer.max_epochs)
-        per_epoch = _steps_per_epoch(pl_module)
+        per_epoch = int(pl_module.steps_per_epoch())
         step_seconds = self._seconds / max(self._steps, 1)
         chosen = epochs_within(self.minutes, step_seconds, per_epoch, epochs, self.low)
         chosen = int(trainer.strategy.broadcast(chosen, src=0))  # every process trains the same epochs
@@ -334,14 +337,14 @@ class EpochBudget(L.Callback):
             )  # fmt: skip
         self.chosen = chosen
 
-    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, epochs: int) -> None:
+    def _apply(self, trainer: L.Trainer, pl_module: SessionRecModule, epochs: int) -> None:
         """Train `epochs` epochs, the schedule over them."""
         trainer.fit_loop.max_epochs = epochs
-        total = pl_module._total_steps() if hasattr(pl_module, "_total_steps") else None
         for config in trainer.lr_scheduler_configs:
             scheduler = config.scheduler
             lambdas = getattr(scheduler, "lr_lambdas", None)
-            if lambdas and total is not None and all(hasattr(f, "total_steps") for f in lambdas):
+            if lambdas and all(hasattr(f, "total_steps") for f in lambdas):
+                total = pl_module.total_steps()
                 for f in lambdas:
                     f.total_steps = total
             elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and config.interval == "epoch":
@@ -358,11 +361,3 @@ class EpochBudget(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.chosen, self.spent = state_dict.get("chosen"), float(state_dict.get("spent", 0.0))
-
-
-def _steps_per_epoch(pl_module: L.LightningModule) -> int:
-    """A training epoch's optimizer steps (session-parallel steps where a batch holds several)."""
-    if hasattr(pl_module, "steps_per_epoch"):
-        return int(pl_module.steps_per_epoch())
-    trainer = pl_module.trainer
-    return math.ceil(int(trainer.num_training_batches) / trainer.accumulate_grad_batches)

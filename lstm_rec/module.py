@@ -413,12 +413,12 @@ class SessionRecModule(L.LightningModule):
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         per_step = "total_steps" in inspect.signature(self.scheduler_factory).parameters
-        length = {"total_steps": self._total_steps()} if per_step else {}
+        length = {"total_steps": self.total_steps()} if per_step else {}
         scheduler = self.scheduler_factory(optimizer=optimizer, **length)
         interval = "step" if per_step else self.scheduler_interval
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
-    def _total_steps(self) -> int:
+    def total_steps(self) -> int:
         """The run's optimizer steps as Lightning estimates them (its first epoch's batches times the epochs, at most
         trainer.max_steps), counted in steps where a batch holds several (data.steps_per_batch)."""
         trainer = self.trainer

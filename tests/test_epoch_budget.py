@@ -65,7 +65,7 @@ def test_after_each_epoch_the_epochs_left_are_checked_against_the_time_left(minu
     budget = EpochBudget(minutes, low=3)
     budget.spent = spent
     trainer = FakeTrainer(done - 1, epochs)
-    budget.recheck(trainer, SimpleNamespace(_total_steps=lambda: 0))
+    budget.recheck(trainer, SimpleNamespace(total_steps=lambda: 0))
     assert trainer.fit_loop.max_epochs == expected
     assert budget.chosen == (expected if expected < epochs else None)
 
