@@ -257,12 +257,11 @@ class EpochBudget(L.Callback):
         self.minutes, self.low, self.skip, self.measure = float(minutes), int(low), skip, measure
         self.chosen: int | None = None  # the epochs decided (None: not yet)
         self.spent = 0.0  # seconds of the epochs done, their validation included
-        self._seconds, self._steps = 0.0, 0
         self._started: tuple[float, int] | None = None  # (time, global step) at the start of batch `skip`
         self._epoch_started: tuple[float, int] = (0.0, 0)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: SessionRecModule) -> None:
-        if self.chosen is not None:  # resumed: the epochs decided before the interruption
+        if self.chosen is not None and self.chosen != trainer.max_epochs:  # resumed: the epochs decided before
             self._apply(trainer, pl_module, self.chosen)
         elif trainer.current_epoch > 0:  # resumed from a checkpoint without this callback's state: keep the epochs
             self.chosen = int(trainer.max_epochs)
@@ -283,15 +282,14 @@ class EpochBudget(L.Callback):
         # loading of all but the first of them.
         if self.chosen is None and self._started is not None and batch_idx + 1 >= self.skip + self.measure:
             began, first = self._started
-            self._seconds, self._steps = time.perf_counter() - began, trainer.global_step - first
-            self._decide(trainer, pl_module, f"steps {first + 1}-{trainer.global_step}")
+            seconds, steps = time.perf_counter() - began, trainer.global_step - first
+            self._decide(trainer, pl_module, seconds / max(steps, 1), f"steps {first + 1}-{trainer.global_step}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         began, step = self._epoch_started
         seconds = time.perf_counter() - began  # the epoch's steps and its validation
         if self.chosen is None:  # an epoch of too few batches: its own time
-            self._seconds, self._steps = seconds, trainer.global_step - step
-            self._decide(trainer, pl_module, "the first epoch")
+            self._decide(trainer, pl_module, seconds / max(trainer.global_step - step, 1), "the first epoch")
         self.spent += seconds
         self.recheck(trainer, pl_module)
 
@@ -314,10 +312,9 @@ class EpochBudget(L.Callback):
             self._apply(trainer, pl_module, chosen)
             self.chosen = chosen
 
-    def _decide(self, trainer: L.Trainer, pl_module: SessionRecModule, timed: str) -> None:
+    def _decide(self, trainer: L.Trainer, pl_module: SessionRecModule, step_seconds: float, timed: str) -> None:
         epochs = int(trainer.max_epochs)
         per_epoch = int(pl_module.steps_per_epoch())
-        step_seconds = self._seconds / max(self._steps, 1)
         chosen = epochs_within(self.minutes, step_seconds, per_epoch, epochs, self.low)
         chosen = int(trainer.strategy.broadcast(chosen, src=0))  # every process trains the same epochs
         measured = f"a step took {1e3 * step_seconds:.1f} ms ({timed}), an epoch holds {per_epoch:,} steps"
