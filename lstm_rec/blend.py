@@ -59,20 +59,23 @@ SAVED_DEFAULTS = {"distance_decay": None}
 
 
 # The repeat bonus's shapes: what an item the session clicked before gets, as a function of d, the clicks between its
-# latest click and the end of the prefix (0: the latest click is on it). yoochoose-100k's tuning split ranked best
-# with the latest click or the recent ones lifted, retailrocket-sessions' with every clicked item lifted
-# (docs/tuning-log.md#a-repeat-bonus-at-inference).
+# latest click and the end of the prefix (0: the latest click is on it), and n, the prefix's distinct items. "spread"
+# shares one bonus among the clicked items, so that a long session's items do not all climb above the new items the
+# network ranks best. yoochoose-100k's tuning split ranked best with the latest click or the recent ones lifted,
+# retailrocket-sessions' with every clicked item lifted, spread (docs/tuning-log.md#a-repeat-bonus-at-inference,
+# docs/tuning-log.md#the-repeat-bonus-spread-over-the-sessions-items).
 REPEAT_SHAPES = {
-    "all": lambda d: torch.ones_like(d),
-    "recent": lambda d: torch.exp(-d / 2),
-    "last": lambda d: (d == 0).to(d.dtype),
+    "all": lambda d, n: torch.ones_like(d),
+    "recent": lambda d, n: torch.exp(-d / 2),
+    "last": lambda d, n: (d == 0).to(d.dtype),
+    "spread": lambda d, n: 1 / n,
 }
 
 
 @dataclass(frozen=True)
 class RepeatBonus:
     """A bonus added at inference to the scores of the items the session has clicked: `weight` times the shape's
-    value (REPEAT_SHAPES) of how many clicks back the item's latest click lies. The network learns repeats only as
+    value (REPEAT_SHAPES) of how many clicks back the item's latest click lies and how many items the session holds. The network learns repeats only as
     far as its weights hold them; the bonus is chosen per log on the validation sessions (blend=auto's
     repeat_weights), as the kNN blend's weight is. A weight below 0 lowers the clicked items instead: on a log whose
     sessions seldom return to an item (ratings, where each item is rated once) the session's own items are the
@@ -104,10 +107,11 @@ def repeat_terms(prefixes: Prefixes, shape: str) -> tuple[Tensor, Tensor, Tensor
     summary = prefixes.summary()
     entries = summary.entries
     back = summary.lengths[entries.prefix] - entries.last  # clicks after the item's latest one
+    distinct = np.bincount(entries.prefix, minlength=summary.n_prefixes)[entries.prefix]  # the prefix's items
     device = prefixes.device
     rows, columns = (torch.from_numpy(a.astype(np.int64)).to(device) for a in (entries.prefix, entries.column))
-    values = REPEAT_SHAPES[shape](torch.from_numpy(back.astype(np.float32))).to(device)
-    return rows, columns, values
+    d, n = (torch.from_numpy(a.astype(np.float32)) for a in (back, distinct))
+    return rows, columns, REPEAT_SHAPES[shape](d, n).to(device)
 
 
 def known_settings(settings: Mapping[str, Any] | None, name: str) -> dict[str, Any]:

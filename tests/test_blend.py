@@ -183,7 +183,12 @@ def test_the_search_keeps_the_knn_variant_that_ranks_best_with_its_weight():
 
 @pytest.mark.parametrize(
     ("shape", "expected"),
-    [("all", [1.0, 1.0, 1.0, 0.0]), ("recent", [math.exp(-1), 1.0, math.exp(-0.5), 0.0]), ("last", [0, 1, 0, 0])],
+    [
+        ("all", [1.0, 1.0, 1.0, 0.0]),
+        ("recent", [math.exp(-1), 1.0, math.exp(-0.5), 0.0]),
+        ("last", [0, 1, 0, 0]),
+        ("spread", [1 / 3, 1 / 3, 1 / 3, 0.0]),
+    ],
 )
 def test_the_repeat_bonus_lifts_the_sessions_items_by_how_far_back_their_latest_click_lies(shape, expected):
     # After [3, 1, 3, 2]: item 2 clicked last (0 clicks after it), item 3 one click before the end, item 1 two; item 4
@@ -201,6 +206,16 @@ def test_the_repeat_bonus_lifts_the_sessions_items_by_how_far_back_their_latest_
         with_knn.add_to(torch.zeros(1, 1, 4), prefixes),
         knn_only.add_to(torch.zeros(1, 1, 4), prefixes) + 2.0 * torch.tensor([[expected]]),
     )
+
+
+def test_the_spread_bonus_shares_one_weight_among_the_items_each_prefix_holds():
+    # Session [3, 1, 3, 2] at weight 3: after [3] item 3 gets all of it; after [3, 1] and [3, 1, 3] items 3 and 1 half
+    # each; after [3, 1, 3, 2] items 3, 1 and 2 a third each. A second session [4] in the batch: item 4 alone, 3.
+    blend = KNNBlend(sessions_of([1, 2], [3, 4]), 4, 0.0, PLAIN, repeat=RepeatBonus("spread", 3.0))
+    scores = blend.add_to(torch.zeros(2, 4, 4), Prefixes.of(torch.tensor([[3, 1, 3, 2], [4, 0, 0, 0]])))
+    expected = [[0.0, 0.0, 3.0, 0.0], [1.5, 0.0, 1.5, 0.0], [1.5, 0.0, 1.5, 0.0], [1.0, 1.0, 1.0, 0.0]]
+    torch.testing.assert_close(scores[0], torch.tensor(expected))
+    torch.testing.assert_close(scores[1, 0], torch.tensor([0.0, 0.0, 0.0, 3.0]))
 
 
 def test_a_repeat_bonus_needs_a_known_shape_and_a_nonzero_weight_and_a_knn_weight_needs_it_or_more_than_0():
@@ -225,17 +240,19 @@ def test_the_search_keeps_the_repeat_bonus_that_ranks_the_validation_sessions_be
     # 1/3.
     # all at 2: after [1] item 1 scores 2, item 2 still 3rd; after [1, 2] items 1 and 2 score 2 (a tie) over item 3's
     # 1: 2nd. MRR (1/3 + 1/2) / 2. recent at 2: after [1, 2] item 1 scores 2 exp(-1/2) = 1.21, item 2 2: 2nd again.
-    # last at 2 lifts item 2 after [1, 2]: no gain. At 0.5 no shape lifts item 1 above item 3: 1/3. all at 2 comes
-    # first among the best.
+    # last at 2 lifts item 2 after [1, 2]: no gain. spread at 2 gives items 1 and 2 one each after [1, 2], a tie with
+    # item 3: 3rd. At 0.5 no shape lifts item 1 above item 3: 1/3. all at 2 comes first among the best.
     search = KNNBlendSearch([0.5], 3.0, PLAIN, repeat_weights=[0.5, 2.0])
     bonus, table = search.choose_repeat(
         FixedScores([0.0, 0.0, 1.0]), None, 3, [torch.tensor([[1, 2, 1]])], "val/mrr@3", Ranking([3])
     )
     assert bonus == RepeatBonus("all", 2.0)
     assert [row["repeat"] for row in table] == [None] + [
-        {"shape": shape, "weight": w} for shape in ("all", "recent", "last") for w in (0.5, 2.0)
+        {"shape": shape, "weight": w} for shape in ("all", "recent", "last", "spread") for w in (0.5, 2.0)
     ]
-    assert [row["val/mrr@3"] for row in table] == pytest.approx([1 / 3, 1 / 3, 5 / 12, 1 / 3, 5 / 12, 1 / 3, 1 / 3])
+    assert [row["val/mrr@3"] for row in table] == pytest.approx(
+        [1 / 3, 1 / 3, 5 / 12, 1 / 3, 5 / 12, 1 / 3, 1 / 3, 1 / 3, 1 / 3]
+    )
     # Where the session's next click is never an earlier one, a bonus only pulls its items up: none is kept.
     bonus, table = search.choose_repeat(FixedScores([0.0, 1.0, 0.5]), None, 3, VALIDATION, "val/mrr@3", Ranking([3]))
     assert bonus is None and table[0]["val/mrr@3"] == 1.0
@@ -253,15 +270,15 @@ def test_a_negative_repeat_bonus_lowers_the_sessions_items_and_is_kept_where_ses
     # sessions [1, 3] and [2, 3]: each next click is a new item, item 3. Cutoff 4, pessimistic ties.
     # No bonus: after [1], item 3 ranks 3rd behind items 1 (1) and 2 (0.9); after [2] likewise: MRR 1/3.
     # all at -1: after [1] item 1 drops to 0, below item 3 (0.5): item 3 ranks 2nd; after [2] item 2 drops to -0.1: 2nd
-    # again. MRR 1/2. The same for recent and last (the only clicked item is the latest). At 1 the clicked items only
-    # rise: 1/3. The first of the best, all at -1, is kept.
+    # again. MRR 1/2. The same for recent, last and spread (the only clicked item is the latest, and the only one). At
+    # 1 the clicked items only rise: 1/3. The first of the best, all at -1, is kept.
     search = KNNBlendSearch([0.5], 3.0, PLAIN, repeat_weights=[-1.0, 1.0])
     validation = [torch.tensor([[1, 3], [2, 3]])]
     bonus, table = search.choose_repeat(
         FixedScores([1.0, 0.9, 0.5, 0.0]), None, 4, validation, "val/mrr@4", Ranking([4])
     )
     assert bonus == RepeatBonus("all", -1.0)
-    assert [row["val/mrr@4"] for row in table] == pytest.approx([1 / 3, 1 / 2, 1 / 3, 1 / 2, 1 / 3, 1 / 2, 1 / 3])
+    assert [row["val/mrr@4"] for row in table] == pytest.approx([1 / 3] + [1 / 2, 1 / 3] * 4)
     # The lowered scores, item by item, after [3, 1, 3, 2] at -2 with every clicked item lowered: items 1-3 by 2.
     blend = KNNBlend(sessions_of([1, 2], [3, 4]), 4, 0.0, PLAIN, repeat=RepeatBonus("all", -2.0))
     scorer = BlendScorer(FixedScores([0.25] * 4), blend)
@@ -290,7 +307,7 @@ def test_blend_auto_chooses_the_knn_again_on_top_of_the_repeat_bonus_it_chose():
     chosen = search.choose_all(scores, train, 5, validation, "val/mrr@5", Ranking([5]))
     assert chosen.first == (0.0, PLAIN)
     assert [row["val/mrr@5"] for row in chosen.knn_table] == pytest.approx([7 / 24] * 3)
-    assert [row["val/mrr@5"] for row in chosen.repeat_table] == pytest.approx([7 / 24, 1 / 3, 1 / 3, 1 / 3])
+    assert [row["val/mrr@5"] for row in chosen.repeat_table] == pytest.approx([7 / 24, 1 / 3, 1 / 3, 1 / 3, 1 / 3])
     assert chosen.repeat == RepeatBonus("all", -5.0)
     assert [row["val/mrr@5"] for row in chosen.knn_table_with_repeat] == pytest.approx([1 / 3, 5 / 12, 5 / 12])
     assert (chosen.weight, chosen.knn) == (0.5, PLAIN)
