@@ -75,11 +75,11 @@ REPEAT_SHAPES = {
 @dataclass(frozen=True)
 class RepeatBonus:
     """A bonus added at inference to the scores of the items the session has clicked: `weight` times the shape's
-    value (REPEAT_SHAPES) of how many clicks back the item's latest click lies and how many items the session holds. The network learns repeats only as
-    far as its weights hold them; the bonus is chosen per log on the validation sessions (blend=auto's
-    repeat_weights), as the kNN blend's weight is. A weight below 0 lowers the clicked items instead: on a log whose
-    sessions seldom return to an item (ratings, where each item is rated once) the session's own items are the
-    likeliest wrong answers."""
+    value (REPEAT_SHAPES) of how many clicks back the item's latest click lies and how many items the session holds.
+    The network learns repeats only as far as its weights hold them; the bonus is chosen per log on the validation
+    sessions (blend=auto's repeat_weights), as the kNN blend's weight is. A weight below 0 lowers the clicked items
+    instead: on a log whose sessions seldom return to an item (ratings, where each item is rated once) the session's
+    own items are the likeliest wrong answers."""
 
     shape: str
     weight: float
